@@ -1,0 +1,89 @@
+"""simclr-tf: SimCLRv2 pretraining, fine-tuning, distillation, evaluation and export.
+
+  python run.py --mode=pretrain --dataset=cifar10 --image_size=32 --resnet_depth=18 --model_dir=runs/c10
+  python run.py --flagfile=flags/quickstart.cfg
+
+Every flag is a field of simclr_tf.config.Config (see `python run.py --helpfull`). This is the only module that
+reads flags: it turns them into one frozen Config and hands it down.
+"""
+
+import os
+import sys
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # keep TF's C++ start-up chatter off the console
+
+from absl import app, flags  # noqa: E402
+
+from simclr_tf import config as config_lib  # noqa: E402
+
+FLAGS = flags.FLAGS
+
+
+def declare_flags():
+  for name, kind, default, help_text, choices in config_lib.flag_fields():
+    if choices and kind is str:
+      flags.DEFINE_enum(name, default, list(choices), help_text)
+    elif kind is bool:
+      flags.DEFINE_bool(name, default, help_text)
+    elif kind is int:
+      flags.DEFINE_integer(name, default, help_text)
+    elif kind is float:
+      flags.DEFINE_float(name, default, help_text)
+    else:
+      flags.DEFINE_string(name, default, help_text)
+
+
+def config_from_flags() -> config_lib.Config:
+  return config_lib.Config(**{name: FLAGS[name].value for name, *_ in config_lib.flag_fields()})
+
+
+def parse_flags(argv):
+  """absl parsing, but a bad flag ends in one line and exit code 2 instead of absl's usage dump."""
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    print(f'error: {e}. See `python run.py --helpfull`.', file=sys.stderr)
+    sys.exit(2)
+
+
+def setup_logging():
+  import logging
+  logger = logging.getLogger('simclr_tf')
+  if not logger.handlers:
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter('%(asctime)s %(message)s', datefmt='%H:%M:%S'))
+    logger.addHandler(handler)
+  logger.setLevel(logging.INFO)
+  logger.propagate = False
+  from absl import logging as absl_logging
+  absl_logging.set_verbosity(absl_logging.ERROR)  # tfds and TF deprecation warnings
+
+
+def run(config: config_lib.Config):
+  """Runs the mode of a validated config; returns its result dict."""
+  from simclr_tf import distribute, train
+  strategy = distribute.make_strategy(config)
+  if config.mode == 'pretrain':
+    return train.pretrain(config, strategy)
+  raise config_lib.UserError(f'--mode={config.mode} is not available yet in this version.')
+
+
+def main(argv):
+  if len(argv) > 1:
+    print(f'error: unexpected arguments {" ".join(argv[1:])}; flags look like --name=value.', file=sys.stderr)
+    sys.exit(2)
+  setup_logging()
+  try:
+    config = config_from_flags().validate()
+    run(config)
+  except config_lib.UserError as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+  except KeyboardInterrupt:
+    print('interrupted; rerun the same command to resume from the last checkpoint.', file=sys.stderr)
+    sys.exit(130)
+
+
+if __name__ == '__main__':
+  declare_flags()
+  app.run(main, flags_parser=parse_flags)

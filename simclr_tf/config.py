@@ -1,0 +1,166 @@
+"""The one immutable configuration of a simclr-tf run.
+
+Every hyperparameter is a field of `Config` with its default and help text. run.py declares one absl flag per
+field from this table; Python users and tests build a `Config(...)` directly (or `Config().replace(...)`).
+`Config.validate()` rejects bad values and combinations with a `UserError` that names the flag.
+"""
+
+import dataclasses
+import json
+from typing import Optional
+
+MODES = ('pretrain', 'finetune', 'distill', 'eval', 'export')
+STRATEGIES = ('auto', 'default', 'mirrored', 'multi_worker', 'tpu')
+OPTIMIZERS = ('lars', 'momentum', 'adam')
+LR_SCALINGS = ('linear', 'sqrt')
+RESNET_DEPTHS = (18, 34, 50, 101, 152, 200)
+
+
+class UserError(Exception):
+  """A mistake the user can fix (a flag, a path, a file). run.py prints it as one line and exits non-zero."""
+
+
+def _field(default, help_text, choices=None):
+  return dataclasses.field(default=default, metadata={'help': help_text, 'choices': choices})
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """All settings of a run. Field names are the flag names (those of the paper's reference code where it has one)."""
+  # What to do and where.
+  mode: str = _field('pretrain', 'What to run.', MODES)
+  model_dir: str = _field('', 'Directory for checkpoints, summaries, logs and results. Required for training.')
+  seed: int = _field(0, 'Seed of data order, augmentation and initialisation.')
+
+  # Data.
+  dataset: str = _field('cifar10', 'A tfds dataset name (e.g. cifar10, imagenet2012), `image_folder` '
+                        '(--data_dir=ROOT with ROOT/<split>/<class>/*.jpg|png, or ROOT/<split>/*.jpg|png unlabeled) '
+                        'or `shapes` (a small dataset of drawn shapes that is generated into --data_dir on first use).')
+  data_dir: str = _field('', 'tfds data directory (empty = tfds default), or the root of an image folder.')
+  train_split: str = _field('train', 'Split to train on.')
+  eval_split: str = _field('', 'Split to evaluate on at the end of training (empty = no evaluation).')
+  image_size: int = _field(224, 'Input resolution. 32 or less selects the CIFAR stem (3x3 conv, no max-pool).')
+  color_jitter_strength: float = _field(1.0, 'Strength s of the colour jitter (0.5 for CIFAR-10).')
+  use_blur: bool = _field(True, 'Apply Gaussian blur in the pretraining augmentation.')
+  cache_dataset: bool = _field(False, 'Cache the decoded dataset in memory.')
+  shuffle_buffer: int = _field(10000, 'Shuffle buffer size (examples) of the training input.')
+
+  # Schedule.
+  train_batch_size: int = _field(512, 'Global batch size (all replicas together).')
+  eval_batch_size: int = _field(256, 'Global batch size of evaluation.')
+  train_epochs: int = _field(100, 'Number of epochs to train for (ignored when --train_steps > 0).')
+  train_steps: int = _field(0, 'Number of steps to train for (overrides --train_epochs when > 0).')
+  warmup_epochs: float = _field(10.0, 'Epochs of linear learning-rate warmup.')
+  learning_rate: float = _field(0.3, 'Base learning rate, scaled by --learning_rate_scaling.')
+  learning_rate_scaling: str = _field('linear', 'lr = base * B/256 (linear) or base * sqrt(B) (sqrt).', LR_SCALINGS)
+  weight_decay: float = _field(1e-6, 'Weight decay.')
+  optimizer: str = _field('lars', 'Optimizer.', OPTIMIZERS)
+  momentum: float = _field(0.9, 'Momentum of LARS and momentum SGD.')
+  lars_eta: float = _field(0.001, 'LARS trust coefficient eta.')
+
+  # Contrastive loss and heads.
+  temperature: float = _field(0.1, 'NT-Xent temperature (0.1 ImageNet, 0.5 CIFAR-10).')
+  hidden_norm: bool = _field(True, 'L2-normalise the projections before the contrastive loss.')
+  proj_out_dim: int = _field(128, 'Output dimension of the projection head.')
+  num_proj_layers: int = _field(3, 'Number of layers of the projection head (3 in SimCLRv2).')
+  ft_proj_selector: int = _field(0, 'Which projection-head layer feeds the supervised head: 0 = its input, '
+                                 'k = the output of its k-th layer (SimCLRv2 fine-tunes from 1).')
+  lineareval_while_pretraining: bool = _field(True, 'Train the supervised head on a stop-gradient of the selected '
+                                               'projection-head layer while pretraining (needs labels).')
+  num_classes: int = _field(0, 'Classes of the supervised head (0 = take it from the dataset).')
+
+  # Architecture.
+  resnet_depth: int = _field(50, 'ResNet depth: 18, 34, 50, 101, 152 or 200.')
+  width_multiplier: float = _field(1.0, 'Width multiplier of the ResNet (1, 2, 3 as published; fractions allowed).')
+  sk_ratio: float = _field(0.0, 'Selective-kernel ratio (0.0625 in SimCLRv2; 0 = no SK). Implies ResNet-D.')
+  se_ratio: float = _field(0.0, 'Squeeze-and-excitation ratio (0 = no SE).')
+  global_bn: bool = _field(True, 'Synchronise batch-norm statistics across replicas.')
+  batch_norm_decay: float = _field(0.9, 'Batch-norm moving-average momentum.')
+
+  # Checkpoints, logging.
+  checkpoint_steps: int = _field(0, 'Save a checkpoint every this many steps (0 = use --checkpoint_epochs).')
+  checkpoint_epochs: int = _field(1, 'Save a checkpoint every this many epochs (used when --checkpoint_steps=0).')
+  keep_checkpoint_max: int = _field(5, 'Number of checkpoints to keep.')
+  log_every_steps: int = _field(10, 'Print a progress line and write summaries every this many steps.')
+
+  # Distribution and hardware.
+  strategy: str = _field('auto', 'Distribution strategy. auto: tpu if --tpu, mirrored with several GPUs or '
+                         '--cpu_replicas > 1, else default.', STRATEGIES)
+  tpu: str = _field('', 'TPU name or address for --strategy=tpu (or auto).')
+  cpu_replicas: int = _field(1, 'Split the CPU into this many logical devices and mirror over them (to exercise '
+                             'multi-replica code without accelerators).')
+  num_threads: int = _field(0, 'TF intra- and inter-op threads (0 = TF default).')
+
+  def replace(self, **changes) -> 'Config':
+    return dataclasses.replace(self, **changes)
+
+  def to_json(self) -> str:
+    return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+  @property
+  def cifar_stem(self) -> bool:
+    return self.image_size <= 32
+
+  def validate(self) -> 'Config':
+    """Raises UserError naming the first bad flag; returns self so calls chain."""
+    for f in dataclasses.fields(self):
+      choices = f.metadata.get('choices')
+      value = getattr(self, f.name)
+      if choices and value not in choices:
+        raise UserError(f'--{f.name}={value} is not one of {", ".join(map(str, choices))}.')
+    checks = [
+        (self.resnet_depth in RESNET_DEPTHS,
+         f'--resnet_depth={self.resnet_depth} is not supported; use one of {", ".join(map(str, RESNET_DEPTHS))}.'),
+        (self.train_batch_size > 0, f'--train_batch_size must be positive, got {self.train_batch_size}.'),
+        (self.eval_batch_size > 0, f'--eval_batch_size must be positive, got {self.eval_batch_size}.'),
+        (self.train_epochs > 0 or self.train_steps > 0, '--train_epochs or --train_steps must be positive.'),
+        (self.train_steps >= 0, f'--train_steps must not be negative, got {self.train_steps}.'),
+        (self.warmup_epochs >= 0, f'--warmup_epochs must not be negative, got {self.warmup_epochs}.'),
+        (self.learning_rate >= 0, f'--learning_rate must not be negative, got {self.learning_rate}.'),
+        (self.weight_decay >= 0, f'--weight_decay must not be negative, got {self.weight_decay}.'),
+        (0 <= self.momentum < 1, f'--momentum must be in [0, 1), got {self.momentum}.'),
+        (self.temperature > 0, f'--temperature must be positive, got {self.temperature}.'),
+        (self.width_multiplier > 0 and int(64 * self.width_multiplier) >= 1,
+         f'--width_multiplier={self.width_multiplier} gives layers without channels; use at least 1/64.'),
+        (self.sk_ratio >= 0, f'--sk_ratio must not be negative, got {self.sk_ratio}.'),
+        (self.se_ratio >= 0, f'--se_ratio must not be negative, got {self.se_ratio}.'),
+        (self.num_proj_layers >= 1, f'--num_proj_layers must be at least 1, got {self.num_proj_layers}.'),
+        (self.proj_out_dim >= 1, f'--proj_out_dim must be at least 1, got {self.proj_out_dim}.'),
+        (0 <= self.ft_proj_selector <= self.num_proj_layers,
+         f'--ft_proj_selector={self.ft_proj_selector} must be between 0 and --num_proj_layers={self.num_proj_layers}.'),
+        (self.num_classes >= 0, f'--num_classes must not be negative, got {self.num_classes}.'),
+        (self.image_size >= 8, f'--image_size={self.image_size} is too small; the ResNet needs at least 8 pixels.'),
+        (0 <= self.color_jitter_strength, f'--color_jitter_strength must not be negative.'),
+        (0 < self.batch_norm_decay < 1, f'--batch_norm_decay must be in (0, 1), got {self.batch_norm_decay}.'),
+        (self.cpu_replicas >= 1, f'--cpu_replicas must be at least 1, got {self.cpu_replicas}.'),
+        (self.checkpoint_steps >= 0 and self.checkpoint_epochs >= 0,
+         '--checkpoint_steps and --checkpoint_epochs must not be negative.'),
+        (self.keep_checkpoint_max >= 1, f'--keep_checkpoint_max must be at least 1, got {self.keep_checkpoint_max}.'),
+        (self.log_every_steps >= 1, f'--log_every_steps must be at least 1, got {self.log_every_steps}.'),
+        (self.shuffle_buffer >= 1, f'--shuffle_buffer must be at least 1, got {self.shuffle_buffer}.'),
+        (self.num_threads >= 0, f'--num_threads must not be negative, got {self.num_threads}.'),
+        (self.dataset != 'image_folder' or self.data_dir,
+         '--dataset=image_folder needs --data_dir=ROOT (ROOT/<split>/<class>/*.jpg).'),
+        (self.dataset != 'shapes' or self.data_dir,
+         '--dataset=shapes needs --data_dir, where the generated images are written on first use.'),
+        (self.mode not in ('pretrain', 'finetune', 'distill') or self.model_dir,
+         f'--mode={self.mode} needs --model_dir for its checkpoints and results.'),
+        (self.strategy != 'tpu' or self.tpu, '--strategy=tpu needs --tpu=NAME.'),
+    ]
+    for ok, message in checks:
+      if not ok:
+        raise UserError(message)
+    return self
+
+
+def flag_fields():
+  """(name, type, default, help, choices) of every Config field, for declaring flags."""
+  hints = {'int': int, 'float': float, 'str': str, 'bool': bool}
+  for f in dataclasses.fields(Config):
+    kind = f.type if isinstance(f.type, type) else hints[str(f.type)]
+    yield f.name, kind, f.default, f.metadata['help'], f.metadata.get('choices')
+
+
+def from_dict(values: dict) -> Config:
+  known = {f.name for f in dataclasses.fields(Config)}
+  return Config(**{k: v for k, v in values.items() if k in known})

@@ -1,0 +1,215 @@
+"""Data sources (a tfds name, an image folder, the generated shapes) and the per-replica training/eval datasets.
+
+A source yields encoded records {'image': encoded bytes or path, 'label': int64 (-1 when unlabeled)} in a fixed
+order; decoding and augmentation come after shuffling and skipping, so resuming at step k skips cheap records.
+The training stream is: epochs (each shuffled with a seed derived from the run seed and the epoch), enumerated;
+element i of pipeline p gets the stateless augmentation seed (run seed, i * num_pipelines + p).
+"""
+
+import dataclasses
+import logging
+import os
+from typing import Callable, Optional
+
+import tensorflow as tf
+
+from simclr_tf.config import Config, UserError
+from simclr_tf.data import augment
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif')
+
+
+@dataclasses.dataclass
+class Source:
+  """A split of a dataset: how many examples, whether labelled, and a function making its record dataset."""
+  name: str
+  split: str
+  num_examples: int
+  num_classes: int  # 0 when unlabeled
+  records: Callable[[int, int], tf.data.Dataset]  # (pipeline_id, num_pipelines) -> records in a fixed order
+  decode: Callable[[tf.Tensor], tf.Tensor]  # record['image'] -> uint8 HWC image
+
+  @property
+  def labeled(self) -> bool:
+    return self.num_classes > 0
+
+
+def decode_image(data: tf.Tensor) -> tf.Tensor:
+  return tf.io.decode_image(data, channels=3, expand_animations=False)
+
+
+# ---- image folder ----------------------------------------------------------------------------------------------
+
+def _is_image(name: str) -> bool:
+  return name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def list_image_folder(root: str, split: str):
+  """(paths, labels, class_names) of ROOT/split: labelled from class sub-folders, or unlabeled (labels -1)."""
+  split_dir = os.path.join(root, split)
+  if not os.path.isdir(root):
+    raise UserError(f'--data_dir={root} does not exist; point it at the root of an image folder.')
+  if not os.path.isdir(split_dir):
+    splits = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+    raise UserError(f'split {split!r} not found: {split_dir} is not a directory '
+                    f'(splits in --data_dir: {", ".join(splits) or "none"}).')
+  entries = sorted(os.listdir(split_dir))
+  class_names = [e for e in entries if os.path.isdir(os.path.join(split_dir, e))]
+  loose = [e for e in entries if _is_image(e) and os.path.isfile(os.path.join(split_dir, e))]
+  if class_names and loose:
+    raise UserError(f'{split_dir} mixes class folders and loose images; use ROOT/{split}/<class>/*.jpg for '
+                    f'labelled or ROOT/{split}/*.jpg for unlabeled data.')
+  paths, labels = [], []
+  if class_names:
+    for label, name in enumerate(class_names):
+      files = sorted(f for f in os.listdir(os.path.join(split_dir, name)) if _is_image(f))
+      paths += [os.path.join(split_dir, name, f) for f in files]
+      labels += [label] * len(files)
+  else:
+    paths = [os.path.join(split_dir, f) for f in loose]
+    labels = [-1] * len(paths)
+  if not paths:
+    raise UserError(f'{split_dir} holds no images ({", ".join(IMAGE_EXTENSIONS)}).')
+  return paths, labels, class_names
+
+
+def image_folder_source(root: str, split: str) -> Source:
+  paths, labels, class_names = list_image_folder(root, split)
+
+  def records(pipeline_id, num_pipelines):
+    ds = tf.data.Dataset.from_tensor_slices({'image': paths, 'label': tf.constant(labels, tf.int64)})
+    return ds.shard(num_pipelines, pipeline_id) if num_pipelines > 1 else ds
+
+  def decode(path):
+    return decode_image(tf.io.read_file(path))
+
+  return Source(f'image_folder:{root}', split, len(paths), len(class_names), records, decode)
+
+
+# ---- tfds ------------------------------------------------------------------------------------------------------
+
+def tfds_source(name: str, split: str, data_dir: str) -> Source:
+  import tensorflow_datasets as tfds  # imported here: slow to import and not needed for image folders
+  try:
+    builder = tfds.builder(name, data_dir=data_dir or None)
+  except tfds.core.registered.DatasetNotFoundError:
+    raise UserError(f'--dataset={name} is not a tfds dataset (nor image_folder or shapes).') from None
+  if not builder.is_prepared():
+    try:
+      builder.download_and_prepare()
+    except Exception as e:  # network, disk, manual-download datasets: all end the same way for the user
+      raise UserError(f'--dataset={name}: tfds cannot prepare it in --data_dir={data_dir or "(tfds default)"} '
+                      f'({type(e).__name__}: {str(e).splitlines()[0][:200]}). Prepare it where you are online, or '
+                      f'use --dataset=image_folder.') from None
+  splits = builder.info.splits
+  if splits and split.split('[')[0] not in splits:
+    raise UserError(f'split {split!r} not found in {name} (splits: {", ".join(sorted(splits))}).')
+  features = builder.info.features
+  label_feature = features['label'] if 'label' in features else None
+  num_classes = getattr(label_feature, 'num_classes', 0) or 0
+
+  def records(pipeline_id, num_pipelines):
+    sub = tfds.even_splits(split, num_pipelines)[pipeline_id] if num_pipelines > 1 else split
+    ds = builder.as_dataset(split=sub, shuffle_files=False, decoders={'image': tfds.decode.SkipDecoding()},
+                            read_config=tfds.ReadConfig(interleave_cycle_length=1))
+    return ds.map(lambda x: {'image': x['image'],
+                             'label': tf.cast(x['label'], tf.int64) if num_classes else tf.constant(-1, tf.int64)})
+
+  if splits:
+    num_examples = splits[split].num_examples
+  else:  # only datasets without metadata (tfds.testing.mock_data) get here: count once
+    num_examples = int(records(0, 1).reduce(0, lambda n, _: n + 1))
+  return Source(f'tfds:{name}', split, num_examples, num_classes, records, decode_image)
+
+
+def make_source(config: Config, split: str) -> Source:
+  if config.dataset == 'image_folder':
+    return image_folder_source(config.data_dir, split)
+  if config.dataset == 'shapes':
+    from simclr_tf.data import shapes
+    shapes.ensure(config.data_dir)
+    return image_folder_source(config.data_dir, split)
+  return tfds_source(config.dataset, split, config.data_dir)
+
+
+# ---- datasets --------------------------------------------------------------------------------------------------
+
+def _epoch_stream(source: Source, config: Config, pipeline_id: int, num_pipelines: int, start_element: int):
+  """Records of endless epochs, each shuffled by (seed, epoch), enumerated, starting at `start_element`."""
+  records = source.records(pipeline_id, num_pipelines)
+  if config.cache_dataset:
+    records = records.cache()
+  per_pipeline = max(1, source.num_examples // num_pipelines)
+  start_epoch = start_element // per_pipeline
+  seed = config.seed
+
+  def epoch(e):
+    return records.shuffle(config.shuffle_buffer, seed=seed * 1_000_003 + e, reshuffle_each_iteration=False)
+
+  stream = tf.data.Dataset.range(start_epoch, 2 ** 62).flat_map(epoch)
+  stream = tf.data.Dataset.zip(tf.data.Dataset.range(start_epoch * per_pipeline, 2 ** 62), stream)
+  return stream.skip(start_element - start_epoch * per_pipeline)
+
+
+def train_dataset(source: Source, config: Config, view_fn, per_replica_batch: int,
+                  input_context: Optional[tf.distribute.InputContext] = None, start_step: int = 0):
+  """Per-replica batches of {'image': [B,H,W,C'], 'label': [B]} for one input pipeline.
+
+  view_fn(image float [0,1], seed [2]) -> the augmented tensor. Starts at global step `start_step`.
+  """
+  pipeline_id = input_context.input_pipeline_id if input_context else 0
+  num_pipelines = input_context.num_input_pipelines if input_context else 1
+  replicas_per_pipeline = (input_context.num_replicas_in_sync // num_pipelines) if input_context else 1
+  start_element = start_step * per_replica_batch * replicas_per_pipeline
+  stream = _epoch_stream(source, config, pipeline_id, num_pipelines, start_element)
+
+  def prepare(index, record):
+    seed = tf.stack([tf.constant(config.seed, tf.int64), index * num_pipelines + pipeline_id])
+    image = augment.to_float(source.decode(record['image']))
+    return {'image': view_fn(image, seed), 'label': record['label']}
+
+  ds = stream.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  ds = ds.batch(per_replica_batch, drop_remainder=True)
+  return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def pretrain_view_fn(config: Config):
+  """Two SimCLR views of an image, concatenated along channels ([H, W, 6])."""
+  def views(image, seed):
+    s1, s2 = augment.split_seed(seed, 2)
+    v1 = augment.pretrain_view(image, s1, config.image_size, config.color_jitter_strength, config.use_blur)
+    v2 = augment.pretrain_view(image, s2, config.image_size, config.color_jitter_strength, config.use_blur)
+    return tf.concat([v1, v2], axis=-1)
+  return views
+
+
+def finetune_view_fn(config: Config):
+  return lambda image, seed: augment.finetune_view(image, seed, config.image_size)
+
+
+def eval_dataset(source: Source, config: Config, batch_size: int,
+                 input_context: Optional[tf.distribute.InputContext] = None):
+  """One pass over the split with eval preprocessing, in per-replica batches of `batch_size`.
+
+  Padding examples (mask 0) fill the last batches so that every replica runs the same number of steps.
+  """
+  pipeline_id = input_context.input_pipeline_id if input_context else 0
+  num_pipelines = input_context.num_input_pipelines if input_context else 1
+  replicas_per_pipeline = (input_context.num_replicas_in_sync // num_pipelines) if input_context else 1
+  records = source.records(pipeline_id, num_pipelines)
+  most_per_pipeline = -(-source.num_examples // num_pipelines)
+  step_examples = batch_size * replicas_per_pipeline
+  num_batches = -(-most_per_pipeline // step_examples) * replicas_per_pipeline
+
+  def prepare(record):
+    image = augment.eval_view(augment.to_float(source.decode(record['image'])), config.image_size)
+    return {'image': image, 'label': record['label'], 'mask': tf.constant(1.0)}
+
+  ds = records.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
+  padding = tf.data.Dataset.from_tensors({
+      'image': tf.zeros([config.image_size, config.image_size, 3]), 'label': tf.constant(0, tf.int64),
+      'mask': tf.constant(0.0)}).repeat()
+  ds = ds.concatenate(padding).batch(batch_size, drop_remainder=True).take(num_batches)
+  return ds.prefetch(tf.data.AUTOTUNE)

@@ -1,0 +1,67 @@
+"""The tf.distribute strategy of a run, and the process-wide TF settings that must precede it."""
+
+import logging
+
+import tensorflow as tf
+
+from simclr_tf.config import Config, UserError
+
+log = logging.getLogger(__name__)
+
+
+def configure_devices(config: Config) -> None:
+  """Threading and logical CPU devices. Must run before any op, device or strategy is created."""
+  try:
+    if config.num_threads:
+      tf.config.threading.set_intra_op_parallelism_threads(config.num_threads)
+      tf.config.threading.set_inter_op_parallelism_threads(config.num_threads)
+    if config.cpu_replicas > 1:
+      cpu = tf.config.list_physical_devices('CPU')[0]
+      tf.config.set_logical_device_configuration(
+          cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(config.cpu_replicas)])
+  except RuntimeError as e:
+    # TF refuses once the runtime is up; a second run in the same process keeps the first layout.
+    current = len(tf.config.list_logical_devices('CPU'))
+    if config.cpu_replicas > 1 and current != config.cpu_replicas:
+      raise UserError(f'--cpu_replicas={config.cpu_replicas} cannot be set: TF already started with {current} '
+                      f'CPU device(s) in this process ({e}).') from None
+
+
+def make_strategy(config: Config) -> tf.distribute.Strategy:
+  """The strategy named by --strategy ('auto' picks one from the hardware)."""
+  configure_devices(config)
+  name = config.strategy
+  gpus = tf.config.list_logical_devices('GPU')
+  if name == 'auto':
+    if config.tpu:
+      name = 'tpu'
+    elif len(gpus) > 1 or config.cpu_replicas > 1:
+      name = 'mirrored'
+    else:
+      name = 'default'
+  if name == 'default':
+    return tf.distribute.get_strategy()
+  if name == 'mirrored':
+    devices = [d.name for d in gpus] if gpus else [d.name for d in tf.config.list_logical_devices('CPU')]
+    cross_device_ops = None if gpus else tf.distribute.ReductionToOneDevice()
+    return tf.distribute.MirroredStrategy(devices=devices, cross_device_ops=cross_device_ops)
+  if name == 'multi_worker':
+    return tf.distribute.MultiWorkerMirroredStrategy()
+  if name == 'tpu':
+    try:
+      resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=config.tpu)
+      tf.config.experimental_connect_to_cluster(resolver)
+      tf.tpu.experimental.initialize_tpu_system(resolver)
+    except (ValueError, tf.errors.OpError) as e:
+      raise UserError(f'--tpu={config.tpu}: cannot connect to the TPU ({str(e).splitlines()[0]}).') from None
+    return tf.distribute.TPUStrategy(resolver)
+  raise UserError(f'--strategy={name} is not known.')
+
+
+def check_batch_divides(batch_size: int, strategy: tf.distribute.Strategy, flag: str) -> int:
+  """The per-replica batch; refuses a global batch the replicas cannot share evenly."""
+  replicas = strategy.num_replicas_in_sync
+  if batch_size % replicas:
+    raise UserError(f'--{flag}={batch_size} is not divisible by the {replicas} replicas; '
+                    f'use a multiple of {replicas}.')
+  return batch_size // replicas

@@ -1,0 +1,61 @@
+"""Evaluation of the supervised head: top-1, top-5 and loss over a whole split, across replicas."""
+
+import json
+import logging
+import os
+from typing import Dict
+
+import tensorflow as tf
+
+from simclr_tf.config import Config, UserError
+from simclr_tf.data import inputs
+from simclr_tf.distribute import check_batch_divides
+
+log = logging.getLogger('simclr_tf')
+
+
+def evaluate(model, source: inputs.Source, config: Config, strategy: tf.distribute.Strategy) -> Dict[str, float]:
+  """Top-1/top-5 accuracy and mean cross-entropy of `logits_sup` on every example of `source`."""
+  if not source.labeled:
+    raise UserError(f'split {source.split!r} of {source.name} has no labels; evaluation needs labelled data.')
+  if getattr(model, 'supervised_head', None) is None:
+    raise UserError('the model has no supervised head to evaluate.')
+  per_replica_batch = check_batch_divides(config.eval_batch_size, strategy, 'eval_batch_size')
+  dataset = strategy.distribute_datasets_from_function(
+      lambda ctx: inputs.eval_dataset(source, config, per_replica_batch, ctx))
+
+  def replica_step(batch):
+    logits = tf.cast(model(batch['image'], training=False)['logits_sup'], tf.float32)
+    labels = tf.cast(batch['label'], tf.int32)
+    mask = batch['mask']
+    k = min(5, logits.shape[-1])
+    ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+    top1 = tf.cast(tf.math.in_top_k(labels, logits, 1), tf.float32)
+    top5 = tf.cast(tf.math.in_top_k(labels, logits, k), tf.float32)
+    return tf.stack([tf.reduce_sum(ce * mask), tf.reduce_sum(top1 * mask), tf.reduce_sum(top5 * mask),
+                     tf.reduce_sum(mask)])
+
+  @tf.function
+  def step(batch):
+    return strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(replica_step, args=(batch,)), axis=None)
+
+  totals = tf.zeros([4])
+  for batch in dataset:
+    totals += step(batch)
+  loss, top1, top5, count = totals.numpy().tolist()
+  if int(count) != source.num_examples:
+    log.warning('evaluated %d examples, the split has %d', int(count), source.num_examples)
+  count = max(count, 1.0)
+  return {'top1': top1 / count, 'top5': top5 / count, 'loss': loss / count, 'num_examples': int(totals[3])}
+
+
+def write_result(model_dir: str, split: str, result: dict) -> str:
+  """Writes model_dir/eval_<split>.json (the split's characters that are unsafe in a file name become _)."""
+  safe = ''.join(c if c.isalnum() or c in '-_.' else '_' for c in split)
+  path = os.path.join(model_dir, f'eval_{safe}.json')
+  os.makedirs(model_dir, exist_ok=True)
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(result, f, indent=2, sort_keys=True)
+  os.replace(tmp, path)
+  return path

@@ -1,0 +1,83 @@
+"""NT-Xent with negatives from all replicas, supervised cross-entropy and the distillation loss.
+
+Each loss is the mean over the local (per-replica) batch; the training step divides it by the number of replicas
+and Keras sums the gradients across replicas, so the update equals that of one device on the global batch.
+"""
+
+import tensorflow as tf
+
+LARGE_NUM = 1e9
+
+
+def cross_replica_concat(tensor: tf.Tensor) -> tf.Tensor:
+  """Concatenates `tensor` over all replicas along axis 0, in replica order, differentiably.
+
+  Written as an all-reduce of a one-hot scatter (the gradient of an all-reduce is an all-reduce), which works
+  the same on CPU, GPU and TPU and under every strategy.
+  """
+  context = tf.distribute.get_replica_context()
+  if context is None or context.num_replicas_in_sync == 1:
+    return tensor
+  num_replicas = context.num_replicas_in_sync
+  replica_id = tf.cast(context.replica_id_in_sync_group, tf.int32)
+  scattered = tf.scatter_nd(indices=[[replica_id]], updates=[tensor],
+                            shape=tf.concat([[num_replicas], tf.shape(tensor)], axis=0))
+  gathered = context.all_reduce(tf.distribute.ReduceOp.SUM, scattered)
+  return tf.reshape(gathered, tf.concat([[-1], tf.shape(tensor)[1:]], axis=0))
+
+
+def replica_offset(local_batch) -> tf.Tensor:
+  """Index of this replica's first example in the gathered global batch."""
+  context = tf.distribute.get_replica_context()
+  if context is None or context.num_replicas_in_sync == 1:
+    return tf.constant(0, tf.int32)
+  return tf.cast(context.replica_id_in_sync_group, tf.int32) * local_batch
+
+
+def nt_xent(z1: tf.Tensor, z2: tf.Tensor, temperature: float, hidden_norm: bool = True):
+  """SimCLR contrastive loss of two views' projections [B, D] (local batch).
+
+  Returns (loss, logits_ab, labels): the loss is CE([ab|aa]) + CE([ba|bb]) averaged over the local batch, where
+  each view's negatives are all other examples of both views across the global batch.
+  """
+  z1 = tf.cast(z1, tf.float32)
+  z2 = tf.cast(z2, tf.float32)
+  if hidden_norm:
+    z1 = tf.math.l2_normalize(z1, axis=-1)
+    z2 = tf.math.l2_normalize(z2, axis=-1)
+  local_batch = tf.shape(z1)[0]
+  z1_all = cross_replica_concat(z1)
+  z2_all = cross_replica_concat(z2)
+  global_batch = tf.shape(z1_all)[0]
+  positives = replica_offset(local_batch) + tf.range(local_batch)
+  labels = tf.one_hot(positives, global_batch * 2)
+  self_mask = tf.one_hot(positives, global_batch)
+
+  logits_aa = tf.matmul(z1, z1_all, transpose_b=True) / temperature - self_mask * LARGE_NUM
+  logits_bb = tf.matmul(z2, z2_all, transpose_b=True) / temperature - self_mask * LARGE_NUM
+  logits_ab = tf.matmul(z1, z2_all, transpose_b=True) / temperature
+  logits_ba = tf.matmul(z2, z1_all, transpose_b=True) / temperature
+  loss_a = tf.nn.softmax_cross_entropy_with_logits(labels, tf.concat([logits_ab, logits_aa], axis=1))
+  loss_b = tf.nn.softmax_cross_entropy_with_logits(labels, tf.concat([logits_ba, logits_bb], axis=1))
+  return tf.reduce_mean(loss_a + loss_b), logits_ab, labels[:, :global_batch]
+
+
+def contrastive_metrics(logits_ab: tf.Tensor, labels: tf.Tensor):
+  """(accuracy of finding the positive among the other view, mean entropy of softmax(logits_ab))."""
+  accuracy = tf.reduce_mean(tf.cast(tf.equal(tf.argmax(logits_ab, 1), tf.argmax(labels, 1)), tf.float32))
+  prob = tf.nn.softmax(logits_ab)
+  entropy = -tf.reduce_mean(tf.reduce_sum(prob * tf.math.log(prob + 1e-8), axis=-1))
+  return accuracy, entropy
+
+
+def supervised_loss(labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
+  """Mean softmax cross-entropy of integer labels."""
+  return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
+      labels=tf.cast(labels, tf.int32), logits=tf.cast(logits, tf.float32)))
+
+
+def distillation_loss(teacher_logits: tf.Tensor, student_logits: tf.Tensor, temperature: float) -> tf.Tensor:
+  """T^2 * CE(softmax(teacher/T), student/T), averaged over the batch."""
+  teacher = tf.stop_gradient(tf.nn.softmax(tf.cast(teacher_logits, tf.float32) / temperature))
+  ce = tf.nn.softmax_cross_entropy_with_logits(teacher, tf.cast(student_logits, tf.float32) / temperature)
+  return temperature ** 2 * tf.reduce_mean(ce)

@@ -1,0 +1,244 @@
+"""ResNet v1 (post-activation) with selective kernels (SK), squeeze-excitation (SE), ResNet-D and a CIFAR stem.
+
+The layout follows DESIGN.md to the last detail that changes outputs: explicit (k-1)//2 padding before strided
+convolutions, zero-initialised gamma of each block's last batch norm, BN epsilon 1e-5, SK with two paths from one
+3x3 convolution, ResNet-D average-pool shortcuts. Every sublayer is held by a named attribute (Keras 3 leaves
+list-held layers out of tf.train.Checkpoint).
+"""
+
+import keras
+import tensorflow as tf
+
+BLOCKS_PER_GROUP = {
+    18: (2, 2, 2, 2),
+    34: (3, 4, 6, 3),
+    50: (3, 4, 6, 3),
+    101: (3, 4, 23, 3),
+    152: (3, 8, 36, 3),
+    200: (3, 24, 36, 3),
+}
+BN_EPSILON = 1e-5
+OUTPUT_KEYS = ('initial_conv', 'initial_max_pool', 'block_group1', 'block_group2', 'block_group3', 'block_group4',
+               'final_avg_pool')
+
+
+def conv_initializer():
+  return keras.initializers.VarianceScaling(scale=1.0, mode='fan_in', distribution='truncated_normal')
+
+
+class BatchNormRelu(keras.layers.Layer):
+  """Batch norm (optionally synchronised across replicas), optionally followed by ReLU."""
+
+  def __init__(self, relu=True, init_zero=False, center=True, momentum=0.9, synchronized=True, **kwargs):
+    super().__init__(**kwargs)
+    self.relu = relu
+    self.bn = keras.layers.BatchNormalization(
+        momentum=momentum, epsilon=BN_EPSILON, center=center,
+        gamma_initializer='zeros' if init_zero else 'ones', synchronized=synchronized, name='bn')
+
+  def call(self, x, training=False):
+    x = self.bn(x, training=training)
+    return tf.nn.relu(x) if self.relu else x
+
+
+class Conv2dFixedPadding(keras.layers.Layer):
+  """Convolution without bias; strided ones pad (k-1)//2 explicitly then run VALID, stride 1 runs SAME."""
+
+  def __init__(self, filters, kernel_size, strides=1, **kwargs):
+    super().__init__(**kwargs)
+    self.kernel_size = kernel_size
+    self.strides = strides
+    self.conv = keras.layers.Conv2D(
+        filters, kernel_size, strides=strides, padding='same' if strides == 1 else 'valid', use_bias=False,
+        kernel_initializer=conv_initializer(), name='conv2d')
+
+  def call(self, x):
+    if self.strides > 1:
+      total = self.kernel_size - 1
+      begin = total // 2
+      x = tf.pad(x, [[0, 0], [begin, total - begin], [begin, total - begin], [0, 0]])
+    return self.conv(x)
+
+
+class SelectiveKernel(keras.layers.Layer):
+  """SK convolution: a 3x3 conv to 2 paths, mixed by a softmax attention computed from their sum."""
+
+  def __init__(self, filters, strides, sk_ratio, bn_args, min_dim=32, **kwargs):
+    super().__init__(**kwargs)
+    self.filters = filters
+    self.conv = Conv2dFixedPadding(2 * filters, 3, strides, name='conv')
+    self.conv_bn = BatchNormRelu(name='conv_bn', **bn_args)
+    self.reduce = keras.layers.Conv2D(max(int(filters * sk_ratio), min_dim), 1, use_bias=False,
+                                      kernel_initializer=conv_initializer(), name='reduce')
+    self.reduce_bn = BatchNormRelu(name='reduce_bn', **bn_args)
+    self.expand = keras.layers.Conv2D(2 * filters, 1, use_bias=False, kernel_initializer=conv_initializer(),
+                                      name='expand')
+
+  def call(self, x, training=False):
+    x = self.conv_bn(self.conv(x), training=training)
+    paths = tf.stack(tf.split(x, 2, axis=-1))  # [2, N, H, W, C]
+    summary = tf.reduce_mean(tf.reduce_sum(paths, axis=0), axis=[1, 2], keepdims=True)
+    mixing = self.expand(self.reduce_bn(self.reduce(summary), training=training))
+    mixing = tf.nn.softmax(tf.stack(tf.split(mixing, 2, axis=-1)), axis=0)
+    return tf.reduce_sum(paths * mixing, axis=0)
+
+
+class SqueezeExcite(keras.layers.Layer):
+
+  def __init__(self, filters, se_ratio, **kwargs):
+    super().__init__(**kwargs)
+    self.se_ratio = se_ratio
+    self.reduce = keras.layers.Conv2D(max(1, int(filters * se_ratio)), 1, kernel_initializer=conv_initializer(),
+                                      name='reduce')
+    self.expand = None
+
+  def build(self, input_shape):
+    self.expand = keras.layers.Conv2D(input_shape[-1], 1, kernel_initializer=conv_initializer(), name='expand')
+
+  def call(self, x):
+    s = tf.reduce_mean(x, axis=[1, 2], keepdims=True)
+    return x * tf.sigmoid(self.expand(tf.nn.relu(self.reduce(s))))
+
+
+class ConvBn(keras.layers.Layer):
+  """A 3x3 (or k x k) convolution followed by batch norm, or the SK layer in its place."""
+
+  def __init__(self, filters, kernel_size, strides, bn_args, relu=True, init_zero=False, sk_ratio=0.0, **kwargs):
+    super().__init__(**kwargs)
+    if sk_ratio > 0:
+      self.sk = SelectiveKernel(filters, strides, sk_ratio, bn_args, name='sk')
+    else:
+      self.sk = None
+      self.conv = Conv2dFixedPadding(filters, kernel_size, strides, name='conv')
+      self.bn = BatchNormRelu(relu=relu, init_zero=init_zero, name='bn', **bn_args)
+
+  def call(self, x, training=False):
+    if self.sk is not None:
+      return self.sk(x, training=training)
+    return self.bn(self.conv(x), training=training)
+
+
+class Shortcut(keras.layers.Layer):
+  """Projection shortcut: 1x1 strided conv + BN, or (ResNet-D) 2x2 average pool, 1x1 conv + BN."""
+
+  def __init__(self, filters, strides, resnet_d, bn_args, **kwargs):
+    super().__init__(**kwargs)
+    self.pool = None
+    if resnet_d:
+      if strides > 1:
+        self.pool = keras.layers.AveragePooling2D(pool_size=2, strides=strides, padding='same', name='pool')
+      strides = 1
+    self.conv = Conv2dFixedPadding(filters, 1, strides, name='conv')
+    self.bn = BatchNormRelu(relu=False, name='bn', **bn_args)
+
+  def call(self, x, training=False):
+    if self.pool is not None:
+      x = self.pool(x)
+    return self.bn(self.conv(x), training=training)
+
+
+class ResidualBlock(keras.layers.Layer):
+  """Basic (two 3x3) or bottleneck (1x1, 3x3, 1x1 x4) residual block."""
+
+  def __init__(self, filters, strides, bottleneck, use_projection, sk_ratio, se_ratio, bn_args, **kwargs):
+    super().__init__(**kwargs)
+    out_filters = 4 * filters if bottleneck else filters
+    self.shortcut = (Shortcut(out_filters, strides, sk_ratio > 0, bn_args, name='shortcut')
+                     if use_projection else None)
+    if bottleneck:
+      self.conv1 = ConvBn(filters, 1, 1, bn_args, name='conv1')
+      self.conv2 = ConvBn(filters, 3, strides, bn_args, sk_ratio=sk_ratio, name='conv2')
+      self.conv3 = ConvBn(out_filters, 1, 1, bn_args, relu=False, init_zero=True, name='conv3')
+    else:
+      self.conv1 = ConvBn(filters, 3, strides, bn_args, sk_ratio=sk_ratio, name='conv1')
+      self.conv2 = ConvBn(filters, 3, 1, bn_args, relu=False, init_zero=True, name='conv2')
+      self.conv3 = None
+    self.se = SqueezeExcite(filters, se_ratio, name='se') if se_ratio > 0 else None
+
+  def call(self, x, training=False):
+    shortcut = self.shortcut(x, training=training) if self.shortcut is not None else x
+    x = self.conv1(x, training=training)
+    x = self.conv2(x, training=training)
+    if self.conv3 is not None:
+      x = self.conv3(x, training=training)
+    if self.se is not None:
+      x = self.se(x)
+    return tf.nn.relu(x + shortcut)
+
+
+class BlockGroup(keras.layers.Layer):
+  """Blocks of one stage; the first one strides and projects. Blocks are attributes block0, block1, ..."""
+
+  def __init__(self, filters, num_blocks, strides, bottleneck, sk_ratio, se_ratio, bn_args, **kwargs):
+    super().__init__(**kwargs)
+    self.num_blocks = num_blocks
+    for i in range(num_blocks):
+      setattr(self, f'block{i}', ResidualBlock(filters, strides if i == 0 else 1, bottleneck, i == 0, sk_ratio,
+                                               se_ratio, bn_args, name=f'block{i}'))
+
+  def blocks(self):
+    return [getattr(self, f'block{i}') for i in range(self.num_blocks)]
+
+  def call(self, x, training=False):
+    for block in self.blocks():
+      x = block(x, training=training)
+    return x
+
+
+class Stem(keras.layers.Layer):
+  """ImageNet stem (7x7/2 conv, max-pool), ResNet-D stem (three 3x3 convs, max-pool) or CIFAR stem (3x3/1)."""
+
+  def __init__(self, width_multiplier, cifar_stem, resnet_d, bn_args, **kwargs):
+    super().__init__(**kwargs)
+    self.cifar_stem = cifar_stem
+    width = int(64 * width_multiplier)
+    if cifar_stem:
+      self.conv0 = ConvBn(width, 3, 1, bn_args, name='conv0')
+      self.num_convs = 1
+    elif resnet_d:
+      self.conv0 = ConvBn(width // 2, 3, 2, bn_args, name='conv0')
+      self.conv1 = ConvBn(width // 2, 3, 1, bn_args, name='conv1')
+      self.conv2 = ConvBn(width, 3, 1, bn_args, name='conv2')
+      self.num_convs = 3
+    else:
+      self.conv0 = ConvBn(width, 7, 2, bn_args, name='conv0')
+      self.num_convs = 1
+    self.pool = None if cifar_stem else keras.layers.MaxPooling2D(3, 2, padding='same', name='pool')
+
+  def call(self, x, training=False):
+    for i in range(self.num_convs):
+      x = getattr(self, f'conv{i}')(x, training=training)
+    pooled = self.pool(x) if self.pool is not None else x
+    return x, pooled
+
+
+class ResNet(keras.layers.Layer):
+  """The encoder. call() returns a dict with OUTPUT_KEYS; `final_avg_pool` is the representation."""
+
+  def __init__(self, depth, width_multiplier=1.0, sk_ratio=0.0, se_ratio=0.0, cifar_stem=False,
+               bn_momentum=0.9, sync_bn=True, **kwargs):
+    super().__init__(**kwargs)
+    if depth not in BLOCKS_PER_GROUP:
+      raise ValueError(f'ResNet depth {depth} is not one of {sorted(BLOCKS_PER_GROUP)}')
+    bn_args = dict(momentum=bn_momentum, synchronized=sync_bn)
+    bottleneck = depth >= 50
+    self.stem = Stem(width_multiplier, cifar_stem, sk_ratio > 0, bn_args, name='stem')
+    for g, (filters, num_blocks, strides) in enumerate(zip((64, 128, 256, 512), BLOCKS_PER_GROUP[depth],
+                                                           (1, 2, 2, 2))):
+      setattr(self, f'block_group{g + 1}',
+              BlockGroup(int(filters * width_multiplier), num_blocks, strides, bottleneck, sk_ratio, se_ratio,
+                         bn_args, name=f'block_group{g + 1}'))
+    self.output_dim = int(512 * width_multiplier) * (4 if bottleneck else 1)
+
+  def block_groups(self):
+    return [getattr(self, f'block_group{g}') for g in range(1, 5)]
+
+  def call(self, x, training=False):
+    outputs = {}
+    outputs['initial_conv'], x = self.stem(x, training=training)
+    outputs['initial_max_pool'] = x
+    for g, group in enumerate(self.block_groups(), start=1):
+      x = group(x, training=training)
+      outputs[f'block_group{g}'] = x
+    outputs['final_avg_pool'] = tf.reduce_mean(x, axis=[1, 2])
+    return outputs

@@ -1,0 +1,60 @@
+"""The SimCLR model: ResNet encoder, projection head and optional supervised head, returning named outputs."""
+
+import keras
+import tensorflow as tf
+
+from simclr_tf.config import Config
+from simclr_tf.models.heads import ProjectionHead, SupervisedHead
+from simclr_tf.models.resnet import ResNet
+
+
+class SimCLRModel(keras.Model):
+  """call(images, training) -> dict with the encoder outputs (initial_conv ... final_avg_pool), proj_head_input,
+  proj_head_output and, with a supervised head, logits_sup.
+
+  With `sup_stop_gradient` (linear evaluation while pretraining) the supervised head trains on a stop-gradient of
+  the selected projection-head layer, so it never changes the representation.
+  """
+
+  def __init__(self, resnet_depth=50, width_multiplier=1.0, sk_ratio=0.0, se_ratio=0.0, cifar_stem=False,
+               num_proj_layers=3, proj_out_dim=128, ft_proj_selector=0, num_classes=0, sup_stop_gradient=False,
+               zero_init_logits_layer=False, bn_momentum=0.9, sync_bn=True, **kwargs):
+    super().__init__(**kwargs)
+    self.ft_proj_selector = ft_proj_selector
+    self.sup_stop_gradient = sup_stop_gradient
+    self.resnet = ResNet(resnet_depth, width_multiplier, sk_ratio, se_ratio, cifar_stem, bn_momentum, sync_bn,
+                         name='resnet')
+    self.projection_head = ProjectionHead(self.resnet.output_dim, num_proj_layers, proj_out_dim, bn_momentum,
+                                          sync_bn, name='projection_head')
+    self.supervised_head = (SupervisedHead(num_classes, zero_init_logits_layer, name='supervised_head')
+                            if num_classes else None)
+
+  def call(self, images, training=False):
+    outputs = self.resnet(images, training=training)
+    hiddens = self.projection_head(outputs['final_avg_pool'], training=training)
+    outputs['proj_head_input'] = hiddens[0]
+    outputs['proj_head_output'] = hiddens[-1]
+    if self.supervised_head is not None:
+      features = hiddens[self.ft_proj_selector]
+      if self.sup_stop_gradient:
+        features = tf.stop_gradient(features)
+      outputs['logits_sup'] = self.supervised_head(features)
+    return outputs
+
+
+def build_model(config: Config, num_classes: int = 0, image_size: int = 0) -> SimCLRModel:
+  """The model the config describes, with its variables created (call it inside strategy.scope())."""
+  model = SimCLRModel(
+      resnet_depth=config.resnet_depth, width_multiplier=config.width_multiplier, sk_ratio=config.sk_ratio,
+      se_ratio=config.se_ratio, cifar_stem=config.cifar_stem, num_proj_layers=config.num_proj_layers,
+      proj_out_dim=config.proj_out_dim, ft_proj_selector=config.ft_proj_selector, num_classes=num_classes,
+      sup_stop_gradient=config.mode == 'pretrain', bn_momentum=config.batch_norm_decay,
+      sync_bn=config.global_bn, name='simclr')
+  size = image_size or min(config.image_size, 64)
+  model(tf.zeros([1, size, size, 3]), training=False)
+  return model
+
+
+def encoder_parameter_count(model: SimCLRModel) -> int:
+  """Trainable parameters of the encoder alone (heads excluded), as the paper counts them."""
+  return sum(int(tf.size(v)) for v in model.resnet.trainable_variables)

@@ -1,0 +1,100 @@
+"""What a long run shows: a progress line (step, loss, images/s, ETA), TensorBoard scalars, a metrics log
+(model_dir/metrics.jsonl) and PNG training curves drawn from that log."""
+
+import json
+import logging
+import math
+import os
+import time
+from typing import Dict, Optional
+
+import tensorflow as tf
+
+log = logging.getLogger('simclr_tf')
+
+
+def format_duration(seconds: float) -> str:
+  if not math.isfinite(seconds):
+    return '?'
+  seconds = int(seconds)
+  h, rem = divmod(seconds, 3600)
+  m, s = divmod(rem, 60)
+  return f'{h}h{m:02d}m' if h else (f'{m}m{s:02d}s' if m else f'{s}s')
+
+
+class Monitor:
+  """Reports training progress; only the chief writes files."""
+
+  def __init__(self, model_dir: str, total_steps: int, global_batch: int, start_step: int, write: bool = True,
+               prefix: str = 'train'):
+    self.model_dir = model_dir
+    self.total_steps = total_steps
+    self.global_batch = global_batch
+    self.prefix = prefix
+    self.write = write and bool(model_dir)
+    self.writer = tf.summary.create_file_writer(os.path.join(model_dir, prefix)) if self.write else None
+    self.metrics_path = os.path.join(model_dir, 'metrics.jsonl')
+    self._last_time = time.time()
+    self._last_step = start_step
+    self._first_step = start_step
+
+  def report(self, step: int, metrics: Dict[str, float]) -> None:
+    now = time.time()
+    steps = step - self._last_step
+    rate = steps * self.global_batch / max(now - self._last_time, 1e-9)
+    eta = (self.total_steps - step) * self.global_batch / rate if rate > 0 else float('inf')
+    self._last_time, self._last_step = now, step
+    shown = '  '.join(f'{k} {v:.4g}' for k, v in metrics.items())
+    log.info('step %d/%d  %s  |  %.1f img/s  ETA %s', step, self.total_steps, shown, rate, format_duration(eta))
+    if not self.write:
+      return
+    with self.writer.as_default(step=step):
+      for k, v in metrics.items():
+        tf.summary.scalar(k, v)
+      tf.summary.scalar('images_per_second', rate)
+    self.writer.flush()
+    record = dict(step=step, mode=self.prefix, images_per_second=rate, **metrics)
+    with open(self.metrics_path, 'a') as f:
+      f.write(json.dumps(record) + '\n')
+
+
+def read_metrics(model_dir: str):
+  path = os.path.join(model_dir, 'metrics.jsonl')
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def plot_curves(model_dir: str, out_path: Optional[str] = None) -> Optional[str]:
+  """Draws every logged metric against the step into model_dir/curves.png (one panel per metric)."""
+  records = read_metrics(model_dir)
+  if not records:
+    return None
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  # The last record of each step wins (a resumed run repeats no step, but be safe).
+  by_step = {}
+  for r in records:
+    by_step[(r.get('mode', 'train'), r['step'])] = r
+  records = [by_step[k] for k in sorted(by_step)]
+  names = sorted({k for r in records for k in r if k not in ('step', 'mode') and isinstance(r[k], (int, float))})
+  cols = min(3, len(names))
+  rows = math.ceil(len(names) / cols)
+  fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.2 * rows), squeeze=False)
+  for ax, name in zip(axes.flat, names):
+    for mode in sorted({r.get('mode', 'train') for r in records}):
+      pts = [(r['step'], r[name]) for r in records if r.get('mode', 'train') == mode and name in r]
+      if pts:
+        ax.plot(*zip(*pts), label=mode)
+    ax.set_title(name)
+    ax.set_xlabel('step')
+    ax.grid(alpha=0.3)
+  for ax in list(axes.flat)[len(names):]:
+    ax.axis('off')
+  fig.tight_layout()
+  out_path = out_path or os.path.join(model_dir, 'curves.png')
+  fig.savefig(out_path, dpi=80)
+  plt.close(fig)
+  return out_path

@@ -1,0 +1,250 @@
+"""The distributed training loop and the pretraining mode.
+
+`fit` is the one loop every mode shares: per-replica batches from distribute_datasets_from_function, one
+tf.function step, metrics averaged over each logging window, checkpoints every N steps (resumed exactly: the
+step counter is the optimizer's, and the data stream restarts at that step), summaries and a progress line.
+"""
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import tempfile
+from typing import Callable, Dict, Optional
+
+import keras
+import tensorflow as tf
+
+from simclr_tf import losses, monitor
+from simclr_tf.checkpoints import CheckpointKeeper
+from simclr_tf.config import Config, UserError
+from simclr_tf.data import inputs
+from simclr_tf.distribute import check_batch_divides
+from simclr_tf.evaluate import evaluate, write_result
+from simclr_tf.models.simclr import build_model
+from simclr_tf.optim.lars import LARS, is_bn_or_bias
+from simclr_tf.optim.schedule import WarmupCosine, scaled_learning_rate
+
+log = logging.getLogger('simclr_tf')
+
+
+# ---- schedule and optimizer ------------------------------------------------------------------------------------
+
+def steps_per_epoch(config: Config, num_examples: int) -> int:
+  return max(1, num_examples // config.train_batch_size)
+
+
+def total_steps(config: Config, num_examples: int) -> int:
+  if config.train_steps > 0:
+    return config.train_steps
+  return max(1, config.train_epochs * num_examples // config.train_batch_size)
+
+
+def learning_rate_schedule(config: Config, num_examples: int) -> WarmupCosine:
+  peak = scaled_learning_rate(config.learning_rate, config.train_batch_size, config.learning_rate_scaling)
+  warmup = int(round(config.warmup_epochs * num_examples / config.train_batch_size))
+  return WarmupCosine(peak, warmup, total_steps(config, num_examples))
+
+
+def is_supervised_head(variable) -> bool:
+  return 'supervised_head' in variable.path
+
+
+def make_optimizer(config: Config, schedule) -> keras.optimizers.Optimizer:
+  if config.optimizer == 'lars':
+    # The supervised head gets its weight decay through the loss (as in the paper's code), not from LARS.
+    return LARS(schedule, momentum=config.momentum, weight_decay_rate=config.weight_decay, eta=config.lars_eta,
+                exclude=lambda v: is_bn_or_bias(v) or is_supervised_head(v))
+  if config.optimizer == 'momentum':
+    return keras.optimizers.SGD(schedule, momentum=config.momentum)
+  return keras.optimizers.Adam(schedule)
+
+
+def weight_decay_loss(model, config: Config) -> tf.Tensor:
+  """The part of weight decay that goes through the loss: the supervised kernel under LARS, else every
+  non-batch-norm variable."""
+  if not config.weight_decay:
+    return tf.constant(0.0)
+  if config.optimizer == 'lars':
+    variables = [v for v in model.trainable_variables if is_supervised_head(v) and v.name == 'kernel']
+  else:
+    variables = [v for v in model.trainable_variables if v.name not in ('gamma', 'beta')]
+  if not variables:
+    return tf.constant(0.0)
+  return config.weight_decay * tf.add_n([tf.nn.l2_loss(tf.cast(v, tf.float32)) for v in variables])
+
+
+# ---- multi-worker file writing ---------------------------------------------------------------------------------
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+  resolver = getattr(strategy, 'cluster_resolver', None)
+  if resolver is None or not resolver.task_type:
+    return True
+  if resolver.task_type == 'chief':
+    return True
+  has_chief = 'chief' in resolver.cluster_spec().as_dict()
+  return resolver.task_type == 'worker' and resolver.task_id == 0 and not has_chief
+
+
+def writable_dir(model_dir: str, strategy: tf.distribute.Strategy) -> str:
+  """model_dir on the chief; a private temporary directory on other workers (they must save too, TF requires)."""
+  if is_chief(strategy):
+    return model_dir
+  resolver = strategy.cluster_resolver
+  return tempfile.mkdtemp(prefix=f'simclr-{resolver.task_type}-{resolver.task_id}-')
+
+
+# ---- the loop --------------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Task:
+  """What a mode trains: the model, its optimizer, the data and the per-replica step.
+
+  replica_step(batch) -> (loss to minimise, dict of scalar metrics); the loop scales the loss by the number of
+  replicas, takes the gradients of `trainable` and applies them.
+  """
+  model: keras.Model
+  optimizer: keras.optimizers.Optimizer
+  source: inputs.Source
+  view_fn: Callable
+  replica_step: Callable
+  metric_names: tuple
+  trainable: Optional[list] = None
+  extra_checkpoint: Optional[dict] = None
+
+
+def checkpoint_every(config: Config, epoch_steps: int) -> int:
+  if config.checkpoint_steps:
+    return config.checkpoint_steps
+  return max(1, config.checkpoint_epochs * epoch_steps) if config.checkpoint_epochs else 0
+
+
+def write_run_config(config: Config) -> None:
+  os.makedirs(config.model_dir, exist_ok=True)
+  path = os.path.join(config.model_dir, 'config.json')
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    f.write(config.to_json())
+  os.replace(tmp, path)
+
+
+def fit(config: Config, strategy: tf.distribute.Strategy, task: Task) -> int:
+  """Trains `task` to the configured number of steps, resuming from model_dir. Returns the final step."""
+  per_replica_batch = check_batch_divides(config.train_batch_size, strategy, 'train_batch_size')
+  steps = total_steps(config, task.source.num_examples)
+  epoch_steps = steps_per_epoch(config, task.source.num_examples)
+  chief = is_chief(strategy)
+  out_dir = writable_dir(config.model_dir, strategy)
+  if chief:
+    write_run_config(config)
+
+  with strategy.scope():
+    trainable = task.trainable if task.trainable is not None else task.model.trainable_variables
+    task.optimizer.build(trainable)
+  keeper = CheckpointKeeper(out_dir, config.keep_checkpoint_max, model=task.model, optimizer=task.optimizer,
+                            **(task.extra_checkpoint or {}))
+  if chief:
+    restored = keeper.restore_latest()
+  else:  # other workers restore the chief's checkpoint so that all start from the same state
+    restored = CheckpointKeeper(config.model_dir, config.keep_checkpoint_max, model=task.model,
+                                optimizer=task.optimizer, **(task.extra_checkpoint or {})).restore_latest()
+  start = int(task.optimizer.iterations.numpy())
+  if restored:
+    log.info('resuming from %s at step %d', restored, start)
+  if start >= steps:
+    log.info('already trained to step %d of %d', start, steps)
+    return start
+
+  dataset = strategy.distribute_datasets_from_function(
+      lambda ctx: inputs.train_dataset(task.source, config, task.view_fn, per_replica_batch, ctx, start_step=start))
+  iterator = iter(dataset)
+  num_replicas = strategy.num_replicas_in_sync
+  sums = {name: tf.Variable(0.0, trainable=False) for name in task.metric_names}
+  count = tf.Variable(0.0, trainable=False)
+
+  def replica_train_step(batch):
+    with tf.GradientTape() as tape:
+      loss, metrics = task.replica_step(batch)
+      scaled = loss / num_replicas
+    grads = tape.gradient(scaled, trainable)
+    task.optimizer.apply_gradients(zip(grads, trainable))
+    return metrics
+
+  @tf.function
+  def train_step(iterator):
+    metrics = strategy.run(replica_train_step, args=(next(iterator),))
+    for name in task.metric_names:
+      sums[name].assign_add(strategy.reduce(tf.distribute.ReduceOp.MEAN, metrics[name], axis=None))
+    count.assign_add(1.0)
+
+  save_every = checkpoint_every(config, epoch_steps)
+  progress = monitor.Monitor(out_dir, steps, config.train_batch_size, start, write=chief, prefix=config.mode)
+  log.info('%s: %d steps (%d per epoch) at global batch %d on %d replica(s), %s',
+           config.mode, steps, epoch_steps, config.train_batch_size, num_replicas, task.source.name)
+  step = start
+  while step < steps:
+    train_step(iterator)
+    step += 1
+    if step % config.log_every_steps == 0 or step == steps:
+      values = {name: float(sums[name].numpy() / count.numpy()) for name in task.metric_names}
+      values['learning_rate'] = float(task.optimizer.learning_rate.numpy()) if hasattr(
+          task.optimizer.learning_rate, 'numpy') else float(task.optimizer.learning_rate)
+      for v in list(sums.values()) + [count]:
+        v.assign(0.0)
+      if not all(math.isfinite(v) for v in values.values()):
+        raise UserError(f'training diverged: a non-finite loss or metric at step {step} ({values}); the last '
+                        f'good checkpoint is {keeper.latest or "none"}. Lower --learning_rate or check the data.')
+      progress.report(step, values)
+    if (save_every and step % save_every == 0) or step == steps:
+      keeper.save(step)
+  if chief:
+    monitor.plot_curves(config.model_dir)
+  return step
+
+
+# ---- pretraining -----------------------------------------------------------------------------------------------
+
+def pretrain(config: Config, strategy: tf.distribute.Strategy) -> Dict[str, float]:
+  """Contrastive pretraining (NT-Xent across replicas, LARS), with linear evaluation while pretraining."""
+  source = inputs.make_source(config, config.train_split)
+  num_classes = 0
+  if config.lineareval_while_pretraining:
+    if source.labeled:
+      num_classes = config.num_classes or source.num_classes
+    else:
+      log.info('%s has no labels: linear evaluation while pretraining is off', source.name)
+  with strategy.scope():
+    model = build_model(config, num_classes=num_classes)
+    optimizer = make_optimizer(config, learning_rate_schedule(config, source.num_examples))
+
+  def replica_step(batch):
+    images = tf.concat(tf.split(batch['image'], 2, axis=-1), axis=0)
+    outputs = model(images, training=True)
+    z1, z2 = tf.split(outputs['proj_head_output'], 2, axis=0)
+    con_loss, logits_ab, labels = losses.nt_xent(z1, z2, config.temperature, config.hidden_norm)
+    accuracy, entropy = losses.contrastive_metrics(logits_ab, labels)
+    loss = con_loss + weight_decay_loss(model, config)
+    metrics = {'loss': loss, 'contrast_loss': con_loss, 'contrast_acc': accuracy, 'contrast_entropy': entropy}
+    if num_classes:
+      sup_labels = tf.concat([batch['label'], batch['label']], axis=0)
+      sup_loss = losses.supervised_loss(sup_labels, outputs['logits_sup'])
+      loss += sup_loss
+      metrics['sup_loss'] = sup_loss
+      metrics['sup_acc'] = tf.reduce_mean(tf.cast(
+          tf.equal(tf.argmax(outputs['logits_sup'], -1), tf.cast(sup_labels, tf.int64)), tf.float32))
+    metrics['loss'] = loss
+    return loss, metrics
+
+  names = ('loss', 'contrast_loss', 'contrast_acc', 'contrast_entropy') + (('sup_loss', 'sup_acc') if num_classes
+                                                                          else ())
+  task = Task(model, optimizer, source, inputs.pretrain_view_fn(config), replica_step, names)
+  step = fit(config, strategy, task)
+  result = {'step': step}
+  if config.eval_split and num_classes:
+    result.update(evaluate(model, inputs.make_source(config, config.eval_split), config, strategy))
+    result.update(split=config.eval_split, step=step, mode='pretrain (linear head trained while pretraining)')
+    if is_chief(strategy):
+      log.info('eval on %s: top1 %.4f top5 %.4f', config.eval_split, result['top1'], result['top5'])
+      write_result(config.model_dir, config.eval_split, result)
+  return result
