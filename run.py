@@ -59,8 +59,27 @@ def setup_logging():
   absl_logging.set_verbosity(absl_logging.ERROR)  # tfds and TF deprecation warnings
 
 
+def import_tensorflow_quietly():
+  """Loads TF with stderr silenced: its C++ start-up lines (oneDNN notices) would bury our one-line messages.
+  Python exceptions still surface. SIMCLR_TF_VERBOSE=1 shows everything."""
+  if os.environ.get('SIMCLR_TF_VERBOSE'):
+    import tensorflow  # noqa: F401
+    return
+  saved = os.dup(2)
+  devnull = os.open(os.devnull, os.O_WRONLY)
+  os.dup2(devnull, 2)
+  try:
+    import tensorflow  # noqa: F401
+    import keras  # noqa: F401
+  finally:
+    os.dup2(saved, 2)
+    os.close(saved)
+    os.close(devnull)
+
+
 def run(config: config_lib.Config):
   """Runs the mode of a validated config; returns its result dict."""
+  import_tensorflow_quietly()
   from simclr_tf import distribute, train
   strategy = distribute.make_strategy(config)
   if config.mode == 'pretrain':

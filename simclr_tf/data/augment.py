@@ -69,7 +69,7 @@ def to_grayscale(image):
 
 def gaussian_blur(image, sigma, image_size):
   """Separable Gaussian blur with 2*floor((image_size/10)/2)+1 taps and zero padding."""
-  radius = (image_size // 10) // 2
+  radius = blur_taps(image_size) // 2
   x = tf.cast(tf.range(-radius, radius + 1), tf.float32)
   kernel = tf.exp(-tf.square(x) / (2.0 * tf.square(sigma)))
   kernel /= tf.reduce_sum(kernel)

@@ -30,6 +30,7 @@ class Source:
   num_classes: int  # 0 when unlabeled
   records: Callable[[int, int], tf.data.Dataset]  # (pipeline_id, num_pipelines) -> records in a fixed order
   decode: Callable[[tf.Tensor], tf.Tensor]  # record['image'] -> uint8 HWC image
+  records_are_paths: bool = False  # small records: the whole split can be permuted at once
 
   @property
   def labeled(self) -> bool:
@@ -85,7 +86,8 @@ def image_folder_source(root: str, split: str) -> Source:
   def decode(path):
     return decode_image(tf.io.read_file(path))
 
-  return Source(f'image_folder:{root}', split, len(paths), len(class_names), records, decode)
+  return Source(f'image_folder:{root}', split, len(paths), len(class_names), records, decode,
+                records_are_paths=True)
 
 
 # ---- tfds ------------------------------------------------------------------------------------------------------
@@ -136,19 +138,30 @@ def make_source(config: Config, split: str) -> Source:
 
 # ---- datasets --------------------------------------------------------------------------------------------------
 
+def shuffled_epoch(records: tf.data.Dataset, block: int, seed, epoch) -> tf.data.Dataset:
+  """The records of one epoch, permuted within blocks of `block` records by a stateless permutation keyed by
+  (seed, epoch, block index): the same for the same arguments, different for every epoch."""
+  epoch_seed = tf.cast(seed, tf.int64) * 1_000_003 + tf.cast(epoch, tf.int64)
+
+  def permute(block_index, batch):
+    n = tf.shape(batch['label'])[0]
+    order = tf.argsort(tf.random.stateless_uniform([n], seed=tf.stack([epoch_seed, block_index])))
+    return tf.nest.map_structure(lambda t: tf.gather(t, order), batch)
+
+  return records.batch(block).enumerate().map(permute).unbatch()
+
+
 def _epoch_stream(source: Source, config: Config, pipeline_id: int, num_pipelines: int, start_element: int):
-  """Records of endless epochs, each shuffled by (seed, epoch), enumerated, starting at `start_element`."""
+  """(index, record) of endless shuffled epochs of this pipeline's shard, starting at `start_element`."""
   records = source.records(pipeline_id, num_pipelines)
   if config.cache_dataset:
     records = records.cache()
   per_pipeline = max(1, source.num_examples // num_pipelines)
   start_epoch = start_element // per_pipeline
-  seed = config.seed
-
-  def epoch(e):
-    return records.shuffle(config.shuffle_buffer, seed=seed * 1_000_003 + e, reshuffle_each_iteration=False)
-
-  stream = tf.data.Dataset.range(start_epoch, 2 ** 62).flat_map(epoch)
+  # Records that are only paths shuffle as one block (a full permutation); encoded images use bounded blocks.
+  block = source.num_examples if source.records_are_paths else config.shuffle_buffer
+  stream = tf.data.Dataset.range(start_epoch, 2 ** 62).flat_map(
+      lambda e: shuffled_epoch(records, block, config.seed, e).take(per_pipeline))
   stream = tf.data.Dataset.zip(tf.data.Dataset.range(start_epoch * per_pipeline, 2 ** 62), stream)
   return stream.skip(start_element - start_epoch * per_pipeline)
 

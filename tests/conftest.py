@@ -1,0 +1,57 @@
+"""Test set-up: two logical CPU devices for the whole session (so mirrored two-replica runs and single-device runs
+share one process), a tiny generated image folder, and helpers to run run.py."""
+
+import os
+import subprocess
+import sys
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+_cpu = tf.config.list_physical_devices('CPU')[0]
+tf.config.set_logical_device_configuration(_cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+
+from simclr_tf.config import Config  # noqa: E402
+
+
+def tiny_config(**overrides) -> Config:
+  """A ResNet-18 at 1/8 width on 32x32 images: seconds per run on two CPU cores."""
+  base = dict(resnet_depth=18, width_multiplier=0.125, image_size=32, train_batch_size=8, eval_batch_size=8,
+              proj_out_dim=16, temperature=0.5, color_jitter_strength=0.5, use_blur=False, log_every_steps=1,
+              shuffle_buffer=64, warmup_epochs=0, learning_rate=0.1, train_steps=3, checkpoint_steps=0,
+              checkpoint_epochs=0, weight_decay=1e-4)
+  base.update(overrides)
+  return Config(**base)
+
+
+@pytest.fixture(scope='session')
+def shapes_dir(tmp_path_factory):
+  """A labelled image folder (5 classes x 8 images in train and test)."""
+  from simclr_tf.data import shapes
+  root = str(tmp_path_factory.mktemp('data') / 'shapes')
+  shapes.generate(root, per_class=8)
+  return root
+
+
+@pytest.fixture(scope='session')
+def unlabeled_dir(tmp_path_factory, shapes_dir):
+  """ROOT/train/*.png without classes (the shapes' train images, flattened)."""
+  import shutil
+  root = tmp_path_factory.mktemp('unlabeled')
+  os.makedirs(root / 'train')
+  for cls in sorted(os.listdir(os.path.join(shapes_dir, 'train'))):
+    for f in sorted(os.listdir(os.path.join(shapes_dir, 'train', cls))):
+      shutil.copy(os.path.join(shapes_dir, 'train', cls, f), root / 'train' / f'{cls}_{f}')
+  return str(root)
+
+
+def run_cli(*args, timeout=300, env=None):
+  """Runs `python run.py ARGS` and returns the CompletedProcess (text output)."""
+  full_env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', **(env or {}))
+  return subprocess.run([sys.executable, os.path.join(ROOT, 'run.py'), *args], capture_output=True, text=True,
+                        timeout=timeout, cwd=ROOT, env=full_env)

@@ -1,0 +1,17 @@
+"""Runs run.py (flags from the command line) with tfds replaced by tfds.testing.mock_data, so a tfds dataset such
+as cifar10 works offline: `python tests/mock_tfds_run.py --dataset=cifar10 ...`. MOCK_EXAMPLES sets the size."""
+
+import os
+import runpy
+import sys
+
+import tensorflow_datasets as tfds
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RUN_PY = os.path.join(ROOT, 'run.py')
+sys.path.insert(0, ROOT)
+
+if __name__ == '__main__':
+  with tfds.testing.mock_data(num_examples=int(os.environ.get('MOCK_EXAMPLES', '32'))):
+    sys.argv = [RUN_PY] + sys.argv[1:]
+    runpy.run_path(RUN_PY, run_name='__main__')

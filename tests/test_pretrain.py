@@ -1,0 +1,110 @@
+"""Pretraining end to end through run.py: tfds (mocked), image folders, two replicas, resume."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import run as run_py
+from conftest import ROOT, tiny_config
+from simclr_tf import monitor
+
+
+def checkpoint_values(model_dir):
+  """name -> value of every variable in the latest checkpoint of model_dir (model and optimizer)."""
+  path = tf.train.latest_checkpoint(model_dir)
+  reader = tf.train.load_checkpoint(path)
+  return {k: reader.get_tensor(k) for k, _ in tf.train.list_variables(path) if k != '_CHECKPOINTABLE_OBJECT_GRAPH'}
+
+
+def test_pretrain_cli_on_mock_cifar10(tmp_path):
+  model_dir = tmp_path / 'run'
+  args = ['--dataset=cifar10', '--image_size=32', '--resnet_depth=18', '--width_multiplier=0.125',
+          '--train_batch_size=8', '--train_steps=4', '--log_every_steps=2', '--checkpoint_steps=2',
+          '--proj_out_dim=16', '--eval_split=test', '--eval_batch_size=8', f'--model_dir={model_dir}']
+  proc = subprocess.run([sys.executable, os.path.join(ROOT, 'tests', 'mock_tfds_run.py'), *args],
+                        capture_output=True, text=True, timeout=300, cwd=ROOT,
+                        env=dict(os.environ, MOCK_EXAMPLES='24'))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert 'step 4/4' in proc.stdout and 'img/s' in proc.stdout and 'ETA' in proc.stdout
+  assert tf.train.latest_checkpoint(str(model_dir)).endswith('ckpt-4')
+  records = monitor.read_metrics(str(model_dir))
+  assert [r['step'] for r in records] == [2, 4]
+  assert {'loss', 'contrast_acc', 'contrast_entropy', 'sup_acc', 'learning_rate'} <= set(records[0])
+  assert (model_dir / 'curves.png').stat().st_size > 1000
+  assert json.loads((model_dir / 'config.json').read_text())['dataset'] == 'cifar10'
+  result = json.loads((model_dir / 'eval_test.json').read_text())
+  assert result['num_examples'] == 24 and 0 <= result['top1'] <= 1
+  assert any(f.startswith('events.out.tfevents') for f in os.listdir(model_dir / 'pretrain'))
+
+
+def test_pretrain_on_image_folder_and_eval(tmp_path, shapes_dir):
+  config = tiny_config(dataset='image_folder', data_dir=shapes_dir, model_dir=str(tmp_path), train_steps=12,
+                       eval_split='test', log_every_steps=6)
+  result = run_py.run(config.validate())
+  assert result['num_examples'] == 40 and result['step'] == 12
+  records = monitor.read_metrics(str(tmp_path))
+  assert [r['step'] for r in records] == [6, 12]
+  assert all(np.isfinite(r['loss']) and 0 <= r['contrast_acc'] <= 1 for r in records)
+  assert json.loads((tmp_path / 'eval_test.json').read_text())['num_examples'] == 40
+
+
+def test_unlabeled_folder_pretrains_without_supervised_head(tmp_path, unlabeled_dir):
+  config = tiny_config(dataset='image_folder', data_dir=unlabeled_dir, model_dir=str(tmp_path), train_steps=2)
+  run_py.run(config.validate())
+  values = checkpoint_values(str(tmp_path))
+  assert not any('supervised_head' in k for k in values)
+  assert 'sup_acc' not in monitor.read_metrics(str(tmp_path))[-1]
+
+
+def _two_step_weights(model_dir, shapes_dir, **overrides):
+  config = tiny_config(dataset='image_folder', data_dir=shapes_dir, model_dir=str(model_dir), train_steps=2,
+                       **overrides)
+  run_py.run(config.validate())
+  return {k: v for k, v in checkpoint_values(str(model_dir)).items() if k.startswith('model/')}
+
+
+def test_two_replicas_equal_one_device_on_the_same_global_batch(tmp_path, shapes_dir):
+  """Sync BN and cross-replica negatives make a 2-replica step the same as a 1-device step on the whole batch;
+  with per-replica BN the result differs (so the comparison can fail)."""
+  one = _two_step_weights(tmp_path / 'one', shapes_dir, cpu_replicas=1)
+  two = _two_step_weights(tmp_path / 'two', shapes_dir, cpu_replicas=2)
+  local_bn = _two_step_weights(tmp_path / 'local', shapes_dir, cpu_replicas=2, global_bn=False)
+  assert one.keys() == two.keys()
+  worst = max(np.max(np.abs(one[k] - two[k])) for k in one)
+  assert worst < 2e-4, worst
+  differs = max(np.max(np.abs(one[k] - local_bn[k])) for k in one)
+  assert differs > 100 * max(worst, 1e-6)
+
+
+def test_resume_continues_exactly(tmp_path, shapes_dir, monkeypatch):
+  config = tiny_config(dataset='image_folder', data_dir=shapes_dir, train_steps=6, checkpoint_steps=2)
+  straight = tmp_path / 'straight'
+  run_py.run(config.replace(model_dir=str(straight)))
+
+  interrupted = tmp_path / 'interrupted'
+  original = monitor.Monitor.report
+
+  def stop_at_step_3(self, step, metrics):
+    original(self, step, metrics)
+    if step == 3:
+      raise KeyboardInterrupt
+
+  monkeypatch.setattr(monitor.Monitor, 'report', stop_at_step_3)
+  with pytest.raises(KeyboardInterrupt):
+    run_py.run(config.replace(model_dir=str(interrupted)))
+  assert tf.train.latest_checkpoint(str(interrupted)).endswith('ckpt-2')
+  monkeypatch.setattr(monitor.Monitor, 'report', original)
+  run_py.run(config.replace(model_dir=str(interrupted)))
+
+  a, b = checkpoint_values(str(straight)), checkpoint_values(str(interrupted))
+  assert a.keys() == b.keys()
+  assert any('optimizer' in k for k in a)  # momentum slots and the step counter are part of the state
+  for k in a:
+    np.testing.assert_allclose(a[k], b[k], atol=1e-6, err_msg=k)
+  steps = [r['step'] for r in monitor.read_metrics(str(interrupted))]
+  assert steps == [1, 2, 3, 3, 4, 5, 6]  # step 3 ran again from the step-2 checkpoint; none skipped
