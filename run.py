@@ -19,22 +19,23 @@ from simclr_tf import config as config_lib  # noqa: E402
 FLAGS = flags.FLAGS
 
 
-def declare_flags():
+def declare_flags(flag_values=FLAGS):
+  """One flag per Config field, with its default, help text and (for enums) its choices."""
   for name, kind, default, help_text, choices in config_lib.flag_fields():
     if choices and kind is str:
-      flags.DEFINE_enum(name, default, list(choices), help_text)
+      flags.DEFINE_enum(name, default, list(choices), help_text, flag_values=flag_values)
     elif kind is bool:
-      flags.DEFINE_bool(name, default, help_text)
+      flags.DEFINE_bool(name, default, help_text, flag_values=flag_values)
     elif kind is int:
-      flags.DEFINE_integer(name, default, help_text)
+      flags.DEFINE_integer(name, default, help_text, flag_values=flag_values)
     elif kind is float:
-      flags.DEFINE_float(name, default, help_text)
+      flags.DEFINE_float(name, default, help_text, flag_values=flag_values)
     else:
-      flags.DEFINE_string(name, default, help_text)
+      flags.DEFINE_string(name, default, help_text, flag_values=flag_values)
 
 
-def config_from_flags() -> config_lib.Config:
-  return config_lib.Config(**{name: FLAGS[name].value for name, *_ in config_lib.flag_fields()})
+def config_from_flags(flag_values=FLAGS) -> config_lib.Config:
+  return config_lib.Config(**{name: flag_values[name].value for name, *_ in config_lib.flag_fields()})
 
 
 def parse_flags(argv):
@@ -82,6 +83,8 @@ def run(config: config_lib.Config):
   import_tensorflow_quietly()
   from simclr_tf import distribute, train
   strategy = distribute.make_strategy(config)
+  if config.mode in ('pretrain', 'finetune', 'distill'):
+    distribute.check_batch_divides(config.train_batch_size, strategy, 'train_batch_size')
   if config.mode == 'pretrain':
     return train.pretrain(config, strategy)
   raise config_lib.UserError(f'--mode={config.mode} is not available yet in this version.')

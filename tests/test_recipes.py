@@ -1,0 +1,40 @@
+"""Every flagfile recipe parses into a valid Config, and the paper's numbers are in them."""
+
+import glob
+import os
+
+import pytest
+from absl import flags
+
+import run as run_py
+from conftest import ROOT
+
+RECIPES = sorted(glob.glob(os.path.join(ROOT, 'flags', '*.cfg')))
+
+
+def parse(path):
+  values = flags.FlagValues()
+  run_py.declare_flags(values)
+  cwd = os.getcwd()
+  os.chdir(ROOT)  # recipes include each other by paths relative to the repository root
+  try:
+    values(['run.py', f'--flagfile={path}'])
+  finally:
+    os.chdir(cwd)
+  return run_py.config_from_flags(values)
+
+
+@pytest.mark.parametrize('path', RECIPES, ids=os.path.basename)
+def test_recipe_is_valid(path):
+  config = parse(path).validate()
+  assert config.model_dir
+
+
+def test_paper_numbers():
+  r152 = parse(os.path.join(ROOT, 'flags', 'imagenet_pretrain_r152_3x_sk1.cfg'))
+  assert (r152.resnet_depth, r152.width_multiplier, r152.sk_ratio) == (152, 3, 0.0625)
+  assert (r152.train_batch_size, r152.learning_rate, r152.learning_rate_scaling, r152.temperature) == (
+      4096, 0.075, 'sqrt', 0.1)
+  cifar = parse(os.path.join(ROOT, 'flags', 'cifar10_pretrain.cfg'))
+  assert (cifar.train_batch_size, cifar.temperature, cifar.use_blur, cifar.color_jitter_strength) == (
+      512, 0.5, False, 0.5)
