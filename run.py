@@ -87,6 +87,10 @@ def run(config: config_lib.Config):
     distribute.check_batch_divides(config.train_batch_size, strategy, 'train_batch_size')
   if config.mode == 'pretrain':
     return train.pretrain(config, strategy)
+  if config.mode == 'finetune':
+    return train.finetune(config, strategy)
+  if config.mode == 'eval':
+    return train.evaluate_checkpoint(config, strategy)
   raise config_lib.UserError(f'--mode={config.mode} is not available yet in this version.')
 
 

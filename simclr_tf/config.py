@@ -69,6 +69,15 @@ class Config:
                                                'projection-head layer while pretraining (needs labels).')
   num_classes: int = _field(0, 'Classes of the supervised head (0 = take it from the dataset).')
 
+  # Fine-tuning and evaluation.
+  checkpoint: str = _field('', 'Weights to start from (finetune, distill student) or to evaluate/export: a '
+                           'model_dir (its latest checkpoint), a checkpoint prefix, or a SavedModel directory.')
+  zero_init_logits_layer: bool = _field(False, 'Start the new supervised head at zero (finetune, distill).')
+  fine_tune_after_block: int = _field(-1, 'Freeze the stem (0) and block groups 1..k, weights and BN statistics '
+                                      '(-1 = train everything, 4 = linear evaluation).')
+  label_fraction: float = _field(1.0, 'Train on a class-balanced, seeded subset of this fraction of the labelled '
+                                 'split (e.g. 0.01, 0.1); the chosen example ids go to model_dir/label_subset.json.')
+
   # Architecture.
   resnet_depth: int = _field(50, 'ResNet depth: 18, 34, 50, 101, 152 or 200.')
   width_multiplier: float = _field(1.0, 'Width multiplier of the ResNet (1, 2, 3 as published; fractions allowed).')
@@ -129,6 +138,10 @@ class Config:
         (0 <= self.ft_proj_selector <= self.num_proj_layers,
          f'--ft_proj_selector={self.ft_proj_selector} must be between 0 and --num_proj_layers={self.num_proj_layers}.'),
         (self.num_classes >= 0, f'--num_classes must not be negative, got {self.num_classes}.'),
+        (0 < self.label_fraction <= 1, f'--label_fraction must be in (0, 1], got {self.label_fraction}.'),
+        (-1 <= self.fine_tune_after_block <= 4,
+         f'--fine_tune_after_block must be between -1 and 4, got {self.fine_tune_after_block}.'),
+        (self.mode not in ('eval', 'export') or self.checkpoint, f'--mode={self.mode} needs --checkpoint.'),
         (self.image_size >= 8, f'--image_size={self.image_size} is too small; the ResNet needs at least 8 pixels.'),
         (0 <= self.color_jitter_strength, f'--color_jitter_strength must not be negative.'),
         (0 < self.batch_norm_decay < 1, f'--batch_norm_decay must be in (0, 1), got {self.batch_norm_decay}.'),
@@ -143,7 +156,8 @@ class Config:
          '--dataset=image_folder needs --data_dir=ROOT (ROOT/<split>/<class>/*.jpg).'),
         (self.dataset != 'shapes' or self.data_dir,
          '--dataset=shapes needs --data_dir, where the generated images are written on first use.'),
-        (self.mode not in ('pretrain', 'finetune', 'distill') or self.model_dir,
+        (self.mode not in ('pretrain', 'finetune', 'distill', 'eval') or self.model_dir or
+         (self.mode == 'eval' and self.checkpoint),
          f'--mode={self.mode} needs --model_dir for its checkpoints and results.'),
         (self.strategy != 'tpu' or self.tpu, '--strategy=tpu needs --tpu=NAME.'),
     ]

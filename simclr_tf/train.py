@@ -17,6 +17,7 @@ import keras
 import tensorflow as tf
 
 from simclr_tf import losses, monitor
+from simclr_tf import checkpoints
 from simclr_tf.checkpoints import CheckpointKeeper
 from simclr_tf.config import Config, UserError
 from simclr_tf.data import inputs
@@ -240,11 +241,112 @@ def pretrain(config: Config, strategy: tf.distribute.Strategy) -> Dict[str, floa
                                                                           else ())
   task = Task(model, optimizer, source, inputs.pretrain_view_fn(config), replica_step, names)
   step = fit(config, strategy, task)
-  result = {'step': step}
-  if config.eval_split and num_classes:
-    result.update(evaluate(model, inputs.make_source(config, config.eval_split), config, strategy))
-    result.update(split=config.eval_split, step=step, mode='pretrain (linear head trained while pretraining)')
+  result = evaluate_and_record(config, strategy, model, step) if num_classes else None
+  return result or {'step': step}
+
+
+# ---- fine-tuning -----------------------------------------------------------------------------------------------
+
+def write_json(path: str, value) -> None:
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(value, f, indent=1)
+  os.replace(tmp, path)
+
+
+def labelled_train_source(config: Config, strategy) -> inputs.Source:
+  """The training split, reduced to --label_fraction (ids written to model_dir/label_subset.json)."""
+  source = inputs.make_source(config, config.train_split)
+  if not source.labeled:
+    raise UserError(f'--mode={config.mode} needs labels, and split {config.train_split!r} of {source.name} has '
+                    f'none (use ROOT/<split>/<class>/*.jpg).')
+  if config.label_fraction < 1:
+    source, description = inputs.label_fraction_source(source, config.label_fraction, config.seed)
     if is_chief(strategy):
-      log.info('eval on %s: top1 %.4f top5 %.4f', config.eval_split, result['top1'], result['top5'])
-      write_result(config.model_dir, config.eval_split, result)
+      write_json(os.path.join(config.model_dir, 'label_subset.json'), description)
+    log.info('label fraction %g: %d examples (%s per class)', config.label_fraction, source.num_examples,
+             description['per_class'])
+  return source
+
+
+def restore_pretrained(config: Config, model, flag: str = 'checkpoint') -> Optional[str]:
+  """Loads the encoder and the projection-head layers the model has (up to --ft_proj_selector) from
+  --checkpoint; the checkpoint's other layers and its supervised head are ignored."""
+  path = getattr(config, flag)
+  if not path:
+    return None
+  prefix = checkpoints.resolve_checkpoint(path, flag)
+  count = checkpoints.restore_variables(model, model.resnet.weights + model.projection_head.weights,
+                                         prefix)
+  log.info('initialised %d encoder and projection-head variables from %s', count, prefix)
+  return prefix
+
+
+def supervised_replica_step(model, config: Config):
+  def replica_step(batch):
+    outputs = model(batch['image'], training=True)
+    sup_loss = losses.supervised_loss(batch['label'], outputs['logits_sup'])
+    loss = sup_loss + weight_decay_loss(model, config)
+    accuracy = tf.reduce_mean(tf.cast(
+        tf.equal(tf.argmax(outputs['logits_sup'], -1), tf.cast(batch['label'], tf.int64)), tf.float32))
+    return loss, {'loss': loss, 'sup_loss': sup_loss, 'sup_acc': accuracy}
+  return replica_step
+
+
+def evaluate_and_record(config: Config, strategy, model, step: int, **extra) -> Optional[dict]:
+  """Evaluates on --eval_split (if set) and writes model_dir/eval_<split>.json on the chief."""
+  if not config.eval_split:
+    return None
+  result = evaluate(model, inputs.make_source(config, config.eval_split), config, strategy)
+  result.update(split=config.eval_split, step=step, mode=config.mode, **extra)
+  log.info('eval on %s: top1 %.4f  top5 %.4f  loss %.4f  (%d examples)', config.eval_split, result['top1'],
+           result['top5'], result['loss'], result['num_examples'])
+  if is_chief(strategy):
+    write_result(config.model_dir, config.eval_split, result)
   return result
+
+
+def finetune(config: Config, strategy: tf.distribute.Strategy) -> Dict[str, float]:
+  """Supervised fine-tuning from the projection head's layer --ft_proj_selector of a pretrained model (or from
+  random weights without --checkpoint: the supervised baseline)."""
+  source = labelled_train_source(config, strategy)
+  num_classes = config.num_classes or source.num_classes
+  with strategy.scope():
+    model = build_model(config, num_classes=num_classes)
+    optimizer = make_optimizer(config, learning_rate_schedule(config, source.num_examples))
+  if checkpoints.latest_checkpoint(config.model_dir):
+    origin = None  # resuming: fit restores model_dir's own checkpoint
+  else:
+    origin = restore_pretrained(config, model)
+    if origin is None:
+      log.info('no --checkpoint: fine-tuning starts from random weights (the supervised baseline)')
+  if config.fine_tune_after_block >= 0:
+    log.info('frozen: stem%s (weights and batch-norm statistics)',
+             f' and block groups 1..{config.fine_tune_after_block}' if config.fine_tune_after_block else '')
+  task = Task(model, optimizer, source, inputs.finetune_view_fn(config), supervised_replica_step(model, config),
+              ('loss', 'sup_loss', 'sup_acc'))
+  step = fit(config, strategy, task)
+  result = evaluate_and_record(config, strategy, model, step, initialised_from=config.checkpoint or 'random')
+  return result or {'step': step}
+
+
+# ---- evaluation of a checkpoint --------------------------------------------------------------------------------
+
+def evaluate_checkpoint(config: Config, strategy: tf.distribute.Strategy) -> Dict[str, float]:
+  """--mode=eval: top-1/top-5/loss of a checkpoint's supervised head on --eval_split (default: test)."""
+  prefix = checkpoints.resolve_checkpoint(config.checkpoint)
+  shapes = checkpoints.model_variable_shapes(prefix)
+  bias = shapes.get('supervised_head/dense/bias')
+  if not bias:
+    raise UserError(f'checkpoint {prefix} has no supervised head to evaluate (pretrain with labels and '
+                    f'--lineareval_while_pretraining, or fine-tune it first).')
+  num_classes = bias[0]
+  layers = {int(k.split('/')[1][len('layer'):]) for k in shapes if k.startswith('projection_head/layer')}
+  config = config.replace(eval_split=config.eval_split or 'test',
+                          model_dir=config.model_dir or (config.checkpoint if os.path.isdir(config.checkpoint)
+                                                         else os.path.dirname(prefix)))
+  with strategy.scope():
+    model = build_model(config, num_classes=num_classes, proj_keep_layers=max(layers, default=0))
+  checkpoints.restore_variables(model, model.weights, prefix)
+  return evaluate_and_record(config, strategy, model, checkpoints.checkpoint_step(prefix), checkpoint=prefix)

@@ -11,6 +11,7 @@ import logging
 import os
 from typing import Callable, Optional
 
+import numpy as np
 import tensorflow as tf
 
 from simclr_tf.config import Config, UserError
@@ -134,6 +135,55 @@ def make_source(config: Config, split: str) -> Source:
     shapes.ensure(config.data_dir)
     return image_folder_source(config.data_dir, split)
   return tfds_source(config.dataset, split, config.data_dir)
+
+
+# ---- label fractions ------------------------------------------------------------------------------------------
+
+def labels_of(source: Source) -> np.ndarray:
+  """The label of every record of the split, in record order (one pass that decodes no image)."""
+  labels = source.records(0, 1).map(lambda r: r['label']).batch(8192)
+  return np.concatenate([b.numpy() for b in labels] or [np.zeros([0], np.int64)])
+
+
+def class_balanced_subset(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+  """Sorted record indices: round(fraction * n_c) (at least 1) examples of each class c, chosen by `seed`."""
+  rng = np.random.default_rng([seed, 7919])
+  chosen = []
+  for c in np.unique(labels):
+    members = np.flatnonzero(labels == c)
+    count = max(1, int(round(fraction * len(members))))
+    chosen.append(np.sort(rng.permutation(members)[:count]))
+  return np.sort(np.concatenate(chosen)) if chosen else np.zeros([0], np.int64)
+
+
+def subset(source: Source, indices: np.ndarray) -> Source:
+  """The source restricted to the records at `indices` (in record order)."""
+  keep = np.zeros([source.num_examples], bool)
+  keep[indices] = True
+  keep = tf.constant(keep)
+  base = source.records
+
+  def records(pipeline_id, num_pipelines):
+    ds = base(0, 1).enumerate().filter(lambda i, r: keep[i]).map(lambda i, r: r)
+    return ds.shard(num_pipelines, pipeline_id) if num_pipelines > 1 else ds
+
+  return dataclasses.replace(source, split=f'{source.split} ({len(indices)} chosen)', num_examples=len(indices),
+                             records=records)
+
+
+def label_fraction_source(source: Source, fraction: float, seed: int):
+  """(subset source, description) of a class-balanced seeded fraction of a labelled split."""
+  if not source.labeled:
+    raise UserError(f'--label_fraction needs labels, and split {source.split!r} of {source.name} has none.')
+  labels = labels_of(source)
+  indices = class_balanced_subset(labels, fraction, seed)
+  counts = {int(c): int(np.sum(labels[indices] == c)) for c in np.unique(labels)}
+  description = dict(dataset=source.name, split=source.split, fraction=fraction, seed=seed,
+                     num_examples=int(len(indices)), per_class=counts, ids=[int(i) for i in indices])
+  chosen = subset(source, indices)
+  if source.records_are_paths:  # image folders: the files themselves, for auditing
+    description['files'] = [r['image'].decode() for r in chosen.records(0, 1).as_numpy_iterator()]
+  return chosen, description
 
 
 # ---- datasets --------------------------------------------------------------------------------------------------

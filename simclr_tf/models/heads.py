@@ -23,19 +23,23 @@ class ProjectionLayer(keras.layers.Layer):
 
 
 class ProjectionHead(keras.layers.Layer):
-  """Layers 1..n-1 keep the input width; layer n maps to out_dim. call() returns [input, out_1, ..., out_n]."""
+  """Layers 1..n-1 keep the input width; layer n maps to out_dim. call() returns [input, out_1, ..., out_k].
 
-  def __init__(self, input_dim, num_layers, out_dim, bn_momentum=0.9, sync_bn=True, **kwargs):
+  `keep_layers` (default all n) builds only the first k layers: fine-tuning from layer k needs no more.
+  """
+
+  def __init__(self, input_dim, num_layers, out_dim, bn_momentum=0.9, sync_bn=True, keep_layers=None, **kwargs):
     super().__init__(**kwargs)
     self.num_layers = num_layers
+    self.keep_layers = num_layers if keep_layers is None else keep_layers
     bn_args = dict(momentum=bn_momentum, synchronized=sync_bn)
-    for i in range(1, num_layers + 1):
+    for i in range(1, self.keep_layers + 1):
       last = i == num_layers
       setattr(self, f'layer{i}', ProjectionLayer(out_dim if last else input_dim, last, bn_args, name=f'layer{i}'))
 
   def call(self, x, training=False):
     hiddens = [x]
-    for i in range(1, self.num_layers + 1):
+    for i in range(1, self.keep_layers + 1):
       hiddens.append(getattr(self, f'layer{i}')(hiddens[-1], training=training))
     return hiddens
 

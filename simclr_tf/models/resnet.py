@@ -233,12 +233,24 @@ class ResNet(keras.layers.Layer):
   def block_groups(self):
     return [getattr(self, f'block_group{g}') for g in range(1, 5)]
 
+  def freeze_through(self, stage: int) -> None:
+    """Freezes the stem (stage 0) and block groups 1..stage: their weights stop training and their batch norms
+    use (and keep) their moving statistics. stage -1 freezes nothing; 4 freezes the whole encoder."""
+    self.frozen_through = stage
+    for i, part in enumerate([self.stem] + self.block_groups()):
+      part.trainable = i > stage
+
   def call(self, x, training=False):
+    frozen_through = getattr(self, 'frozen_through', -1)
     outputs = {}
-    outputs['initial_conv'], x = self.stem(x, training=training)
+    outputs['initial_conv'], x = self.stem(x, training=training and frozen_through < 0)
+    if frozen_through >= 0:
+      x = tf.stop_gradient(x)
     outputs['initial_max_pool'] = x
     for g, group in enumerate(self.block_groups(), start=1):
-      x = group(x, training=training)
+      x = group(x, training=training and g > frozen_through)
+      if g <= frozen_through:
+        x = tf.stop_gradient(x)
       outputs[f'block_group{g}'] = x
     outputs['final_avg_pool'] = tf.reduce_mean(x, axis=[1, 2])
     return outputs

@@ -1,5 +1,7 @@
 """The SimCLR model: ResNet encoder, projection head and optional supervised head, returning named outputs."""
 
+from typing import Optional
+
 import keras
 import tensorflow as tf
 
@@ -18,14 +20,16 @@ class SimCLRModel(keras.Model):
 
   def __init__(self, resnet_depth=50, width_multiplier=1.0, sk_ratio=0.0, se_ratio=0.0, cifar_stem=False,
                num_proj_layers=3, proj_out_dim=128, ft_proj_selector=0, num_classes=0, sup_stop_gradient=False,
-               zero_init_logits_layer=False, bn_momentum=0.9, sync_bn=True, **kwargs):
+               zero_init_logits_layer=False, bn_momentum=0.9, sync_bn=True, proj_keep_layers=None,
+               fine_tune_after_block=-1, **kwargs):
     super().__init__(**kwargs)
     self.ft_proj_selector = ft_proj_selector
     self.sup_stop_gradient = sup_stop_gradient
     self.resnet = ResNet(resnet_depth, width_multiplier, sk_ratio, se_ratio, cifar_stem, bn_momentum, sync_bn,
                          name='resnet')
+    self.resnet.freeze_through(fine_tune_after_block)
     self.projection_head = ProjectionHead(self.resnet.output_dim, num_proj_layers, proj_out_dim, bn_momentum,
-                                          sync_bn, name='projection_head')
+                                          sync_bn, keep_layers=proj_keep_layers, name='projection_head')
     self.supervised_head = (SupervisedHead(num_classes, zero_init_logits_layer, name='supervised_head')
                             if num_classes else None)
 
@@ -42,15 +46,25 @@ class SimCLRModel(keras.Model):
     return outputs
 
 
-def build_model(config: Config, num_classes: int = 0, image_size: int = 0) -> SimCLRModel:
-  """The model the config describes, with its variables created from --seed (call it inside strategy.scope())."""
+def build_model(config: Config, num_classes: int = 0, image_size: int = 0,
+                proj_keep_layers: Optional[int] = None) -> SimCLRModel:
+  """The model the config describes, with its variables created from --seed (call it inside strategy.scope()).
+
+  Pretraining builds the whole projection head and a supervised head on a stop-gradient; fine-tuning and
+  distillation build the head up to --ft_proj_selector, a fresh supervised head (zeroed with
+  --zero_init_logits_layer) and freeze the encoder through --fine_tune_after_block.
+  """
   keras.utils.set_random_seed(config.seed)
+  pretraining = config.mode == 'pretrain'
+  if proj_keep_layers is None and not pretraining:
+    proj_keep_layers = config.ft_proj_selector
   model = SimCLRModel(
       resnet_depth=config.resnet_depth, width_multiplier=config.width_multiplier, sk_ratio=config.sk_ratio,
       se_ratio=config.se_ratio, cifar_stem=config.cifar_stem, num_proj_layers=config.num_proj_layers,
       proj_out_dim=config.proj_out_dim, ft_proj_selector=config.ft_proj_selector, num_classes=num_classes,
-      sup_stop_gradient=config.mode == 'pretrain', bn_momentum=config.batch_norm_decay,
-      sync_bn=config.global_bn, name='simclr')
+      sup_stop_gradient=pretraining, bn_momentum=config.batch_norm_decay, sync_bn=config.global_bn,
+      proj_keep_layers=proj_keep_layers, zero_init_logits_layer=config.zero_init_logits_layer and not pretraining,
+      fine_tune_after_block=-1 if pretraining else config.fine_tune_after_block, name='simclr')
   size = image_size or min(config.image_size, 64)
   model(tf.zeros([1, size, size, 3]), training=False)
   return model
