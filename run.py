@@ -80,6 +80,7 @@ def import_tensorflow_quietly():
 
 def run(config: config_lib.Config):
   """Runs the mode of a validated config; returns its result dict."""
+  setup_logging()
   import_tensorflow_quietly()
   from simclr_tf import distribute, train
   strategy = distribute.make_strategy(config)
@@ -89,6 +90,8 @@ def run(config: config_lib.Config):
     return train.pretrain(config, strategy)
   if config.mode == 'finetune':
     return train.finetune(config, strategy)
+  if config.mode == 'distill':
+    return train.distill(config, strategy)
   if config.mode == 'eval':
     return train.evaluate_checkpoint(config, strategy)
   raise config_lib.UserError(f'--mode={config.mode} is not available yet in this version.')

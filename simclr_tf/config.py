@@ -78,6 +78,13 @@ class Config:
   label_fraction: float = _field(1.0, 'Train on a class-balanced, seeded subset of this fraction of the labelled '
                                  'split (e.g. 0.01, 0.1); the chosen example ids go to model_dir/label_subset.json.')
 
+  # Distillation.
+  teacher: str = _field('', 'The fine-tuned teacher for --mode=distill: a model_dir of this project (its latest '
+                        'checkpoint and config.json), a checkpoint prefix beside a config.json, or a SavedModel.')
+  distill_temperature: float = _field(1.0, 'Distillation temperature T (0.1 for self-distillation, 1.0 big->small).')
+  distill_label_weight: float = _field(0.0, 'Weight alpha of the supervised loss on labelled examples added to the '
+                                       'distillation loss (0 = labels unused).')
+
   # Architecture.
   resnet_depth: int = _field(50, 'ResNet depth: 18, 34, 50, 101, 152 or 200.')
   width_multiplier: float = _field(1.0, 'Width multiplier of the ResNet (1, 2, 3 as published; fractions allowed).')
@@ -160,6 +167,10 @@ class Config:
          (self.mode == 'eval' and self.checkpoint),
          f'--mode={self.mode} needs --model_dir for its checkpoints and results.'),
         (self.strategy != 'tpu' or self.tpu, '--strategy=tpu needs --tpu=NAME.'),
+        (self.mode != 'distill' or self.teacher, '--mode=distill needs --teacher=FINETUNED_MODEL_DIR.'),
+        (self.distill_temperature > 0, f'--distill_temperature must be positive, got {self.distill_temperature}.'),
+        (self.distill_label_weight >= 0,
+         f'--distill_label_weight must not be negative, got {self.distill_label_weight}.'),
     ]
     for ok, message in checks:
       if not ok:

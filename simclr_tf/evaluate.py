@@ -14,8 +14,10 @@ from simclr_tf.distribute import check_batch_divides
 log = logging.getLogger('simclr_tf')
 
 
-def evaluate(model, source: inputs.Source, config: Config, strategy: tf.distribute.Strategy) -> Dict[str, float]:
-  """Top-1/top-5 accuracy and mean cross-entropy of `logits_sup` on every example of `source`."""
+def evaluate(model, source: inputs.Source, config: Config, strategy: tf.distribute.Strategy,
+             teacher=None) -> Dict[str, float]:
+  """Top-1/top-5 accuracy and mean cross-entropy of `logits_sup` on every example of `source`; with a teacher
+  model also the teacher's top-1 and the fraction of examples where both predict the same class."""
   if not source.labeled:
     raise UserError(f'split {source.split!r} of {source.name} has no labels; evaluation needs labelled data.')
   if getattr(model, 'supervised_head', None) is None:
@@ -32,21 +34,31 @@ def evaluate(model, source: inputs.Source, config: Config, strategy: tf.distribu
     ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
     top1 = tf.cast(tf.math.in_top_k(labels, logits, 1), tf.float32)
     top5 = tf.cast(tf.math.in_top_k(labels, logits, k), tf.float32)
-    return tf.stack([tf.reduce_sum(ce * mask), tf.reduce_sum(top1 * mask), tf.reduce_sum(top5 * mask),
-                     tf.reduce_sum(mask)])
+    sums = [tf.reduce_sum(ce * mask), tf.reduce_sum(top1 * mask), tf.reduce_sum(top5 * mask), tf.reduce_sum(mask)]
+    if teacher is not None:
+      teacher_logits = teacher(batch['image'], training=False)['logits_sup']
+      teacher_top1 = tf.cast(tf.math.in_top_k(labels, tf.cast(teacher_logits, tf.float32), 1), tf.float32)
+      agree = tf.cast(tf.equal(tf.argmax(logits, -1), tf.argmax(teacher_logits, -1)), tf.float32)
+      sums += [tf.reduce_sum(teacher_top1 * mask), tf.reduce_sum(agree * mask)]
+    return tf.stack(sums)
 
   @tf.function
   def step(batch):
     return strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(replica_step, args=(batch,)), axis=None)
 
-  totals = tf.zeros([4])
+  totals = tf.zeros([4 if teacher is None else 6])
   for batch in dataset:
     totals += step(batch)
-  loss, top1, top5, count = totals.numpy().tolist()
+  loss, top1, top5, count = totals.numpy().tolist()[:4]
   if int(count) != source.num_examples:
     log.warning('evaluated %d examples, the split has %d', int(count), source.num_examples)
+  examples = int(count)
   count = max(count, 1.0)
-  return {'top1': top1 / count, 'top5': top5 / count, 'loss': loss / count, 'num_examples': int(totals[3])}
+  result = {'top1': top1 / count, 'top5': top5 / count, 'loss': loss / count, 'num_examples': examples}
+  if teacher is not None:
+    teacher_top1, agree = totals.numpy().tolist()[4:]
+    result.update(teacher_top1=teacher_top1 / count, teacher_agreement=agree / count)
+  return result
 
 
 def write_result(model_dir: str, split: str, result: dict) -> str:

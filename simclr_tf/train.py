@@ -294,11 +294,12 @@ def supervised_replica_step(model, config: Config):
   return replica_step
 
 
-def evaluate_and_record(config: Config, strategy, model, step: int, **extra) -> Optional[dict]:
-  """Evaluates on --eval_split (if set) and writes model_dir/eval_<split>.json on the chief."""
+def evaluate_and_record(config: Config, strategy, model, step: int, teacher_model=None, **extra) -> Optional[dict]:
+  """Evaluates on --eval_split (if set) and writes model_dir/eval_<split>.json on the chief. With a teacher, the
+  result also holds the teacher's accuracy and the student's top-1 agreement with it."""
   if not config.eval_split:
     return None
-  result = evaluate(model, inputs.make_source(config, config.eval_split), config, strategy)
+  result = evaluate(model, inputs.make_source(config, config.eval_split), config, strategy, teacher_model)
   result.update(split=config.eval_split, step=step, mode=config.mode, **extra)
   log.info('eval on %s: top1 %.4f  top5 %.4f  loss %.4f  (%d examples)', config.eval_split, result['top1'],
            result['top5'], result['loss'], result['num_examples'])
@@ -333,20 +334,93 @@ def finetune(config: Config, strategy: tf.distribute.Strategy) -> Dict[str, floa
 
 # ---- evaluation of a checkpoint --------------------------------------------------------------------------------
 
-def evaluate_checkpoint(config: Config, strategy: tf.distribute.Strategy) -> Dict[str, float]:
-  """--mode=eval: top-1/top-5/loss of a checkpoint's supervised head on --eval_split (default: test)."""
-  prefix = checkpoints.resolve_checkpoint(config.checkpoint)
+def load_model(config: Config, path: str, strategy, flag: str = 'checkpoint'):
+  """A model with every variable of the checkpoint `path` names: its projection-head depth and number of classes
+  are read from the checkpoint, the rest of the architecture from `config`. Returns (model, prefix)."""
+  prefix = checkpoints.resolve_checkpoint(path, flag)
   shapes = checkpoints.model_variable_shapes(prefix)
   bias = shapes.get('supervised_head/dense/bias')
-  if not bias:
-    raise UserError(f'checkpoint {prefix} has no supervised head to evaluate (pretrain with labels and '
-                    f'--lineareval_while_pretraining, or fine-tune it first).')
-  num_classes = bias[0]
   layers = {int(k.split('/')[1][len('layer'):]) for k in shapes if k.startswith('projection_head/layer')}
+  with strategy.scope():
+    model = build_model(config.replace(mode='eval'), num_classes=bias[0] if bias else 0,
+                        proj_keep_layers=max(layers, default=0))
+  checkpoints.restore_variables(model, model.weights, prefix)
+  return model, prefix
+
+
+def evaluate_checkpoint(config: Config, strategy: tf.distribute.Strategy) -> Dict[str, float]:
+  """--mode=eval: top-1/top-5/loss of a checkpoint's supervised head on --eval_split (default: test)."""
   config = config.replace(eval_split=config.eval_split or 'test',
                           model_dir=config.model_dir or (config.checkpoint if os.path.isdir(config.checkpoint)
-                                                         else os.path.dirname(prefix)))
-  with strategy.scope():
-    model = build_model(config, num_classes=num_classes, proj_keep_layers=max(layers, default=0))
-  checkpoints.restore_variables(model, model.weights, prefix)
+                                                         else os.path.dirname(config.checkpoint)))
+  model, prefix = load_model(config, config.checkpoint, strategy)
+  if model.supervised_head is None:
+    raise UserError(f'checkpoint {prefix} has no supervised head to evaluate (pretrain with labels and '
+                    f'--lineareval_while_pretraining, or fine-tune it first).')
   return evaluate_and_record(config, strategy, model, checkpoints.checkpoint_step(prefix), checkpoint=prefix)
+
+
+# ---- distillation ----------------------------------------------------------------------------------------------
+
+ARCHITECTURE_FIELDS = ('resnet_depth', 'width_multiplier', 'sk_ratio', 'se_ratio', 'num_proj_layers',
+                       'proj_out_dim', 'ft_proj_selector', 'image_size', 'global_bn', 'batch_norm_decay')
+
+
+def load_teacher(config: Config, strategy):
+  """The teacher of --teacher, frozen: architecture from the config.json its run wrote."""
+  from simclr_tf.config import from_dict
+  path = config.teacher
+  directory = path if os.path.isdir(path) else os.path.dirname(path)
+  config_path = os.path.join(directory, 'config.json')
+  if not os.path.exists(config_path):
+    raise UserError(f'--teacher={path}: no config.json in {directory or "."} to tell the teacher\'s architecture '
+                    f'(give the model_dir of a finetune run).')
+  with open(config_path) as f:
+    recorded = json.load(f)
+  teacher_config = config.replace(**{k: recorded[k] for k in ARCHITECTURE_FIELDS if k in recorded})
+  teacher, prefix = load_model(teacher_config, path, strategy, flag='teacher')
+  if teacher.supervised_head is None:
+    raise UserError(f'--teacher={path} has no supervised head: distil from a fine-tuned model.')
+  teacher.trainable = False
+  return teacher, prefix
+
+
+def distill(config: Config, strategy: tf.distribute.Strategy) -> Dict[str, float]:
+  """Trains a student on the teacher's soft labels over (unlabeled) training images; crop+flip augmentation.
+  Loss: T^2 * CE(softmax(teacher/T), student/T) [+ alpha * CE(labels) with --distill_label_weight]."""
+  source = inputs.make_source(config, config.train_split)
+  alpha = config.distill_label_weight
+  if alpha > 0 and not source.labeled:
+    raise UserError(f'--distill_label_weight={alpha} needs labels, and split {config.train_split!r} of '
+                    f'{source.name} has none; use --distill_label_weight=0 for unlabeled data.')
+  teacher, teacher_prefix = load_teacher(config, strategy)
+  num_classes = int(teacher.supervised_head.dense.kernel.shape[-1])
+  with strategy.scope():
+    student = build_model(config, num_classes=num_classes)
+    optimizer = make_optimizer(config, learning_rate_schedule(config, source.num_examples))
+  if not checkpoints.latest_checkpoint(config.model_dir):
+    if restore_pretrained(config, student) is None:
+      log.info('no --checkpoint: the student starts from random weights')
+  log.info('distilling %s (teacher) into ResNet-%d %gx at T=%g%s', teacher_prefix, config.resnet_depth,
+           config.width_multiplier, config.distill_temperature, f', label weight {alpha}' if alpha else '')
+  temperature = config.distill_temperature
+
+  def replica_step(batch):
+    teacher_logits = tf.stop_gradient(teacher(batch['image'], training=False)['logits_sup'])
+    logits = student(batch['image'], training=True)['logits_sup']
+    distill_loss = losses.distillation_loss(teacher_logits, logits, temperature)
+    loss = distill_loss + weight_decay_loss(student, config)
+    agreement = tf.reduce_mean(tf.cast(tf.equal(tf.argmax(logits, -1), tf.argmax(teacher_logits, -1)), tf.float32))
+    metrics = {'distill_loss': distill_loss, 'teacher_agreement': agreement}
+    if alpha > 0:
+      sup_loss = losses.supervised_loss(batch['label'], logits)
+      loss += alpha * sup_loss
+      metrics['sup_loss'] = sup_loss
+    metrics['loss'] = loss
+    return loss, metrics
+
+  names = ('loss', 'distill_loss', 'teacher_agreement') + (('sup_loss',) if alpha > 0 else ())
+  task = Task(student, optimizer, source, inputs.finetune_view_fn(config), replica_step, names)
+  step = fit(config, strategy, task)
+  result = evaluate_and_record(config, strategy, student, step, teacher=teacher_prefix, teacher_model=teacher)
+  return result or {'step': step}

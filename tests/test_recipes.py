@@ -24,9 +24,14 @@ def parse(path):
   return run_py.config_from_flags(values)
 
 
+NEEDS = {'finetune': {}, 'eval': {'checkpoint': 'x'}, 'distill': {'teacher': 'x'}, 'pretrain': {}}
+
+
 @pytest.mark.parametrize('path', RECIPES, ids=os.path.basename)
 def test_recipe_is_valid(path):
-  config = parse(path).validate()
+  config = parse(path)
+  # Recipes leave the user's own paths (--teacher) open; with them given they must validate.
+  config = config.replace(**{k: v for k, v in NEEDS[config.mode].items() if not getattr(config, k)}).validate()
   assert config.model_dir
 
 
@@ -38,3 +43,15 @@ def test_paper_numbers():
   cifar = parse(os.path.join(ROOT, 'flags', 'cifar10_pretrain.cfg'))
   assert (cifar.train_batch_size, cifar.temperature, cifar.use_blur, cifar.color_jitter_strength) == (
       512, 0.5, False, 0.5)
+
+
+def test_finetune_and_distill_recipes():
+  one = parse(os.path.join(ROOT, 'flags', 'finetune_imagenet_1pct.cfg'))
+  assert (one.dataset, one.train_epochs, one.ft_proj_selector, one.learning_rate, one.weight_decay) == (
+      'imagenet2012_subset/1pct', 60, 1, 0.005, 0)
+  linear = parse(os.path.join(ROOT, 'flags', 'linear_eval_imagenet.cfg'))
+  assert (linear.fine_tune_after_block, linear.optimizer, linear.train_epochs) == (4, 'momentum', 100)
+  small = parse(os.path.join(ROOT, 'flags', 'distill_r152_3x_sk1_to_r50_1x_sk1.cfg'))
+  assert (small.resnet_depth, small.width_multiplier, small.distill_temperature, small.train_epochs) == (
+      50, 1, 1.0, 400)
+  assert parse(os.path.join(ROOT, 'flags', 'distill_self_r152_3x_sk1.cfg')).distill_temperature == 0.1

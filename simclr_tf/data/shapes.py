@@ -20,8 +20,8 @@ MARKER = '.complete'
 
 def _mask(kind, rng, size=SIZE):
   yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-  cx, cy = rng.uniform(size * 0.3, size * 0.7, 2)
-  r = rng.uniform(size * 0.18, size * 0.32)
+  cx, cy = rng.uniform(size * 0.4, size * 0.6, 2)
+  r = rng.uniform(size * 0.28, size * 0.42)
   angle = rng.uniform(0, np.pi)
   x, y = xx - cx, yy - cy
   u = x * np.cos(angle) + y * np.sin(angle)
