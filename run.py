@@ -78,6 +78,19 @@ def import_tensorflow_quietly():
     os.close(devnull)
 
 
+def redirect_native_stderr(model_dir: str):
+  """Sends what C/C++ libraries write to fd 2 (TF's runtime notices, libjpeg's complaints about corrupt files) to
+  model_dir/native_stderr.log; Python's own stderr (our messages, tracebacks) stays on the terminal."""
+  if not model_dir or os.environ.get('SIMCLR_TF_VERBOSE'):
+    return
+  os.makedirs(model_dir, exist_ok=True)
+  terminal = os.dup(2)
+  sys.stderr = os.fdopen(terminal, 'w', buffering=1)
+  native = os.open(os.path.join(model_dir, 'native_stderr.log'), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+  os.dup2(native, 2)
+  os.close(native)
+
+
 def run(config: config_lib.Config):
   """Runs the mode of a validated config; returns its result dict."""
   setup_logging()
@@ -104,6 +117,7 @@ def main(argv):
   setup_logging()
   try:
     config = config_from_flags().validate()
+    redirect_native_stderr(config.model_dir)
     run(config)
   except config_lib.UserError as e:
     print(f'error: {e}', file=sys.stderr)

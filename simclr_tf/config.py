@@ -43,7 +43,10 @@ class Config:
   color_jitter_strength: float = _field(1.0, 'Strength s of the colour jitter (0.5 for CIFAR-10).')
   use_blur: bool = _field(True, 'Apply Gaussian blur in the pretraining augmentation.')
   cache_dataset: bool = _field(False, 'Cache the decoded dataset in memory.')
-  shuffle_buffer: int = _field(10000, 'Shuffle buffer size (examples) of the training input.')
+  shuffle_buffer: int = _field(10000, 'Shuffle block size (examples) of tfds training input; image folders are '
+                               'shuffled whole.')
+  strict_data: bool = _field(False, 'Stop at the first unreadable image instead of skipping it (skips are counted '
+                             'in the log).')
 
   # Schedule.
   train_batch_size: int = _field(512, 'Global batch size (all replicas together).')
@@ -189,3 +192,19 @@ def flag_fields():
 def from_dict(values: dict) -> Config:
   known = {f.name for f in dataclasses.fields(Config)}
   return Config(**{k: v for k, v in values.items() if k in known})
+
+
+# Fields that may change when a run in an existing model_dir is resumed: they do not change what is being trained
+# (paths, logging, evaluation, hardware) or only extend it (the length of the run).
+RESUMABLE_CHANGES = frozenset({
+    'eval_split', 'eval_batch_size', 'log_every_steps', 'checkpoint_steps', 'checkpoint_epochs',
+    'keep_checkpoint_max', 'num_threads', 'cache_dataset', 'strategy', 'tpu', 'cpu_replicas', 'data_dir',
+    'train_steps', 'train_epochs', 'checkpoint', 'teacher', 'strict_data', 'model_dir',
+})
+
+
+def resume_conflicts(recorded: dict, config: Config):
+  """[(field, recorded value, new value)] of the differences that make resuming `recorded` with `config` wrong."""
+  current = dataclasses.asdict(config)
+  return [(k, recorded[k], current[k]) for k in sorted(current)
+          if k in recorded and k not in RESUMABLE_CHANGES and recorded[k] != current[k]]

@@ -88,6 +88,15 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
   return resolver.task_type == 'worker' and resolver.task_id == 0 and not has_chief
 
 
+def num_workers(strategy: tf.distribute.Strategy) -> int:
+  """Hosts in the cluster (each with its own input pipeline); 1 without a cluster."""
+  resolver = getattr(strategy, 'cluster_resolver', None)
+  if resolver is None or not resolver.task_type:
+    return 1
+  spec = resolver.cluster_spec().as_dict()
+  return max(1, sum(len(spec.get(job, [])) for job in ('chief', 'worker')))
+
+
 def writable_dir(model_dir: str, strategy: tf.distribute.Strategy) -> str:
   """model_dir on the chief; a private temporary directory on other workers (they must save too, TF requires)."""
   if is_chief(strategy):
@@ -130,6 +139,37 @@ def write_run_config(config: Config) -> None:
   os.replace(tmp, path)
 
 
+def check_resume_compatible(config: Config) -> None:
+  """Refuses to continue a run in model_dir whose recorded config differs in what is being trained."""
+  from simclr_tf.config import resume_conflicts
+  path = os.path.join(config.model_dir, 'config.json')
+  if not (os.path.exists(path) and checkpoints.latest_checkpoint(config.model_dir)):
+    return
+  with open(path) as f:
+    recorded = json.load(f)
+  conflicts = resume_conflicts(recorded, config)
+  if conflicts:
+    listed = ', '.join(f'--{k}={new} (was {old})' for k, old, new in conflicts)
+    raise UserError(f'--model_dir={config.model_dir} holds a run with other settings; resuming it with {listed} '
+                    f'would not continue it. Use a new --model_dir, or the recorded values.')
+
+
+def error_summary(error: Exception) -> str:
+  """The informative line of a TF runtime error (its first lines are 'Graph execution error:' and a node)."""
+  lines = [l.strip() for l in str(getattr(error, 'message', error)).splitlines()]
+  useful = [l for l in lines if l and not l.startswith(('Graph execution error', 'Detected at node', '[[', 'File ',
+                                                         'Traceback')) and not l.endswith(':')]
+  return (useful[-1] if useful else lines[0])[:200]
+
+
+def _finite_or_raise(step: int, values: dict, first_bad: int, last_good: Optional[str]) -> None:
+  if first_bad >= 0 or not all(math.isfinite(v) for v in values.values()):
+    at = first_bad if first_bad >= 0 else step
+    raise UserError(f'training diverged: the loss became NaN or infinite at step {at}; stopped without saving. '
+                    f'The last good checkpoint is {last_good or "none (none was written yet)"}. '
+                    f'Lower --learning_rate or check the data.')
+
+
 def fit(config: Config, strategy: tf.distribute.Strategy, task: Task) -> int:
   """Trains `task` to the configured number of steps, resuming from model_dir. Returns the final step."""
   per_replica_batch = check_batch_divides(config.train_batch_size, strategy, 'train_batch_size')
@@ -137,6 +177,7 @@ def fit(config: Config, strategy: tf.distribute.Strategy, task: Task) -> int:
   epoch_steps = steps_per_epoch(config, task.source.num_examples)
   chief = is_chief(strategy)
   out_dir = writable_dir(config.model_dir, strategy)
+  check_resume_compatible(config)
   if chief:
     write_run_config(config)
 
@@ -163,6 +204,8 @@ def fit(config: Config, strategy: tf.distribute.Strategy, task: Task) -> int:
   num_replicas = strategy.num_replicas_in_sync
   sums = {name: tf.Variable(0.0, trainable=False) for name in task.metric_names}
   count = tf.Variable(0.0, trainable=False)
+  first_bad_step = tf.Variable(-1, dtype=tf.int64, trainable=False)  # first step whose loss was not finite
+  last_index = tf.Variable(-1, dtype=tf.int64, trainable=False)  # highest stream position consumed so far
 
   def replica_train_step(batch):
     with tf.GradientTape() as tape:
@@ -170,34 +213,68 @@ def fit(config: Config, strategy: tf.distribute.Strategy, task: Task) -> int:
       scaled = loss / num_replicas
     grads = tape.gradient(scaled, trainable)
     task.optimizer.apply_gradients(zip(grads, trainable))
-    return metrics
+    return metrics, tf.reduce_max(batch['index'])
 
   @tf.function
   def train_step(iterator):
-    metrics = strategy.run(replica_train_step, args=(next(iterator),))
+    metrics, index = strategy.run(replica_train_step, args=(next(iterator),))
     for name in task.metric_names:
       sums[name].assign_add(strategy.reduce(tf.distribute.ReduceOp.MEAN, metrics[name], axis=None))
+    loss = strategy.reduce(tf.distribute.ReduceOp.MEAN, metrics['loss'], axis=None)
+    bad = tf.logical_and(tf.logical_not(tf.math.is_finite(loss)), first_bad_step < 0)
+    first_bad_step.assign(tf.where(bad, task.optimizer.iterations, first_bad_step))
+    # Stream positions are per input pipeline (per worker): the maximum over this worker's replicas.
+    local_max = tf.reduce_max(tf.stack(strategy.experimental_local_results(index)))
+    last_index.assign(tf.maximum(last_index, local_max))
     count.assign_add(1.0)
+
+  @tf.function
+  def weights_finite():
+    return tf.reduce_all([tf.reduce_all(tf.math.is_finite(v)) for v in trainable])
+
+  def skipped_images(step):
+    """Unreadable images skipped so far in this process: gaps in the consumed stream positions."""
+    pipelines = num_workers(strategy)
+    consumed = (step - start) * config.train_batch_size // pipelines
+    first = start * config.train_batch_size // pipelines
+    return max(0, int(last_index.numpy()) + 1 - first - consumed)
 
   save_every = checkpoint_every(config, epoch_steps)
   progress = monitor.Monitor(out_dir, steps, config.train_batch_size, start, write=chief, prefix=config.mode)
   log.info('%s: %d steps (%d per epoch) at global batch %d on %d replica(s), %s',
            config.mode, steps, epoch_steps, config.train_batch_size, num_replicas, task.source.name)
   step = start
+  reported_skips = 0
   while step < steps:
-    train_step(iterator)
+    try:
+      train_step(iterator)
+    except tf.errors.InvalidArgumentError as e:
+      if config.strict_data:
+        raise UserError(f'an image in {task.source.name} ({config.train_split}) cannot be read '
+                        f'({error_summary(e)}); remove it, or run without --strict_data to skip unreadable '
+                        f'images.') from None
+      raise
     step += 1
-    if step % config.log_every_steps == 0 or step == steps:
-      values = {name: float(sums[name].numpy() / count.numpy()) for name in task.metric_names}
+    logging_step = step % config.log_every_steps == 0 or step == steps
+    saving_step = (save_every and step % save_every == 0) or step == steps
+    if logging_step:
+      n = max(count.numpy(), 1.0)
+      values = {name: float(sums[name].numpy() / n) for name in task.metric_names}
       values['learning_rate'] = float(task.optimizer.learning_rate.numpy()) if hasattr(
           task.optimizer.learning_rate, 'numpy') else float(task.optimizer.learning_rate)
       for v in list(sums.values()) + [count]:
         v.assign(0.0)
-      if not all(math.isfinite(v) for v in values.values()):
-        raise UserError(f'training diverged: a non-finite loss or metric at step {step} ({values}); the last '
-                        f'good checkpoint is {keeper.latest or "none"}. Lower --learning_rate or check the data.')
+      _finite_or_raise(step, values, int(first_bad_step.numpy()), keeper.latest)
+      skipped = skipped_images(step)
+      if skipped:
+        values['skipped_images'] = float(skipped)
+        if skipped > reported_skips:
+          log.warning('skipped %d unreadable image(s) so far (use --strict_data to stop at the first)', skipped)
+          reported_skips = skipped
       progress.report(step, values)
-    if (save_every and step % save_every == 0) or step == steps:
+    if saving_step:
+      # The loss of step k comes before its update: check the weights too, so no checkpoint holds a NaN.
+      _finite_or_raise(step, {}, int(first_bad_step.numpy()) if bool(weights_finite()) else step, keeper.latest)
       keeper.save(step)
   if chief:
     monitor.plot_curves(config.model_dir)

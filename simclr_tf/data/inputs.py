@@ -218,7 +218,8 @@ def _epoch_stream(source: Source, config: Config, pipeline_id: int, num_pipeline
 
 def train_dataset(source: Source, config: Config, view_fn, per_replica_batch: int,
                   input_context: Optional[tf.distribute.InputContext] = None, start_step: int = 0):
-  """Per-replica batches of {'image': [B,H,W,C'], 'label': [B]} for one input pipeline.
+  """Per-replica batches of {'image': [B,H,W,C'], 'label': [B], 'index': [B]} for one input pipeline ('index'
+  is the element's position in this pipeline's stream; unreadable images are skipped unless --strict_data).
 
   view_fn(image float [0,1], seed [2]) -> the augmented tensor. Starts at global step `start_step`.
   """
@@ -231,9 +232,11 @@ def train_dataset(source: Source, config: Config, view_fn, per_replica_batch: in
   def prepare(index, record):
     seed = tf.stack([tf.constant(config.seed, tf.int64), index * num_pipelines + pipeline_id])
     image = augment.to_float(source.decode(record['image']))
-    return {'image': view_fn(image, seed), 'label': record['label']}
+    return {'image': view_fn(image, seed), 'label': record['label'], 'index': index}
 
   ds = stream.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  if not config.strict_data:
+    ds = ds.ignore_errors()  # an unreadable image is skipped; the loop counts the gaps in 'index'
   ds = ds.batch(per_replica_batch, drop_remainder=True)
   return ds.prefetch(tf.data.AUTOTUNE)
 
@@ -271,6 +274,8 @@ def eval_dataset(source: Source, config: Config, batch_size: int,
     return {'image': image, 'label': record['label'], 'mask': tf.constant(1.0)}
 
   ds = records.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
+  if not config.strict_data:
+    ds = ds.ignore_errors()  # evaluate() reports how many examples were evaluated
   padding = tf.data.Dataset.from_tensors({
       'image': tf.zeros([config.image_size, config.image_size, 3]), 'label': tf.constant(0, tf.int64),
       'mask': tf.constant(0.0)}).repeat()
