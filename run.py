@@ -107,6 +107,8 @@ def run(config: config_lib.Config):
     return train.distill(config, strategy)
   if config.mode == 'eval':
     return train.evaluate_checkpoint(config, strategy)
+  if config.mode == 'export':
+    return train.export_checkpoint(config, strategy)
   raise config_lib.UserError(f'--mode={config.mode} is not available yet in this version.')
 
 

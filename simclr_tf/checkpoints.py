@@ -73,8 +73,9 @@ def variable_paths(model) -> dict:
   return paths
 
 
-def object_paths(prefix: str, root: str = 'model') -> dict:
-  """{attribute path below `root`: checkpoint key} of every variable in a checkpoint's object graph.
+def object_paths(prefix: str, root: Optional[str] = 'model') -> dict:
+  """{attribute path below `root` (None: below the graph's root): checkpoint key} of every variable in a
+  checkpoint's object graph (a training checkpoint, or the variables of a SavedModel).
 
   TF stores a variable once, under the shortest path to it (a trainable variable is often stored under the
   optimizer's list of variables), so keys are found by walking the object graph along attribute names.
@@ -83,7 +84,7 @@ def object_paths(prefix: str, root: str = 'model') -> dict:
   reader = tf.train.load_checkpoint(prefix)
   graph = trackable_object_graph_pb2.TrackableObjectGraph()
   graph.ParseFromString(reader.get_tensor('_CHECKPOINTABLE_OBJECT_GRAPH'))
-  starts = [c.node_id for c in graph.nodes[0].children if c.local_name == root]
+  starts = [0] if root is None else [c.node_id for c in graph.nodes[0].children if c.local_name == root]
   paths = {}
   stack = [(node, '', (node,)) for node in starts]
   while stack:

@@ -81,6 +81,11 @@ class Config:
   label_fraction: float = _field(1.0, 'Train on a class-balanced, seeded subset of this fraction of the labelled '
                                  'split (e.g. 0.01, 0.1); the chosen example ids go to model_dir/label_subset.json.')
 
+  # Export.
+  export_dir: str = _field('', 'Where --mode=export (and every training mode at its end) writes the SavedModel '
+                           '(default: model_dir/saved_model).')
+  export_at_end: bool = _field(True, 'Training modes export a SavedModel when they finish.')
+
   # Distillation.
   teacher: str = _field('', 'The fine-tuned teacher for --mode=distill: a model_dir of this project (its latest '
                         'checkpoint and config.json), a checkpoint prefix beside a config.json, or a SavedModel.')
@@ -171,6 +176,8 @@ class Config:
          f'--mode={self.mode} needs --model_dir for its checkpoints and results.'),
         (self.strategy != 'tpu' or self.tpu, '--strategy=tpu needs --tpu=NAME.'),
         (self.mode != 'distill' or self.teacher, '--mode=distill needs --teacher=FINETUNED_MODEL_DIR.'),
+        (self.mode != 'export' or self.export_dir or self.model_dir,
+         '--mode=export needs --export_dir (or --model_dir, to write model_dir/saved_model).'),
         (self.distill_temperature > 0, f'--distill_temperature must be positive, got {self.distill_temperature}.'),
         (self.distill_label_weight >= 0,
          f'--distill_label_weight must not be negative, got {self.distill_label_weight}.'),
@@ -199,7 +206,8 @@ def from_dict(values: dict) -> Config:
 RESUMABLE_CHANGES = frozenset({
     'eval_split', 'eval_batch_size', 'log_every_steps', 'checkpoint_steps', 'checkpoint_epochs',
     'keep_checkpoint_max', 'num_threads', 'cache_dataset', 'strategy', 'tpu', 'cpu_replicas', 'data_dir',
-    'train_steps', 'train_epochs', 'checkpoint', 'teacher', 'strict_data', 'model_dir',
+    'train_steps', 'train_epochs', 'checkpoint', 'teacher', 'strict_data', 'model_dir', 'export_dir',
+    'export_at_end',
 })
 
 

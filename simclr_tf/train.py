@@ -17,7 +17,7 @@ import keras
 import tensorflow as tf
 
 from simclr_tf import losses, monitor
-from simclr_tf import checkpoints
+from simclr_tf import checkpoints, export
 from simclr_tf.checkpoints import CheckpointKeeper
 from simclr_tf.config import Config, UserError
 from simclr_tf.data import inputs
@@ -318,6 +318,7 @@ def pretrain(config: Config, strategy: tf.distribute.Strategy) -> Dict[str, floa
                                                                           else ())
   task = Task(model, optimizer, source, inputs.pretrain_view_fn(config), replica_step, names)
   step = fit(config, strategy, task)
+  export_at_end(config, strategy, model)
   result = evaluate_and_record(config, strategy, model, step) if num_classes else None
   return result or {'step': step}
 
@@ -353,11 +354,9 @@ def restore_pretrained(config: Config, model, flag: str = 'checkpoint') -> Optio
   path = getattr(config, flag)
   if not path:
     return None
-  prefix = checkpoints.resolve_checkpoint(path, flag)
-  count = checkpoints.restore_variables(model, model.resnet.weights + model.projection_head.weights,
-                                         prefix)
-  log.info('initialised %d encoder and projection-head variables from %s', count, prefix)
-  return prefix
+  count, layout = export.restore(model, model.resnet.weights + model.projection_head.weights, path, flag)
+  log.info('initialised %d encoder and projection-head variables from %s (%s)', count, path, layout)
+  return path
 
 
 def supervised_replica_step(model, config: Config):
@@ -369,6 +368,25 @@ def supervised_replica_step(model, config: Config):
         tf.equal(tf.argmax(outputs['logits_sup'], -1), tf.cast(batch['label'], tf.int64)), tf.float32))
     return loss, {'loss': loss, 'sup_loss': sup_loss, 'sup_acc': accuracy}
   return replica_step
+
+
+def export_at_end(config: Config, strategy, model) -> Optional[str]:
+  """Writes the trained model as a SavedModel (model_dir/saved_model unless --export_dir) on the chief."""
+  if not (config.export_at_end and is_chief(strategy)):
+    return None
+  path = config.export_dir or os.path.join(config.model_dir, 'saved_model')
+  export.export_saved_model(model, path, config.to_json())
+  log.info('exported SavedModel to %s', path)
+  return path
+
+
+def export_checkpoint(config: Config, strategy) -> Dict[str, str]:
+  """--mode=export: a checkpoint or SavedModel of any supported layout -> this project's SavedModel."""
+  model, weights = load_model(config, config.checkpoint, strategy)
+  path = config.export_dir or os.path.join(config.model_dir, 'saved_model')
+  export.export_saved_model(model, path, config.to_json())
+  log.info('exported %s (%s) to %s', config.checkpoint, weights.layout, path)
+  return {'export_dir': path, 'source_layout': weights.layout}
 
 
 def evaluate_and_record(config: Config, strategy, model, step: int, teacher_model=None, **extra) -> Optional[dict]:
@@ -405,6 +423,7 @@ def finetune(config: Config, strategy: tf.distribute.Strategy) -> Dict[str, floa
   task = Task(model, optimizer, source, inputs.finetune_view_fn(config), supervised_replica_step(model, config),
               ('loss', 'sup_loss', 'sup_acc'))
   step = fit(config, strategy, task)
+  export_at_end(config, strategy, model)
   result = evaluate_and_record(config, strategy, model, step, initialised_from=config.checkpoint or 'random')
   return result or {'step': step}
 
@@ -412,17 +431,15 @@ def finetune(config: Config, strategy: tf.distribute.Strategy) -> Dict[str, floa
 # ---- evaluation of a checkpoint --------------------------------------------------------------------------------
 
 def load_model(config: Config, path: str, strategy, flag: str = 'checkpoint'):
-  """A model with every variable of the checkpoint `path` names: its projection-head depth and number of classes
-  are read from the checkpoint, the rest of the architecture from `config`. Returns (model, prefix)."""
-  prefix = checkpoints.resolve_checkpoint(path, flag)
-  shapes = checkpoints.model_variable_shapes(prefix)
-  bias = shapes.get('supervised_head/dense/bias')
-  layers = {int(k.split('/')[1][len('layer'):]) for k in shapes if k.startswith('projection_head/layer')}
+  """A model with every variable of `path` (a checkpoint or SavedModel of this project, or of the paper's
+  reference code): its projection-head depth and number of classes are read from the file, the rest of the
+  architecture from `config`. Returns (model, the file's description)."""
+  weights = export.WeightFile(path, flag)
+  num_classes, proj_layers = export.describe_head(weights)
   with strategy.scope():
-    model = build_model(config.replace(mode='eval'), num_classes=bias[0] if bias else 0,
-                        proj_keep_layers=max(layers, default=0))
-  checkpoints.restore_variables(model, model.weights, prefix)
-  return model, prefix
+    model = build_model(config.replace(mode='eval'), num_classes=num_classes, proj_keep_layers=proj_layers)
+  export.restore(model, model.weights, path, flag)
+  return model, weights
 
 
 def evaluate_checkpoint(config: Config, strategy: tf.distribute.Strategy) -> Dict[str, float]:
@@ -430,11 +447,12 @@ def evaluate_checkpoint(config: Config, strategy: tf.distribute.Strategy) -> Dic
   config = config.replace(eval_split=config.eval_split or 'test',
                           model_dir=config.model_dir or (config.checkpoint if os.path.isdir(config.checkpoint)
                                                          else os.path.dirname(config.checkpoint)))
-  model, prefix = load_model(config, config.checkpoint, strategy)
+  model, weights = load_model(config, config.checkpoint, strategy)
   if model.supervised_head is None:
-    raise UserError(f'checkpoint {prefix} has no supervised head to evaluate (pretrain with labels and '
+    raise UserError(f'{config.checkpoint} has no supervised head to evaluate (pretrain with labels and '
                     f'--lineareval_while_pretraining, or fine-tune it first).')
-  return evaluate_and_record(config, strategy, model, checkpoints.checkpoint_step(prefix), checkpoint=prefix)
+  return evaluate_and_record(config, strategy, model, checkpoints.checkpoint_step(weights.prefix),
+                             checkpoint=weights.prefix)
 
 
 # ---- distillation ----------------------------------------------------------------------------------------------
@@ -451,15 +469,16 @@ def load_teacher(config: Config, strategy):
   config_path = os.path.join(directory, 'config.json')
   if not os.path.exists(config_path):
     raise UserError(f'--teacher={path}: no config.json in {directory or "."} to tell the teacher\'s architecture '
-                    f'(give the model_dir of a finetune run).')
+                    f'(give the model_dir of a finetune run, or convert a published model first with --mode=export '
+                    f'and its architecture flags).')
   with open(config_path) as f:
     recorded = json.load(f)
   teacher_config = config.replace(**{k: recorded[k] for k in ARCHITECTURE_FIELDS if k in recorded})
-  teacher, prefix = load_model(teacher_config, path, strategy, flag='teacher')
+  teacher, weights = load_model(teacher_config, path, strategy, flag='teacher')
   if teacher.supervised_head is None:
     raise UserError(f'--teacher={path} has no supervised head: distil from a fine-tuned model.')
   teacher.trainable = False
-  return teacher, prefix
+  return teacher, weights.prefix
 
 
 def distill(config: Config, strategy: tf.distribute.Strategy) -> Dict[str, float]:
@@ -499,5 +518,6 @@ def distill(config: Config, strategy: tf.distribute.Strategy) -> Dict[str, float
   names = ('loss', 'distill_loss', 'teacher_agreement') + (('sup_loss',) if alpha > 0 else ())
   task = Task(student, optimizer, source, inputs.finetune_view_fn(config), replica_step, names)
   step = fit(config, strategy, task)
+  export_at_end(config, strategy, student)
   result = evaluate_and_record(config, strategy, student, step, teacher=teacher_prefix, teacher_model=teacher)
   return result or {'step': step}

@@ -24,7 +24,7 @@ def tiny_config(**overrides) -> Config:
   base = dict(resnet_depth=18, width_multiplier=0.125, image_size=32, train_batch_size=8, eval_batch_size=8,
               proj_out_dim=16, temperature=0.5, color_jitter_strength=0.5, use_blur=False, log_every_steps=1,
               shuffle_buffer=64, warmup_epochs=0, learning_rate=0.1, train_steps=3, checkpoint_steps=0,
-              checkpoint_epochs=0, weight_decay=1e-4)
+              checkpoint_epochs=0, weight_decay=1e-4, export_at_end=False)
   base.update(overrides)
   return Config(**base)
 

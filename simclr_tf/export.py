@@ -1,0 +1,311 @@
+"""SavedModel export, and reading weights from every layout users bring:
+
+- this project's checkpoints (model_dir or ckpt prefix) and SavedModels (export_dir);
+- the paper's reference code: its training checkpoints (object paths `model/resnet_model/block_groups/...`) and
+  the published SimCLRv2 SavedModels (variables in `trainable_variables_list/<i>` and `.../variables/<i>`, the
+  structure only in variable names such as `resnet/block_group1/bottleneck_block_2/conv2d_fixed_padding_7/...`).
+
+Reference files are mapped by structure: each variable gets a scope (stem, block group g / block b, projection layer
+i, supervised head) and its position among that scope's trainable or non-trainable variables in the file's
+structural order; our model's variables of the same scope, in their creation order (the same order the reference
+creates them in), are paired with them one by one and every pair must agree in kind (kernel, gamma, beta, bias,
+moving_mean, moving_variance) and shape. The global numeric suffixes of reference names are never used.
+"""
+
+import os
+import re
+from collections import defaultdict
+from typing import Dict, List, Optional, Tuple
+
+import tensorflow as tf
+
+from simclr_tf import checkpoints
+from simclr_tf.config import UserError
+from simclr_tf.models.resnet import OUTPUT_KEYS
+
+OURS, OURS_SAVEDMODEL, REFERENCE_CHECKPOINT, REFERENCE_SAVEDMODEL = (
+    'simclr-tf checkpoint', 'simclr-tf SavedModel', 'reference checkpoint', 'reference SavedModel')
+SAVED_OUTPUTS = OUTPUT_KEYS + ('proj_head_input', 'proj_head_output')
+
+
+# ---- export ----------------------------------------------------------------------------------------------------
+
+class ExportModule(tf.Module):
+  """What a SavedModel holds: the Keras model (attribute `model`, so its variables keep the object paths of our
+  checkpoints), the lists of its variables, and a call `m(images, trainable=False|True)` -> dict of outputs."""
+
+  def __init__(self, model):
+    super().__init__(name='simclr_export')
+    self.model = model
+    self.all_variables = list(model.weights)
+    self.trainable_variables_list = list(model.trainable_weights)
+    self._has_logits = getattr(model, 'supervised_head', None) is not None
+
+  @tf.function
+  def __call__(self, images, trainable=False):
+    outputs = self.model(images, training=trainable)
+    keys = SAVED_OUTPUTS + (('logits_sup',) if self._has_logits else ())
+    return {k: outputs[k] for k in keys}
+
+
+def export_saved_model(model, export_dir: str, config_json: Optional[str] = None) -> str:
+  """Writes a SavedModel to export_dir (atomically: a temporary directory renamed into place)."""
+  module = ExportModule(model)
+  spec = tf.TensorSpec([None, None, None, 3], tf.float32, name='images')
+  serving = module.__call__.get_concrete_function(spec, False)
+  module.__call__.get_concrete_function(spec, True)
+  parent = os.path.dirname(os.path.abspath(export_dir))
+  os.makedirs(parent, exist_ok=True)
+  tmp = export_dir.rstrip('/') + '.tmp'
+  if tf.io.gfile.exists(tmp):
+    tf.io.gfile.rmtree(tmp)
+  tf.saved_model.save(module, tmp, signatures={'serving_default': serving})
+  if config_json:
+    with open(os.path.join(tmp, 'config.json'), 'w') as f:
+      f.write(config_json)
+  if tf.io.gfile.exists(export_dir):
+    tf.io.gfile.rmtree(export_dir)
+  os.replace(tmp, export_dir)
+  return export_dir
+
+
+# ---- reading any layout ----------------------------------------------------------------------------------------
+
+def is_saved_model(path: str) -> bool:
+  return os.path.isdir(path) and tf.io.gfile.exists(os.path.join(path, 'saved_model.pb'))
+
+
+def _saved_model_variable_nodes(path: str) -> Dict[str, dict]:
+  """{object path: {name, shape, trainable}} of every variable in a SavedModel's object graph (read from the
+  proto: nothing of the SavedModel is executed)."""
+  from tensorflow.core.protobuf import saved_model_pb2
+  proto = saved_model_pb2.SavedModel()
+  with open(os.path.join(path, 'saved_model.pb'), 'rb') as f:
+    proto.ParseFromString(f.read())
+  nodes = proto.meta_graphs[0].object_graph_def.nodes
+  found = {}
+  stack = [(0, '', (0,))]
+  while stack:
+    node_id, prefix, on_path = stack.pop()
+    node = nodes[node_id]
+    if node.WhichOneof('kind') == 'variable':
+      var = node.variable
+      found.setdefault(prefix, dict(name=var.name, shape=[d.size for d in var.shape.dim], trainable=var.trainable))
+      continue
+    for child in node.children:
+      if child.node_id not in on_path:
+        stack.append((child.node_id, f'{prefix}/{child.local_name}' if prefix else child.local_name,
+                      on_path + (child.node_id,)))
+  return found
+
+
+class WeightFile:
+  """Variables of a checkpoint or SavedModel of any supported layout, addressable by object path."""
+
+  def __init__(self, path: str, flag: str = 'checkpoint'):
+    self.path = path
+    if is_saved_model(path):
+      self.prefix = os.path.join(path, 'variables', 'variables')
+      self.saved_model_nodes = _saved_model_variable_nodes(path)
+    else:
+      self.prefix = checkpoints.resolve_checkpoint(path, flag)
+      self.saved_model_nodes = None
+    self.shapes_by_key = checkpoints.checkpoint_shapes(self.prefix)
+    self.keys = checkpoints.object_paths(self.prefix, root=None)  # full object path -> key
+    self.reader = tf.train.load_checkpoint(self.prefix)
+    self.layout = self._detect()
+
+  def _detect(self) -> str:
+    paths = self.keys
+    if self.saved_model_nodes is not None:
+      if any(p.startswith('model/resnet/') for p in paths):
+        return OURS_SAVEDMODEL
+      if any(p.startswith('trainable_variables_list/') for p in paths):
+        return REFERENCE_SAVEDMODEL
+    else:
+      if any(p.startswith('model/resnet/') for p in paths):
+        return OURS
+      if any(p.startswith('model/resnet_model/') for p in paths):
+        return REFERENCE_CHECKPOINT
+    raise UserError(f'{self.path} holds neither a simclr-tf model nor a SimCLRv2 reference model (no '
+                    f'model/resnet or resnet_model variables, no trainable_variables_list).')
+
+  def value(self, object_path: str):
+    return self.reader.get_tensor(self.keys[object_path])
+
+  def shape(self, object_path: str) -> List[int]:
+    return list(self.shapes_by_key[self.keys[object_path]])
+
+  # Our layouts: paths below the model.
+  def model_paths(self) -> Dict[str, str]:
+    """{path below the model: object path} for our layouts."""
+    return {p[len('model/'):]: p for p in self.keys if p.startswith('model/')}
+
+  # Reference layouts: (scope, trainable) -> ordered [(kind, object path)].
+  def reference_scopes(self) -> Dict[Tuple, List[Tuple[str, str]]]:
+    """The file's variables grouped by structural scope (stem, ('block', g, b), ('proj', i), sup) and
+    trainability, each group in the file's structural order."""
+    scoped = defaultdict(list)
+    if self.layout == REFERENCE_SAVEDMODEL:
+      for object_path, node in self.saved_model_nodes.items():
+        name = re.sub(r':\d+$', '', node['name'])
+        scope = _savedmodel_scope(name)
+        if scope is not None:
+          # The position in trainable_variables_list/<i> (or .../variables/<i>) is the structural order.
+          scoped[(scope, node['trainable'])].append((int(object_path.rsplit('/', 1)[1]), name.rsplit('/', 1)[1],
+                                                     object_path))
+      scoped = _number_blocks(scoped)
+    else:
+      for object_path in self.keys:
+        scope = _checkpoint_scope(object_path)
+        if scope is not None:
+          kind = object_path.rsplit('/', 1)[1]
+          scoped[(scope, kind not in ('moving_mean', 'moving_variance'))].append(
+              (_checkpoint_order(object_path), kind, object_path))
+    return {k: [(kind, p) for _, kind, p in sorted(v)] for k, v in scoped.items()}
+
+
+def _savedmodel_scope(name: str) -> Optional[Tuple]:
+  """Scope of a published-SavedModel variable name; blocks by their scope name (numbered by _number_blocks)."""
+  parts = name.split('/')
+  if parts[0] == 'resnet':
+    if len(parts) > 2 and parts[1].startswith('block_group'):
+      return ('block', int(parts[1][len('block_group'):]), parts[2])
+    return ('stem',)
+  if parts[0] == 'projection_head':
+    return ('proj', int(parts[1].split('_')[-1]))
+  if parts[0] == 'head_supervised':
+    return ('sup',)
+  return None
+
+
+def _number_blocks(scoped):
+  """Replaces each block's scope name by its index within its group, in order of its first trainable variable."""
+  first = {}
+  for (scope, trainable), items in scoped.items():
+    if scope[0] == 'block' and trainable:
+      first[scope] = min(position for position, _, _ in items)
+  index = {}
+  for group in {scope[1] for scope in first}:
+    names = sorted((s for s in first if s[1] == group), key=first.get)
+    index.update({s: i for i, s in enumerate(names)})
+  return {((('block', scope[1], index[scope]) if scope[0] == 'block' else scope), trainable): items
+          for (scope, trainable), items in scoped.items()}
+
+
+_SK_ORDER = {'conv2d_fixed_padding': 0, 'batch_norm_relu': 1, 'conv2d_0': 2, 'batch_norm_relu_1': 3, 'conv2d_1': 4}
+_LEAF_ORDER = {'kernel': 0, 'bias': 1, 'gamma': 0, 'beta': 1, 'moving_mean': 0, 'moving_variance': 1}
+_PART_ORDER = {'projection_layers': 0, 'shortcut_layers': 0, 'conv_relu_dropblock_layers': 1, 'conv2d_bn_layers': 1,
+               'dense': 0, 'bn_relu': 1, 'se_reduce': 0, 'se_expand': 1}
+
+
+def _checkpoint_scope(object_path: str) -> Optional[Tuple]:
+  parts = object_path.split('/')
+  if parts[:2] == ['model', 'resnet_model']:
+    if parts[2] == 'block_groups':
+      return ('block', int(parts[3]) + 1, int(parts[5]))
+    return ('stem',)
+  if parts[:2] == ['model', '_projection_head']:
+    return ('proj', int(parts[3]))
+  if parts[:2] == ['model', 'supervised_head']:
+    return ('sup',)
+  return None
+
+
+def _checkpoint_order(object_path: str) -> tuple:
+  """Structural order of a reference checkpoint variable within its scope."""
+  key = []
+  for part in object_path.split('/'):
+    if part.isdigit():
+      key.append((0, int(part)))
+    elif part in _SK_ORDER:
+      key.append((1, _SK_ORDER[part]))
+    elif part in _PART_ORDER:
+      key.append((2, _PART_ORDER[part]))
+    elif part in _LEAF_ORDER:
+      key.append((3, _LEAF_ORDER[part]))
+    else:
+      key.append((4, 0))
+  return tuple(key)
+
+
+def _our_scope(path: str) -> Optional[Tuple]:
+  parts = path.split('/')
+  if parts[0] == 'resnet':
+    if parts[1] == 'stem':
+      return ('stem',)
+    return ('block', int(parts[1][len('block_group'):]), int(parts[2][len('block'):]))
+  if parts[0] == 'projection_head':
+    return ('proj', int(parts[1][len('layer'):]) - 1)
+  if parts[0] == 'supervised_head':
+    return ('sup',)
+  return None
+
+
+def _kind(path: str) -> str:
+  return path.rsplit('/', 1)[1].lstrip('_')
+
+
+def _reference_assignments(model, variables, weights: WeightFile) -> List[Tuple]:
+  """[(our variable, object path in the file)]: within each scope, the k-th variable of each kind (kernel, bias,
+  gamma, beta, moving_mean, moving_variance) in the file's structural order goes to our k-th of that kind."""
+  paths = checkpoints.variable_paths(model)
+  ours = defaultdict(list)
+  for v in model.weights:
+    ours[(_our_scope(paths[id(v)]), _kind(paths[id(v)]))].append(v)
+  theirs = defaultdict(list)
+  for (scope, _), items in weights.reference_scopes().items():
+    for kind, object_path in items:
+      theirs[(scope, kind)].append(object_path)
+  wanted = {id(v) for v in variables}
+  pairs = []
+  for (scope, kind), our_vars in ours.items():
+    if not any(id(v) in wanted for v in our_vars):
+      continue
+    their = theirs.get((scope, kind), [])
+    where = _describe_scope(scope)
+    if len(their) != len(our_vars):
+      raise UserError(f'{weights.path} ({weights.layout}) does not fit the model: {where} has {len(their)} '
+                      f'{kind} variables in the file, the model has {len(our_vars)}; check '
+                      f'{checkpoints.ARCHITECTURE_FLAGS}.')
+    for v, object_path in zip(our_vars, their):
+      found = weights.shape(object_path)
+      if found != list(v.shape):
+        raise UserError(f'{weights.path} ({weights.layout}) does not fit the model: {object_path} {found} falls '
+                        f'on {paths[id(v)]} {list(v.shape)} in {where}; check {checkpoints.ARCHITECTURE_FLAGS}.')
+      if id(v) in wanted:
+        pairs.append((v, object_path))
+  return pairs
+
+
+def _describe_scope(scope: Tuple) -> str:
+  if scope[0] == 'block':
+    return f'block group {scope[1]}, block {scope[2]}'
+  if scope[0] == 'proj':
+    return f'projection-head layer {scope[1] + 1}'
+  return {'stem': 'the stem', 'sup': 'the supervised head'}[scope[0]]
+
+
+def describe_head(weights: WeightFile) -> Tuple[int, int]:
+  """(number of classes of the supervised head (0 = none), number of projection-head layers) in the file."""
+  if weights.layout in (OURS, OURS_SAVEDMODEL):
+    shapes = {p: weights.shape(o) for p, o in weights.model_paths().items()}
+    bias = shapes.get('supervised_head/dense/bias')
+    layers = {int(p.split('/')[1][len('layer'):]) for p in shapes if p.startswith('projection_head/layer')}
+    return (bias[0] if bias else 0), max(layers, default=0)
+  scopes = weights.reference_scopes()
+  sup = scopes.get((('sup',), True), [])
+  bias = [p for kind, p in sup if kind == 'bias']
+  layers = {scope[1] for scope, _ in scopes if scope[0] == 'proj'}
+  return (weights.shape(bias[0])[0] if bias else 0), len(layers)
+
+
+def restore(model, variables, path: str, flag: str = 'checkpoint') -> Tuple[int, str]:
+  """Assigns `variables` of `model` from `path` (any supported layout). Returns (count, layout)."""
+  weights = WeightFile(path, flag)
+  if weights.layout in (OURS, OURS_SAVEDMODEL):
+    return checkpoints.restore_variables(model, variables, weights.prefix), weights.layout
+  pairs = _reference_assignments(model, variables, weights)
+  for v, object_path in pairs:
+    v.assign(weights.value(object_path))
+  return len(pairs), weights.layout
