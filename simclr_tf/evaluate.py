@@ -1,12 +1,12 @@
 """Evaluation of the supervised head: top-1, top-5 and loss over a whole split, across replicas."""
 
-import json
 import logging
 import os
 from typing import Dict
 
 import tensorflow as tf
 
+from simclr_tf import files
 from simclr_tf.config import Config, UserError
 from simclr_tf.data import inputs
 from simclr_tf.distribute import check_batch_divides
@@ -64,10 +64,34 @@ def evaluate(model, source: inputs.Source, config: Config, strategy: tf.distribu
 def write_result(model_dir: str, split: str, result: dict) -> str:
   """Writes model_dir/eval_<split>.json (the split's characters that are unsafe in a file name become _)."""
   safe = ''.join(c if c.isalnum() or c in '-_.' else '_' for c in split)
-  path = os.path.join(model_dir, f'eval_{safe}.json')
-  os.makedirs(model_dir, exist_ok=True)
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(result, f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
-  return path
+  return files.write_json(os.path.join(model_dir, f'eval_{safe}.json'), result)
+
+
+def features(model, source: inputs.Source, config: Config, batch_size: int = 256, key: str = 'final_avg_pool'):
+  """(L2-normalised representations [N, D], labels [N]) of every example of `source` (eval preprocessing)."""
+  import numpy as np
+  feats, labels = [], []
+  encode = tf.function(lambda images: model(images, training=False)[key])
+  for batch in inputs.eval_dataset(source, config, batch_size):
+    keep = batch['mask'].numpy() > 0
+    feats.append(tf.math.l2_normalize(encode(batch['image']), axis=-1).numpy()[keep])
+    labels.append(batch['label'].numpy()[keep])
+  return np.concatenate(feats), np.concatenate(labels)
+
+
+def knn_accuracy(train_feats, train_labels, test_feats, test_labels, k: int = 200, temperature: float = 0.1,
+                 chunk: int = 1024) -> float:
+  """Weighted kNN top-1 (cosine similarity, votes exp(sim / T) of the k nearest training examples), the monitor
+  of instance-discrimination papers."""
+  import numpy as np
+  num_classes = int(max(train_labels.max(), test_labels.max())) + 1
+  correct = 0
+  for start in range(0, len(test_feats), chunk):
+    sims = test_feats[start:start + chunk] @ train_feats.T
+    k_eff = min(k, sims.shape[1])
+    nearest = np.argpartition(-sims, k_eff - 1, axis=1)[:, :k_eff]
+    weights = np.exp(np.take_along_axis(sims, nearest, axis=1) / temperature)
+    votes = np.zeros([len(sims), num_classes])
+    np.add.at(votes, (np.arange(len(sims))[:, None], train_labels[nearest]), weights)
+    correct += int(np.sum(votes.argmax(1) == test_labels[start:start + chunk]))
+  return correct / len(test_feats)

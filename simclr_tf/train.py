@@ -17,7 +17,7 @@ import keras
 import tensorflow as tf
 
 from simclr_tf import losses, monitor
-from simclr_tf import checkpoints, export
+from simclr_tf import checkpoints, export, files
 from simclr_tf.checkpoints import CheckpointKeeper
 from simclr_tf.config import Config, UserError
 from simclr_tf.data import inputs
@@ -131,12 +131,7 @@ def checkpoint_every(config: Config, epoch_steps: int) -> int:
 
 
 def write_run_config(config: Config) -> None:
-  os.makedirs(config.model_dir, exist_ok=True)
-  path = os.path.join(config.model_dir, 'config.json')
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    f.write(config.to_json())
-  os.replace(tmp, path)
+  files.write_atomically(os.path.join(config.model_dir, 'config.json'), config.to_json())
 
 
 def check_resume_compatible(config: Config) -> None:
@@ -325,14 +320,6 @@ def pretrain(config: Config, strategy: tf.distribute.Strategy) -> Dict[str, floa
 
 # ---- fine-tuning -----------------------------------------------------------------------------------------------
 
-def write_json(path: str, value) -> None:
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(value, f, indent=1)
-  os.replace(tmp, path)
-
-
 def labelled_train_source(config: Config, strategy) -> inputs.Source:
   """The training split, reduced to --label_fraction (ids written to model_dir/label_subset.json)."""
   source = inputs.make_source(config, config.train_split)
@@ -342,7 +329,7 @@ def labelled_train_source(config: Config, strategy) -> inputs.Source:
   if config.label_fraction < 1:
     source, description = inputs.label_fraction_source(source, config.label_fraction, config.seed)
     if is_chief(strategy):
-      write_json(os.path.join(config.model_dir, 'label_subset.json'), description)
+      files.write_json(os.path.join(config.model_dir, 'label_subset.json'), description)
     log.info('label fraction %g: %d examples (%s per class)', config.label_fraction, source.num_examples,
              description['per_class'])
   return source
