@@ -100,12 +100,6 @@ def object_paths(prefix: str, root: Optional[str] = 'model') -> dict:
   return paths
 
 
-def model_variable_shapes(prefix: str) -> dict:
-  """{attribute path below the model: shape} of a checkpoint written by this project."""
-  shapes = checkpoint_shapes(prefix)
-  return {path: list(shapes[key]) for path, key in object_paths(prefix).items()}
-
-
 def resolve_checkpoint(path: str, flag: str = 'checkpoint') -> str:
   """The checkpoint prefix that --checkpoint names (a directory's latest checkpoint, or a prefix)."""
   prefix = latest_checkpoint(path)
