@@ -335,15 +335,17 @@ def labelled_train_source(config: Config, strategy) -> inputs.Source:
   return source
 
 
-def restore_pretrained(config: Config, model, flag: str = 'checkpoint') -> Optional[str]:
+def initialise_from_checkpoint(config: Config, model, without_checkpoint: str) -> None:
   """Loads the encoder and the projection-head layers the model has (up to --ft_proj_selector) from
-  --checkpoint; the checkpoint's other layers and its supervised head are ignored."""
-  path = getattr(config, flag)
-  if not path:
-    return None
-  count, layout = export.restore(model, model.resnet.weights + model.projection_head.weights, path, flag)
-  log.info('initialised %d encoder and projection-head variables from %s (%s)', count, path, layout)
-  return path
+  --checkpoint; the checkpoint's other layers and its supervised head are ignored. Nothing happens when model_dir
+  already has a checkpoint (fit resumes from it); without --checkpoint, logs `without_checkpoint`."""
+  if checkpoints.latest_checkpoint(config.model_dir):
+    return
+  if not config.checkpoint:
+    log.info('no --checkpoint: %s', without_checkpoint)
+    return
+  count, layout = export.restore(model, model.resnet.weights + model.projection_head.weights, config.checkpoint)
+  log.info('initialised %d encoder and projection-head variables from %s (%s)', count, config.checkpoint, layout)
 
 
 def supervised_replica_step(model, config: Config):
@@ -398,12 +400,7 @@ def finetune(config: Config, strategy: tf.distribute.Strategy) -> Dict[str, floa
   with strategy.scope():
     model = build_model(config, num_classes=num_classes)
     optimizer = make_optimizer(config, learning_rate_schedule(config, source.num_examples))
-  if checkpoints.latest_checkpoint(config.model_dir):
-    origin = None  # resuming: fit restores model_dir's own checkpoint
-  else:
-    origin = restore_pretrained(config, model)
-    if origin is None:
-      log.info('no --checkpoint: fine-tuning starts from random weights (the supervised baseline)')
+  initialise_from_checkpoint(config, model, 'fine-tuning starts from random weights (the supervised baseline)')
   if config.fine_tune_after_block >= 0:
     log.info('frozen: stem%s (weights and batch-norm statistics)',
              f' and block groups 1..{config.fine_tune_after_block}' if config.fine_tune_after_block else '')
@@ -481,9 +478,7 @@ def distill(config: Config, strategy: tf.distribute.Strategy) -> Dict[str, float
   with strategy.scope():
     student = build_model(config, num_classes=num_classes)
     optimizer = make_optimizer(config, learning_rate_schedule(config, source.num_examples))
-  if not checkpoints.latest_checkpoint(config.model_dir):
-    if restore_pretrained(config, student) is None:
-      log.info('no --checkpoint: the student starts from random weights')
+  initialise_from_checkpoint(config, student, 'the student starts from random weights')
   log.info('distilling %s (teacher) into ResNet-%d %gx at T=%g%s', teacher_prefix, config.resnet_depth,
            config.width_multiplier, config.distill_temperature, f', label weight {alpha}' if alpha else '')
   temperature = config.distill_temperature

@@ -163,6 +163,17 @@ def our_values(model):
   return {paths[id(v)]: v.numpy() for v in model.weights}
 
 
+def assert_loads_by_structure(model, path, values, checks):
+  """Every variable of the model is restored from `path`, those of `checks` from the named source, and every
+  source value is used exactly once."""
+  count, _ = export.restore(model, model.weights, path)
+  assert count == len(model.weights)
+  ours = our_values(model)
+  for theirs, mine in checks.items():
+    np.testing.assert_array_equal(ours[mine], values[theirs], err_msg=theirs)
+  assert_every_value_used_once(model, values)
+
+
 def assert_every_value_used_once(model, reference_values):
   ours = our_values(model)
   fingerprint = lambda a: (a.shape, round(float(np.sum(a, dtype=np.float64)), 4))
@@ -209,12 +220,7 @@ def test_reference_checkpoint_layout_loads_by_structure(tmp_path, listing, confi
   num_classes, layers = export.describe_head(weights)
   assert (num_classes, layers) == (10, 3)
   model = build_model(Config(mode='eval', **config), num_classes=10, proj_keep_layers=3)
-  count, layout = export.restore(model, model.weights, str(tmp_path))
-  assert count == len(model.weights)
-  ours = our_values(model)
-  for theirs, mine in checks.items():
-    np.testing.assert_array_equal(ours[mine], values[theirs], err_msg=theirs)
-  assert_every_value_used_once(model, values)
+  assert_loads_by_structure(model, str(tmp_path), values, checks)
 
 
 @needs_reference
@@ -242,12 +248,7 @@ def test_published_saved_model_layout_loads_by_structure(tmp_path, listing, conf
   assert weights.layout == export.REFERENCE_SAVEDMODEL
   assert export.describe_head(weights) == (10, 3)
   model = build_model(Config(mode='eval', **config), num_classes=10, proj_keep_layers=3)
-  count, _ = export.restore(model, model.weights, str(tmp_path))
-  assert count == len(model.weights)
-  ours = our_values(model)
-  for theirs, mine in checks.items():
-    np.testing.assert_array_equal(ours[mine], values[theirs], err_msg=theirs)
-  assert_every_value_used_once(model, values)
+  assert_loads_by_structure(model, str(tmp_path), values, checks)
   # The wrong architecture is one clear error naming where it does not fit.
   wrong = build_model(Config(mode='eval', resnet_depth=50, image_size=224, sk_ratio=0.0 if 'sk' in listing else 0.0625),
                       num_classes=10, proj_keep_layers=3)
