@@ -67,6 +67,7 @@ def main():
   if not os.path.isdir(os.path.join(options.data_dir, 'train')):
     sys.exit(f'error: --data_dir={options.data_dir} has no train/ split (expected ROOT/train/<class>/*.jpg).')
   data = link_subset(options.data_dir, out, *p['per_class']) if 'per_class' in p else options.data_dir
+  commit = git_commit()
 
   common = ['--dataset=image_folder', f'--data_dir={data}', '--image_size=32', '--resnet_depth=18',
             f'--width_multiplier={p["width"]}', '--eval_split=test', '--seed=0', '--export_at_end=false',
@@ -106,7 +107,7 @@ def main():
   start = time.time()
   results['knn'] = {'top1': knn(pre, data, p), 'k': p['knn_k']}
   timings['knn'] = round(time.time() - start, 1)
-  write_report(out, options, p, results, timings)
+  write_report(out, options, p, results, timings, commit)
 
 
 def knn(pretrain_dir, data, p):
@@ -125,21 +126,25 @@ def knn(pretrain_dir, data, p):
 
 
 def git_commit():
+  """The commit the run starts from, with '+changes' if tracked files differ from it (taken once, at the start)."""
   try:
-    return subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], capture_output=True, text=True, cwd=ROOT,
+    head = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], capture_output=True, text=True, cwd=ROOT,
                           check=True).stdout.strip()
+    dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no'], capture_output=True,
+                           text=True, cwd=ROOT, check=True).stdout.strip()
+    return head + ('+changes' if dirty else '')
   except (OSError, subprocess.CalledProcessError):
     return 'unknown'
 
 
-def write_report(out, options, preset, results, timings):
+def write_report(out, options, preset, results, timings, commit):
   top1 = lambda key: results[key].get('top1')
   rows = [
       ('Supervised from scratch', top1('supervised_1pct'), top1('supervised_10pct')),
       ('SimCLRv2 pretrain → fine-tune (head layer 1)', top1('finetune_1pct'), top1('finetune_10pct')),
       ('SimCLRv2 + self-distillation (teacher: 10% fine-tune)', None, top1('distill_10pct')),
   ]
-  summary = dict(preset=options.preset, settings=preset, commit=git_commit(), data_dir=options.data_dir,
+  summary = dict(preset=options.preset, settings=preset, commit=commit, data_dir=options.data_dir,
                  results={k: v for k, v in results.items()}, seconds=timings,
                  total_minutes=round(sum(timings.values()) / 60, 1))
   with open(os.path.join(out, 'results.json'), 'w') as f:
