@@ -4,6 +4,7 @@ TF writes a checkpoint's data and index files first and the `checkpoint` state f
 killed while saving resumes from the previous complete checkpoint.
 """
 
+import hashlib
 import os
 from typing import Optional
 
@@ -147,3 +148,11 @@ def checkpoint_step(prefix: str) -> int:
     if key.startswith('optimizer/') and 'iteration' in key:
       return int(reader.get_tensor(key))
   return -1
+
+
+def weights_fingerprint(variables) -> str:
+  """A short hash of the values of `variables` (in order): equal on every worker of a run that is in sync."""
+  digest = hashlib.sha256()
+  for v in variables:
+    digest.update(v.numpy().tobytes())
+  return digest.hexdigest()[:16]

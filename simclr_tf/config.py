@@ -14,6 +14,7 @@ STRATEGIES = ('auto', 'default', 'mirrored', 'multi_worker', 'tpu')
 OPTIMIZERS = ('lars', 'momentum', 'adam')
 LR_SCALINGS = ('linear', 'sqrt')
 RESNET_DEPTHS = (18, 34, 50, 101, 152, 200)
+PRECISIONS = ('float32', 'mixed_bfloat16', 'mixed_float16')
 
 
 class UserError(Exception):
@@ -114,6 +115,12 @@ class Config:
   cpu_replicas: int = _field(1, 'Split the CPU into this many logical devices and mirror over them (to exercise '
                              'multi-replica code without accelerators).')
   num_threads: int = _field(0, 'TF intra- and inter-op threads (0 = TF default).')
+  worker_timeout: int = _field(600, 'Seconds a multi-worker collective may wait for the other workers before the '
+                               'run stops with an error (a dead or stuck worker); 0 = wait forever.')
+  precision: str = _field('float32', 'Compute precision. mixed_bfloat16 (TPU, recent CPUs/GPUs) and mixed_float16 '
+                          '(GPU, with dynamic loss scaling) compute in 16 bits and keep float32 weights; losses, '
+                          'softmax and batch-norm statistics stay in float32.', PRECISIONS)
+  jit_compile: bool = _field(False, 'Compile the training step with XLA (always on for TPUs).')
 
   def replace(self, **changes) -> 'Config':
     return dataclasses.replace(self, **changes)
@@ -167,6 +174,7 @@ class Config:
         (self.log_every_steps >= 1, f'--log_every_steps must be at least 1, got {self.log_every_steps}.'),
         (self.shuffle_buffer >= 1, f'--shuffle_buffer must be at least 1, got {self.shuffle_buffer}.'),
         (self.num_threads >= 0, f'--num_threads must not be negative, got {self.num_threads}.'),
+        (self.worker_timeout >= 0, f'--worker_timeout must not be negative, got {self.worker_timeout}.'),
         (self.dataset != 'image_folder' or self.data_dir,
          '--dataset=image_folder needs --data_dir=ROOT (ROOT/<split>/<class>/*.jpg).'),
         (self.dataset != 'shapes' or self.data_dir,
@@ -207,12 +215,15 @@ RESUMABLE_CHANGES = frozenset({
     'eval_split', 'eval_batch_size', 'log_every_steps', 'checkpoint_steps', 'checkpoint_epochs',
     'keep_checkpoint_max', 'num_threads', 'cache_dataset', 'strategy', 'tpu', 'cpu_replicas', 'data_dir',
     'train_steps', 'train_epochs', 'checkpoint', 'teacher', 'strict_data', 'model_dir', 'export_dir',
-    'export_at_end',
+    'export_at_end', 'worker_timeout', 'jit_compile',
 })
+# Precisions whose checkpoints are interchangeable (same weights, same optimizer state); float16 adds a loss scale.
+INTERCHANGEABLE_PRECISIONS = frozenset({'float32', 'mixed_bfloat16'})
 
 
 def resume_conflicts(recorded: dict, config: Config):
   """[(field, recorded value, new value)] of the differences that make resuming `recorded` with `config` wrong."""
   current = dataclasses.asdict(config)
   return [(k, recorded[k], current[k]) for k in sorted(current)
-          if k in recorded and k not in RESUMABLE_CHANGES and recorded[k] != current[k]]
+          if k in recorded and k not in RESUMABLE_CHANGES and recorded[k] != current[k]
+          and not (k == 'precision' and {recorded[k], current[k]} <= INTERCHANGEABLE_PRECISIONS)]

@@ -1,6 +1,8 @@
 """The tf.distribute strategy of a run, and the process-wide TF settings that must precede it."""
 
+import json
 import logging
+import os
 
 import tensorflow as tf
 
@@ -31,7 +33,9 @@ def make_strategy(config: Config) -> tf.distribute.Strategy:
   """The strategy named by --strategy ('auto' picks one from the hardware)."""
   configure_devices(config)
   name = config.strategy
-  gpus = tf.config.list_logical_devices('GPU')
+  # Physical, not logical, devices: listing logical ones starts the runtime, after which MultiWorkerMirrored-
+  # Strategy can no longer configure its collectives.
+  gpus = tf.config.list_physical_devices('GPU')
   if name == 'auto':
     if config.tpu:
       name = 'tpu'
@@ -39,14 +43,14 @@ def make_strategy(config: Config) -> tf.distribute.Strategy:
       name = 'mirrored'
     else:
       name = 'default'
+  if name == 'multi_worker':
+    return multi_worker_strategy(config)
   if name == 'default':
     return tf.distribute.get_strategy()
   if name == 'mirrored':
-    devices = [d.name for d in gpus] if gpus else [d.name for d in tf.config.list_logical_devices('CPU')]
+    devices = [d.name for d in tf.config.list_logical_devices('GPU' if gpus else 'CPU')]
     cross_device_ops = None if gpus else tf.distribute.ReductionToOneDevice()
     return tf.distribute.MirroredStrategy(devices=devices, cross_device_ops=cross_device_ops)
-  if name == 'multi_worker':
-    return tf.distribute.MultiWorkerMirroredStrategy()
   if name == 'tpu':
     try:
       resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=config.tpu)
@@ -56,6 +60,25 @@ def make_strategy(config: Config) -> tf.distribute.Strategy:
       raise UserError(f'--tpu={config.tpu}: cannot connect to the TPU ({str(e).splitlines()[0]}).') from None
     return tf.distribute.TPUStrategy(resolver)
   raise UserError(f'--strategy={name} is not known.')
+
+
+def multi_worker_strategy(config: Config) -> tf.distribute.MultiWorkerMirroredStrategy:
+  """MultiWorkerMirroredStrategy over the cluster in TF_CONFIG (one worker on its own without it). Collectives
+  give up after --worker_timeout seconds, so that a dead worker stops the others instead of hanging them."""
+  raw = os.environ.get('TF_CONFIG', '')
+  if raw:
+    try:
+      cluster = json.loads(raw)
+      workers = len(cluster['cluster'].get('worker', [])) + len(cluster['cluster'].get('chief', []))
+      task = cluster['task']['type'], int(cluster['task']['index'])
+    except (ValueError, KeyError, TypeError) as e:
+      raise UserError(f'TF_CONFIG is not a cluster description ({e!r}); it needs {{"cluster": {{"worker": '
+                      f'["host:port", ...]}}, "task": {{"type": "worker", "index": i}}}}.') from None
+    log.info('multi-worker: %s %d of a cluster of %d worker(s)', task[0], task[1], workers)
+  else:
+    log.info('multi-worker: no TF_CONFIG, so this process is a cluster of one')
+  options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=config.worker_timeout or None)
+  return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
 
 
 def check_batch_divides(batch_size: int, strategy: tf.distribute.Strategy, flag: str) -> int:

@@ -10,6 +10,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import tempfile
 from typing import Callable, Dict, Optional
 
@@ -17,7 +18,7 @@ import keras
 import tensorflow as tf
 
 from simclr_tf import losses, monitor
-from simclr_tf import checkpoints, export, files
+from simclr_tf import checkpoints, export, files, precision
 from simclr_tf.checkpoints import CheckpointKeeper
 from simclr_tf.config import Config, UserError
 from simclr_tf.data import inputs
@@ -53,13 +54,16 @@ def is_supervised_head(variable) -> bool:
 
 
 def make_optimizer(config: Config, schedule) -> keras.optimizers.Optimizer:
+  """The --optimizer, loss-scaled under --precision=mixed_float16."""
   if config.optimizer == 'lars':
     # The supervised head gets its weight decay through the loss (as in the paper's code), not from LARS.
-    return LARS(schedule, momentum=config.momentum, weight_decay_rate=config.weight_decay, eta=config.lars_eta,
-                exclude=lambda v: is_bn_or_bias(v) or is_supervised_head(v))
-  if config.optimizer == 'momentum':
-    return keras.optimizers.SGD(schedule, momentum=config.momentum)
-  return keras.optimizers.Adam(schedule)
+    optimizer = LARS(schedule, momentum=config.momentum, weight_decay_rate=config.weight_decay, eta=config.lars_eta,
+                     exclude=lambda v: is_bn_or_bias(v) or is_supervised_head(v))
+  elif config.optimizer == 'momentum':
+    optimizer = keras.optimizers.SGD(schedule, momentum=config.momentum)
+  else:
+    optimizer = keras.optimizers.Adam(schedule)
+  return precision.wrap_optimizer(optimizer, config.precision)
 
 
 def weight_decay_loss(model, config: Config) -> tf.Tensor:
@@ -157,6 +161,32 @@ def error_summary(error: Exception) -> str:
   return (useful[-1] if useful else lines[0])[:200]
 
 
+def cluster_error_reason(error: Exception) -> str:
+  """Why a collective failed, from TF's message ('Collective ops is aborted by: <cause>' [+ the task named on the
+  next line]), or the error's summary line."""
+  lines = [l.strip() for l in str(getattr(error, 'message', error)).splitlines()]
+  for i, line in enumerate(lines):
+    if 'aborted by:' in line:
+      reason = line.split('aborted by:', 1)[1].strip()
+      if reason.endswith(':') and i + 1 < len(lines):
+        reason += ' ' + lines[i + 1]
+      return reason[:240]
+  return error_summary(error)
+
+
+def jit_compile_step(config: Config, strategy: tf.distribute.Strategy) -> bool:
+  """Whether to XLA-compile the per-replica step. TPUs compile everything anyway. With several replicas on
+  CPUs/GPUs TF cannot: their cross-replica calls (synchronised batch norm, the gathering of negatives) are
+  merge_calls, which may not run inside a compiled function."""
+  if not config.jit_compile or isinstance(strategy, tf.distribute.TPUStrategy):
+    return False
+  if strategy.num_replicas_in_sync > 1 or num_workers(strategy) > 1:
+    raise UserError(f'--jit_compile works on one device per run (or on TPUs); this run has '
+                    f'{strategy.num_replicas_in_sync} replicas, whose cross-replica batch norm and negatives TF '
+                    f'cannot compile. Drop --jit_compile (or --cpu_replicas).')
+  return True
+
+
 def _finite_or_raise(step: int, values: dict, first_bad: int, last_good: Optional[str]) -> None:
   if first_bad >= 0 or not all(math.isfinite(v) for v in values.values()):
     at = first_bad if first_bad >= 0 else step
@@ -168,6 +198,7 @@ def _finite_or_raise(step: int, values: dict, first_bad: int, last_good: Optiona
 def fit(config: Config, strategy: tf.distribute.Strategy, task: Task) -> int:
   """Trains `task` to the configured number of steps, resuming from model_dir. Returns the final step."""
   per_replica_batch = check_batch_divides(config.train_batch_size, strategy, 'train_batch_size')
+  jit = jit_compile_step(config, strategy)
   steps = total_steps(config, task.source.num_examples)
   epoch_steps = steps_per_epoch(config, task.source.num_examples)
   chief = is_chief(strategy)
@@ -202,11 +233,18 @@ def fit(config: Config, strategy: tf.distribute.Strategy, task: Task) -> int:
   first_bad_step = tf.Variable(-1, dtype=tf.int64, trainable=False)  # first step whose loss was not finite
   last_index = tf.Variable(-1, dtype=tf.int64, trainable=False)  # highest stream position consumed so far
 
-  def replica_train_step(batch):
+  def replica_gradients(batch):
     with tf.GradientTape() as tape:
       loss, metrics = task.replica_step(batch)
-      scaled = loss / num_replicas
-    grads = tape.gradient(scaled, trainable)
+      scaled = precision.scale_loss(task.optimizer, loss / num_replicas)
+    return tape.gradient(scaled, trainable), metrics
+
+  if jit:
+    # XLA compiles the forward and backward pass; the update runs outside it.
+    replica_gradients = tf.function(replica_gradients, jit_compile=True)
+
+  def replica_train_step(batch):
+    grads, metrics = replica_gradients({k: v for k, v in batch.items() if k != 'index'})
     task.optimizer.apply_gradients(zip(grads, trainable))
     return metrics, tf.reduce_max(batch['index'])
 
@@ -243,6 +281,14 @@ def fit(config: Config, strategy: tf.distribute.Strategy, task: Task) -> int:
   while step < steps:
     try:
       train_step(iterator)
+    except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.AbortedError,
+            tf.errors.CancelledError) as e:
+      if num_workers(strategy) == 1:
+        raise
+      raise UserError(f'another worker of the cluster stopped or stopped answering at step {step + 1} '
+                      f'({cluster_error_reason(e)}); restart every worker with the same command to resume from the last '
+                      f'checkpoint ({keeper.latest or "none yet"}), or raise --worker_timeout if workers are slow.'
+                      ) from None
     except tf.errors.InvalidArgumentError as e:
       if config.strict_data:
         raise UserError(f'an image in {task.source.name} ({config.train_split}) cannot be read '
@@ -273,6 +319,12 @@ def fit(config: Config, strategy: tf.distribute.Strategy, task: Task) -> int:
       keeper.save(step)
   if chief:
     monitor.plot_curves(config.model_dir)
+  if num_workers(strategy) > 1:
+    resolver = strategy.cluster_resolver
+    log.info('%s %d: finished at step %d with weights fingerprint %s', resolver.task_type, resolver.task_id, step,
+             checkpoints.weights_fingerprint(task.model.weights))
+    if not chief:  # its checkpoints only had to be written; the chief's are the run's
+      shutil.rmtree(out_dir, ignore_errors=True)
   return step
 
 

@@ -93,7 +93,9 @@ class SqueezeExcite(keras.layers.Layer):
     self.expand = None
 
   def build(self, input_shape):
-    self.expand = keras.layers.Conv2D(input_shape[-1], 1, kernel_initializer=conv_initializer(), name='expand')
+    # Created at build time: give it this layer's dtype policy (the model was built under a policy scope).
+    self.expand = keras.layers.Conv2D(input_shape[-1], 1, kernel_initializer=conv_initializer(), name='expand',
+                                      dtype=self.dtype_policy)
 
   def call(self, x):
     s = tf.reduce_mean(x, axis=[1, 2], keepdims=True)

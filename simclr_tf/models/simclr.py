@@ -6,6 +6,7 @@ import keras
 import tensorflow as tf
 
 from simclr_tf.config import Config
+from simclr_tf.precision import policy_scope
 from simclr_tf.models.heads import ProjectionHead, SupervisedHead
 from simclr_tf.models.resnet import ResNet
 
@@ -30,8 +31,9 @@ class SimCLRModel(keras.Model):
     self.resnet.freeze_through(fine_tune_after_block)
     self.projection_head = ProjectionHead(self.resnet.output_dim, num_proj_layers, proj_out_dim, bn_momentum,
                                           sync_bn, keep_layers=proj_keep_layers, name='projection_head')
-    self.supervised_head = (SupervisedHead(num_classes, zero_init_logits_layer, name='supervised_head')
-                            if num_classes else None)
+    # float32 whatever the precision: its logits go to a softmax.
+    self.supervised_head = (SupervisedHead(num_classes, zero_init_logits_layer, name='supervised_head',
+                                           dtype='float32') if num_classes else None)
 
   def call(self, images, training=False):
     outputs = self.resnet(images, training=training)
@@ -42,8 +44,9 @@ class SimCLRModel(keras.Model):
       features = hiddens[self.ft_proj_selector]
       if self.sup_stop_gradient:
         features = tf.stop_gradient(features)
-      outputs['logits_sup'] = self.supervised_head(features)
-    return outputs
+      outputs['logits_sup'] = self.supervised_head(tf.cast(features, tf.float32))
+    # Under mixed precision the layers compute in 16 bits; what leaves the model is float32.
+    return {key: tf.cast(value, tf.float32) for key, value in outputs.items()}
 
 
 def build_model(config: Config, num_classes: int = 0, image_size: int = 0,
@@ -58,16 +61,21 @@ def build_model(config: Config, num_classes: int = 0, image_size: int = 0,
   pretraining = config.mode == 'pretrain'
   if proj_keep_layers is None and not pretraining:
     proj_keep_layers = config.ft_proj_selector
-  model = SimCLRModel(
+  with policy_scope(config.precision):
+    model = _simclr_model(config, num_classes, pretraining, proj_keep_layers)
+  size = image_size or min(config.image_size, 64)
+  model(tf.zeros([1, size, size, 3]), training=False)
+  return model
+
+
+def _simclr_model(config: Config, num_classes: int, pretraining: bool, proj_keep_layers) -> SimCLRModel:
+  return SimCLRModel(
       resnet_depth=config.resnet_depth, width_multiplier=config.width_multiplier, sk_ratio=config.sk_ratio,
       se_ratio=config.se_ratio, cifar_stem=config.cifar_stem, num_proj_layers=config.num_proj_layers,
       proj_out_dim=config.proj_out_dim, ft_proj_selector=config.ft_proj_selector, num_classes=num_classes,
       sup_stop_gradient=pretraining, bn_momentum=config.batch_norm_decay, sync_bn=config.global_bn,
       proj_keep_layers=proj_keep_layers, zero_init_logits_layer=config.zero_init_logits_layer and not pretraining,
       fine_tune_after_block=-1 if pretraining else config.fine_tune_after_block, name='simclr')
-  size = image_size or min(config.image_size, 64)
-  model(tf.zeros([1, size, size, 3]), training=False)
-  return model
 
 
 def encoder_parameter_count(model: SimCLRModel) -> int:
