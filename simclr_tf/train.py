@@ -195,6 +195,28 @@ def _finite_or_raise(step: int, values: dict, first_bad: int, last_good: Optiona
                     f'Lower --learning_rate or check the data.')
 
 
+def make_replica_update(task: Task, trainable: list, num_replicas: int, jit: bool) -> Callable:
+  """The per-replica training update: loss, gradients (XLA-compiled with `jit`), update; returns the metrics.
+  The loss is divided by the number of replicas because the optimizer sums gradients across them."""
+
+  def replica_gradients(batch):
+    with tf.GradientTape() as tape:
+      loss, metrics = task.replica_step(batch)
+      scaled = precision.scale_loss(task.optimizer, loss / num_replicas)
+    return tape.gradient(scaled, trainable), metrics
+
+  if jit:
+    # XLA compiles the forward and backward pass; the update runs outside it.
+    replica_gradients = tf.function(replica_gradients, jit_compile=True)
+
+  def replica_update(batch):
+    grads, metrics = replica_gradients({k: v for k, v in batch.items() if k != 'index'})
+    task.optimizer.apply_gradients(zip(grads, trainable))
+    return metrics
+
+  return replica_update
+
+
 def fit(config: Config, strategy: tf.distribute.Strategy, task: Task) -> int:
   """Trains `task` to the configured number of steps, resuming from model_dir. Returns the final step."""
   per_replica_batch = check_batch_divides(config.train_batch_size, strategy, 'train_batch_size')
@@ -233,20 +255,10 @@ def fit(config: Config, strategy: tf.distribute.Strategy, task: Task) -> int:
   first_bad_step = tf.Variable(-1, dtype=tf.int64, trainable=False)  # first step whose loss was not finite
   last_index = tf.Variable(-1, dtype=tf.int64, trainable=False)  # highest stream position consumed so far
 
-  def replica_gradients(batch):
-    with tf.GradientTape() as tape:
-      loss, metrics = task.replica_step(batch)
-      scaled = precision.scale_loss(task.optimizer, loss / num_replicas)
-    return tape.gradient(scaled, trainable), metrics
-
-  if jit:
-    # XLA compiles the forward and backward pass; the update runs outside it.
-    replica_gradients = tf.function(replica_gradients, jit_compile=True)
+  replica_update = make_replica_update(task, trainable, num_replicas, jit)
 
   def replica_train_step(batch):
-    grads, metrics = replica_gradients({k: v for k, v in batch.items() if k != 'index'})
-    task.optimizer.apply_gradients(zip(grads, trainable))
-    return metrics, tf.reduce_max(batch['index'])
+    return replica_update(batch), tf.reduce_max(batch['index'])
 
   @tf.function
   def train_step(iterator):
@@ -330,18 +342,9 @@ def fit(config: Config, strategy: tf.distribute.Strategy, task: Task) -> int:
 
 # ---- pretraining -----------------------------------------------------------------------------------------------
 
-def pretrain(config: Config, strategy: tf.distribute.Strategy) -> Dict[str, float]:
-  """Contrastive pretraining (NT-Xent across replicas, LARS), with linear evaluation while pretraining."""
-  source = inputs.make_source(config, config.train_split)
-  num_classes = 0
-  if config.lineareval_while_pretraining:
-    if source.labeled:
-      num_classes = config.num_classes or source.num_classes
-    else:
-      log.info('%s has no labels: linear evaluation while pretraining is off', source.name)
-  with strategy.scope():
-    model = build_model(config, num_classes=num_classes)
-    optimizer = make_optimizer(config, learning_rate_schedule(config, source.num_examples))
+def contrastive_replica_step(model, config: Config, num_classes: int):
+  """(replica_step, metric names) of pretraining: NT-Xent of the two views (stacked along channels in
+  batch['image']) + weight decay, plus the linear head's cross-entropy on a stop-gradient when num_classes > 0."""
 
   def replica_step(batch):
     images = tf.concat(tf.split(batch['image'], 2, axis=-1), axis=0)
@@ -363,6 +366,23 @@ def pretrain(config: Config, strategy: tf.distribute.Strategy) -> Dict[str, floa
 
   names = ('loss', 'contrast_loss', 'contrast_acc', 'contrast_entropy') + (('sup_loss', 'sup_acc') if num_classes
                                                                           else ())
+  return replica_step, names
+
+
+def pretrain(config: Config, strategy: tf.distribute.Strategy) -> Dict[str, float]:
+  """Contrastive pretraining (NT-Xent across replicas, LARS), with linear evaluation while pretraining."""
+  source = inputs.make_source(config, config.train_split)
+  num_classes = 0
+  if config.lineareval_while_pretraining:
+    if source.labeled:
+      num_classes = config.num_classes or source.num_classes
+    else:
+      log.info('%s has no labels: linear evaluation while pretraining is off', source.name)
+  with strategy.scope():
+    model = build_model(config, num_classes=num_classes)
+    optimizer = make_optimizer(config, learning_rate_schedule(config, source.num_examples))
+
+  replica_step, names = contrastive_replica_step(model, config, num_classes)
   task = Task(model, optimizer, source, inputs.pretrain_view_fn(config), replica_step, names)
   step = fit(config, strategy, task)
   export_at_end(config, strategy, model)
