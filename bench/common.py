@@ -39,6 +39,17 @@ def timed(fn, warmup: int, repeats: int) -> float:
   return (time.perf_counter() - start) / repeats
 
 
+def cpu_timed(fn, warmup: int, repeats: int) -> float:
+  """CPU seconds (all threads of this process) per call of fn() after `warmup` calls: a per-core cost that other
+  processes on the machine do not inflate."""
+  for _ in range(warmup):
+    fn()
+  start = time.process_time()
+  for _ in range(repeats):
+    fn()
+  return (time.process_time() - start) / repeats
+
+
 def matmul_peak(dtype: str = 'float32', n: int = 2048, repeats: int = 10) -> float:
   """FLOP/s of an n x n matmul in TF on this machine (the best of `repeats` timed runs)."""
   import tensorflow as tf

@@ -97,12 +97,14 @@ def our_dataset(data, size, batch, blur):
 
 
 def images_per_second(dataset, batch, batches, threads):
+  """Images/s of the dataset: per CPU second with `threads` (1 = per core), else per wall-clock second."""
   options = tf.data.Options()
   if threads:
     options.threading.private_threadpool_size = threads
     options.threading.max_intra_op_parallelism = 1
   iterator = iter(dataset.with_options(options))
-  return batch / common.timed(lambda: next(iterator), warmup=3, repeats=batches)
+  timer = common.cpu_timed if threads == 1 else common.timed
+  return batch / timer(lambda: next(iterator), warmup=3, repeats=batches)
 
 
 def main():
@@ -117,8 +119,7 @@ def main():
     data = jpegs(options.images, shape)
     batches = options.batches or (20 if size == 32 else 6)
     speeds = {}
-    # Interleaved, so that anything else running on the machine slows both alike.
-    for round_ in range(2):
+    for round_ in range(2):  # interleaved; the best of two rounds each
       for name, make in (('straightforward', straightforward_dataset), ('ours', our_dataset)):
         speed = images_per_second(make(data, size, batch, blur), batch, batches, threads=1)
         speeds[name] = max(speeds.get(name, 0), speed)

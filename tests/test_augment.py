@@ -51,3 +51,20 @@ def test_eval_view_center_crops_big_images_only():
   big = tf.reshape(tf.range(64 * 64 * 3, dtype=tf.float32) / (64 * 64 * 3), [64, 64, 3])
   out = augment.eval_view(big, 56)  # crop 56 of 64 (0.875), resize to 56 = identity
   np.testing.assert_allclose(out.numpy(), big[4:60, 4:60].numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize('factor', [0.0, 0.3, 1.0, 1.7, 5.0])
+def test_closed_form_saturation_equals_tf_adjust_saturation(factor):
+  x = tf.random.uniform([16, 16, 3], seed=3)
+  np.testing.assert_allclose(augment.adjust_saturation(x, factor), tf.image.adjust_saturation(x, factor), atol=2e-6)
+
+
+def test_fast_grayscale_flip_and_uint8_resize_equal_the_plain_tf_ops():
+  x = tf.random.uniform([16, 16, 3], seed=4)
+  np.testing.assert_allclose(augment.to_grayscale(x), tf.tile(tf.image.rgb_to_grayscale(x), [1, 1, 3]), atol=1e-7)
+  flips = [augment.random_flip(x, tf.constant([s, 0], tf.int64)).numpy() for s in range(20)]
+  assert all(np.array_equal(f, x) or np.array_equal(f, x[:, ::-1]) for f in flips)
+  assert 5 <= sum(np.array_equal(f, x[:, ::-1]) for f in flips) <= 15
+  u = tf.cast(x * 255, tf.uint8)
+  np.testing.assert_allclose(augment.resize(u, 8), augment.resize(tf.image.convert_image_dtype(u, tf.float32), 8),
+                             atol=1e-6)

@@ -28,12 +28,27 @@ def random_crop_resize(image, seed, size, area_range=(0.08, 1.0), aspect_range=(
 
 
 def resize(image, size):
-  image = tf.image.resize(image[None], [size, size], method='bicubic')[0]
-  return tf.clip_by_value(image, 0.0, 1.0)
+  """Bicubic resize to size x size, float32 in [0, 1]. A uint8 image is converted after resizing (resizing is
+  linear), so the conversion touches size^2 pixels instead of the whole decoded image."""
+  resized = tf.image.resize(image[None], [size, size], method='bicubic')[0]
+  if image.dtype == tf.uint8:
+    resized = resized * (1.0 / 255.0)
+  return tf.clip_by_value(resized, 0.0, 1.0)
 
 
 def random_flip(image, seed):
-  return tf.image.stateless_random_flip_left_right(image, seed)
+  """Left-right flip with p 0.5 (a branch: TF's own version reverses every image and then selects)."""
+  flip = tf.random.stateless_uniform([], seed) < 0.5
+  return tf.cond(flip, lambda: tf.reverse(image, [1]), lambda: image)
+
+
+def adjust_saturation(image, factor):
+  """HSV saturation times `factor`, clipped to 1, hue and value kept: TF's adjust_saturation in closed form
+  (each channel moves away from the maximum by the ratio of new to old saturation), without the HSV round trip."""
+  top = tf.reduce_max(image, axis=-1, keepdims=True)
+  spread = top - tf.reduce_min(image, axis=-1, keepdims=True)
+  ratio = tf.math.divide_no_nan(tf.minimum(spread * factor, top), spread)
+  return top - (top - image) * ratio
 
 
 def color_jitter(image, seed, strength):
@@ -50,7 +65,7 @@ def color_jitter(image, seed, strength):
     return tf.image.stateless_random_contrast(x, max(0.0, 1.0 - c), 1.0 + c, c_seed) if c else x
 
   def saturation(x):
-    return tf.image.stateless_random_saturation(x, max(0.0, 1.0 - s), 1.0 + s, s_seed) if s else x
+    return adjust_saturation(x, tf.random.stateless_uniform([], s_seed, max(0.0, 1.0 - s), 1.0 + s)) if s else x
 
   def hue(x):
     return tf.image.stateless_random_hue(x, min(h, 0.5), h_seed) if h else x
@@ -64,7 +79,9 @@ def color_jitter(image, seed, strength):
 
 
 def to_grayscale(image):
-  return tf.tile(tf.image.rgb_to_grayscale(image), [1, 1, 3])
+  """Luma with TF's rgb_to_grayscale weights, kept as 3 channels (a weighted sum: cheaper than its tensordot)."""
+  gray = image[..., 0:1] * 0.2989 + image[..., 1:2] * 0.5870 + image[..., 2:3] * 0.1140
+  return tf.concat([gray, gray, gray], axis=-1)
 
 
 def gaussian_blur(image, sigma, image_size):
@@ -123,7 +140,7 @@ def eval_view(image, size):
 
 
 def to_float(image):
-  """uint8 (or float) HWC image -> float32 in [0, 1]."""
+  """uint8 (or float) HWC image -> float32 in [0, 1]. (The views take uint8 images directly: see resize.)"""
   return tf.image.convert_image_dtype(image, tf.float32)
 
 

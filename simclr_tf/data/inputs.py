@@ -221,7 +221,7 @@ def train_dataset(source: Source, config: Config, view_fn, per_replica_batch: in
   """Per-replica batches of {'image': [B,H,W,C'], 'label': [B], 'index': [B]} for one input pipeline ('index'
   is the element's position in this pipeline's stream; unreadable images are skipped unless --strict_data).
 
-  view_fn(image float [0,1], seed [2]) -> the augmented tensor. Starts at global step `start_step`.
+  view_fn(image uint8 HWC, seed [2]) -> the augmented float tensor. Starts at global step `start_step`.
   """
   pipeline_id = input_context.input_pipeline_id if input_context else 0
   num_pipelines = input_context.num_input_pipelines if input_context else 1
@@ -231,7 +231,7 @@ def train_dataset(source: Source, config: Config, view_fn, per_replica_batch: in
 
   def prepare(index, record):
     seed = tf.stack([tf.constant(config.seed, tf.int64), index * num_pipelines + pipeline_id])
-    image = augment.to_float(source.decode(record['image']))
+    image = source.decode(record['image'])  # uint8: the views convert after cropping and resizing
     return {'image': view_fn(image, seed), 'label': record['label'], 'index': index}
 
   ds = stream.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
@@ -270,7 +270,7 @@ def eval_dataset(source: Source, config: Config, batch_size: int,
   num_batches = -(-most_per_pipeline // step_examples) * replicas_per_pipeline
 
   def prepare(record):
-    image = augment.eval_view(augment.to_float(source.decode(record['image'])), config.image_size)
+    image = augment.eval_view(source.decode(record['image']), config.image_size)
     return {'image': image, 'label': record['label'], 'mask': tf.constant(1.0)}
 
   ds = records.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
