@@ -115,8 +115,9 @@ class Config:
   cpu_replicas: int = _field(1, 'Split the CPU into this many logical devices and mirror over them (to exercise '
                              'multi-replica code without accelerators).')
   num_threads: int = _field(0, 'TF intra- and inter-op threads (0 = TF default).')
-  worker_timeout: int = _field(600, 'Seconds a multi-worker collective may wait for the other workers before the '
-                               'run stops with an error (a dead or stuck worker); 0 = wait forever.')
+  worker_timeout: int = _field(600, 'Seconds a multi-worker collective may wait for the other workers (a dead or '
+                               'stuck worker), or a TPU connection for an answer, before the run stops with an '
+                               'error; 0 = wait forever.')
   precision: str = _field('float32', 'Compute precision. mixed_bfloat16 (TPU, recent CPUs/GPUs) and mixed_float16 '
                           '(GPU, with dynamic loss scaling) compute in 16 bits and keep float32 weights; losses, '
                           'softmax and batch-norm statistics stay in float32.', PRECISIONS)

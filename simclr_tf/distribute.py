@@ -3,6 +3,7 @@
 import json
 import logging
 import os
+import threading
 
 import tensorflow as tf
 
@@ -52,14 +53,41 @@ def make_strategy(config: Config) -> tf.distribute.Strategy:
     cross_device_ops = None if gpus else tf.distribute.ReductionToOneDevice()
     return tf.distribute.MirroredStrategy(devices=devices, cross_device_ops=cross_device_ops)
   if name == 'tpu':
-    try:
-      resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=config.tpu)
-      tf.config.experimental_connect_to_cluster(resolver)
-      tf.tpu.experimental.initialize_tpu_system(resolver)
-    except (ValueError, tf.errors.OpError) as e:
-      raise UserError(f'--tpu={config.tpu}: cannot connect to the TPU ({str(e).splitlines()[0]}).') from None
-    return tf.distribute.TPUStrategy(resolver)
+    return tf.distribute.TPUStrategy(connect_tpu(config))
   raise UserError(f'--strategy={name} is not known.')
+
+
+def connect_tpu(config: Config):
+  """The TPU cluster resolver of --tpu, connected and initialised within --worker_timeout seconds."""
+  advice = 'give the TPU\'s name (on a Cloud TPU VM: --tpu=local) or its grpc://host:8470 address'
+
+  def connect():
+    resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=config.tpu)
+    tf.config.experimental_connect_to_cluster(resolver)
+    tf.tpu.experimental.initialize_tpu_system(resolver)
+    return resolver
+
+  outcome = {}
+
+  def attempt():
+    try:
+      outcome['resolver'] = connect()
+    except Exception as e:  # noqa: BLE001  (the resolver raises ValueError, URLError, OpError, RuntimeError, ...)
+      outcome['error'] = e
+
+  # An unreachable address makes TF wait forever; the attempt runs in a daemon thread that is abandoned at the
+  # deadline.
+  thread = threading.Thread(target=attempt, daemon=True)
+  thread.start()
+  thread.join(config.worker_timeout or None)
+  if thread.is_alive():
+    raise UserError(f'--tpu={config.tpu}: no answer from the TPU within --worker_timeout={config.worker_timeout} '
+                    f'seconds; {advice}.')
+  if 'error' in outcome:
+    e = outcome['error']
+    reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+    raise UserError(f'--tpu={config.tpu}: cannot connect to the TPU ({reason}); {advice}.')
+  return outcome['resolver']
 
 
 def multi_worker_strategy(config: Config) -> tf.distribute.MultiWorkerMirroredStrategy:

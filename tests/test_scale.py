@@ -210,3 +210,17 @@ def test_jit_compile_with_several_replicas_is_refused_in_one_line(tmp_path, shap
   assert done.returncode == 2
   assert done.stderr.strip().startswith('error: --jit_compile works on one device per run')
   assert len(done.stderr.strip().splitlines()) == 1
+
+
+# ---- TPU (no TPU here: the connection's failures) --------------------------------------------------------------
+
+@pytest.mark.parametrize('tpu, expected', [('no-such-tpu', 'cannot connect to the TPU'),
+                                           ('grpc://127.0.0.1:1', 'no answer from the TPU within')])
+def test_a_tpu_that_cannot_be_reached_is_one_line_within_the_timeout(tmp_path, shapes_dir, tpu, expected):
+  start = time.time()
+  done = run_cli(*TINY, f'--data_dir={shapes_dir}', f'--model_dir={tmp_path}', f'--tpu={tpu}', '--worker_timeout=5',
+                 '--train_steps=1', timeout=120)
+  assert time.time() - start < 60
+  assert done.returncode == 2
+  assert done.stderr.strip().startswith(f'error: --tpu={tpu}: {expected}'), done.stderr[-2000:]
+  assert len(done.stderr.strip().splitlines()) == 1
