@@ -82,6 +82,17 @@ def test_two_workers_on_loopback_train_identically_and_resume_after_a_cluster_re
   assert fingerprint(outputs[0]) == fingerprint(outputs[1])
   assert fingerprint(outputs[0])[0] == '6'
 
+  # Fine-tuning and evaluation run on the same engine: one result, written once, for the whole test split.
+  finetuned = tmp_path / 'finetuned'
+  codes, outputs = finish(start_cluster(tmp_path, shapes_dir, '--mode=finetune', f'--checkpoint={tmp_path / "model"}',
+                                        '--ft_proj_selector=1', '--train_steps=2', '--eval_split=test',
+                                        f'--model_dir={finetuned}'))
+  assert codes == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+  assert fingerprint(outputs[0]) == fingerprint(outputs[1])
+  result = json.load(open(finetuned / 'eval_test.json'))
+  assert result['num_examples'] == 40
+  assert all(f'top1 {result["top1"]:.4f}' in out for out in outputs)
+
 
 def test_each_worker_reads_its_own_shard(shapes_dir):
   """Over an epoch the input pipelines of two workers read disjoint halves of the split."""
