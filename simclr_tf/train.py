@@ -298,9 +298,9 @@ def fit(config: Config, strategy: tf.distribute.Strategy, task: Task) -> int:
       if num_workers(strategy) == 1:
         raise
       raise UserError(f'another worker of the cluster stopped or stopped answering at step {step + 1} '
-                      f'({cluster_error_reason(e)}); restart every worker with the same command to resume from the last '
-                      f'checkpoint ({keeper.latest or "none yet"}), or raise --worker_timeout if workers are slow.'
-                      ) from None
+                      f'({cluster_error_reason(e)}); restart every worker with the same command to resume from '
+                      f'the last checkpoint ({keeper.latest or "none yet"}), or raise --worker_timeout if workers '
+                      f'are slow.') from None
     except tf.errors.InvalidArgumentError as e:
       if config.strict_data:
         raise UserError(f'an image in {task.source.name} ({config.train_split}) cannot be read '
