@@ -53,18 +53,19 @@ def test_eval_view_center_crops_big_images_only():
   np.testing.assert_allclose(out.numpy(), big[4:60, 4:60].numpy(), atol=1e-5)
 
 
-@pytest.mark.parametrize('factor', [0.0, 0.3, 1.0, 1.7, 5.0])
-def test_closed_form_saturation_equals_tf_adjust_saturation(factor):
-  x = tf.random.uniform([16, 16, 3], seed=3)
-  np.testing.assert_allclose(augment.adjust_saturation(x, factor), tf.image.adjust_saturation(x, factor), atol=2e-6)
-
-
-def test_fast_grayscale_flip_and_uint8_resize_equal_the_plain_tf_ops():
-  x = tf.random.uniform([16, 16, 3], seed=4)
-  np.testing.assert_allclose(augment.to_grayscale(x), tf.tile(tf.image.rgb_to_grayscale(x), [1, 1, 3]), atol=1e-7)
-  flips = [augment.random_flip(x, tf.constant([s, 0], tf.int64)).numpy() for s in range(20)]
-  assert all(np.array_equal(f, x) or np.array_equal(f, x[:, ::-1]) for f in flips)
-  assert 5 <= sum(np.array_equal(f, x[:, ::-1]) for f in flips) <= 15
-  u = tf.cast(x * 255, tf.uint8)
-  np.testing.assert_allclose(augment.resize(u, 8), augment.resize(tf.image.convert_image_dtype(u, tf.float32), 8),
-                             atol=1e-6)
+def test_the_pipeline_blurs_whole_batches_exactly_as_one_view_at_a_time():
+  from simclr_tf.config import Config
+  from simclr_tf.data import inputs
+  config = Config(image_size=32, use_blur=True, color_jitter_strength=0.5)
+  views = inputs.pretrain_view_fn(config)
+  images = tf.random.uniform([6, 40, 48, 3], seed=5)
+  seeds = [tf.constant([7, i], tf.int64) for i in range(6)]
+  batch = {k: tf.stack([views(im, s)[k] for im, s in zip(images, seeds)]) for k in ('image', 'blur_sigma')}
+  sigmas = batch['blur_sigma'].numpy()
+  assert (sigmas == 0).any() and (sigmas > 0).any()  # both kinds of view in the batch
+  batched = inputs.blur_views(batch, 32)['image'].numpy()
+  for i, (im, s) in enumerate(zip(images, seeds)):
+    s1, s2 = augment.split_seed(s, 2)
+    one_by_one = np.concatenate([augment.pretrain_view(im, s1, 32, 0.5, True),
+                                 augment.pretrain_view(im, s2, 32, 0.5, True)], axis=-1)
+    np.testing.assert_allclose(batched[i], one_by_one, atol=1e-6)

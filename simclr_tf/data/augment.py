@@ -28,27 +28,12 @@ def random_crop_resize(image, seed, size, area_range=(0.08, 1.0), aspect_range=(
 
 
 def resize(image, size):
-  """Bicubic resize to size x size, float32 in [0, 1]. A uint8 image is converted after resizing (resizing is
-  linear), so the conversion touches size^2 pixels instead of the whole decoded image."""
-  resized = tf.image.resize(image[None], [size, size], method='bicubic')[0]
-  if image.dtype == tf.uint8:
-    resized = resized * (1.0 / 255.0)
-  return tf.clip_by_value(resized, 0.0, 1.0)
+  image = tf.image.resize(image[None], [size, size], method='bicubic')[0]
+  return tf.clip_by_value(image, 0.0, 1.0)
 
 
 def random_flip(image, seed):
-  """Left-right flip with p 0.5 (a branch: TF's own version reverses every image and then selects)."""
-  flip = tf.random.stateless_uniform([], seed) < 0.5
-  return tf.cond(flip, lambda: tf.reverse(image, [1]), lambda: image)
-
-
-def adjust_saturation(image, factor):
-  """HSV saturation times `factor`, clipped to 1, hue and value kept: TF's adjust_saturation in closed form
-  (each channel moves away from the maximum by the ratio of new to old saturation), without the HSV round trip."""
-  top = tf.reduce_max(image, axis=-1, keepdims=True)
-  spread = top - tf.reduce_min(image, axis=-1, keepdims=True)
-  ratio = tf.math.divide_no_nan(tf.minimum(spread * factor, top), spread)
-  return top - (top - image) * ratio
+  return tf.image.stateless_random_flip_left_right(image, seed)
 
 
 def color_jitter(image, seed, strength):
@@ -65,7 +50,7 @@ def color_jitter(image, seed, strength):
     return tf.image.stateless_random_contrast(x, max(0.0, 1.0 - c), 1.0 + c, c_seed) if c else x
 
   def saturation(x):
-    return adjust_saturation(x, tf.random.stateless_uniform([], s_seed, max(0.0, 1.0 - s), 1.0 + s)) if s else x
+    return tf.image.stateless_random_saturation(x, max(0.0, 1.0 - s), 1.0 + s, s_seed) if s else x
 
   def hue(x):
     return tf.image.stateless_random_hue(x, min(h, 0.5), h_seed) if h else x
@@ -79,9 +64,7 @@ def color_jitter(image, seed, strength):
 
 
 def to_grayscale(image):
-  """Luma with TF's rgb_to_grayscale weights, kept as 3 channels (a weighted sum: cheaper than its tensordot)."""
-  gray = image[..., 0:1] * 0.2989 + image[..., 1:2] * 0.5870 + image[..., 2:3] * 0.1140
-  return tf.concat([gray, gray, gray], axis=-1)
+  return tf.tile(tf.image.rgb_to_grayscale(image), [1, 1, 3])
 
 
 def gaussian_blur(image, sigma, image_size):
@@ -99,21 +82,57 @@ def gaussian_blur(image, sigma, image_size):
   return x[0]
 
 
+def gaussian_kernels(sigmas, image_size):
+  """[N, taps] normalised Gaussian kernels of the blur for each sigma; sigma 0 gives the identity kernel."""
+  radius = blur_taps(image_size) // 2
+  x = tf.cast(tf.range(-radius, radius + 1), tf.float32)[None]
+  sigmas = tf.reshape(tf.cast(sigmas, tf.float32), [-1, 1])
+  safe = tf.where(sigmas > 0, sigmas, 1.0)
+  kernels = tf.exp(-tf.square(x) / (2.0 * tf.square(safe)))
+  kernels /= tf.reduce_sum(kernels, axis=1, keepdims=True)
+  identity = tf.cast(tf.equal(x, 0.0), tf.float32)
+  return tf.where(sigmas > 0, kernels, identity)
+
+
+def batch_gaussian_blur(images, sigmas, image_size):
+  """Each image of [B, H, W, C] blurred as gaussian_blur(image, sigma) would (sigma 0: left as it is), in one
+  depthwise convolution over all of them: the batch's B*C channels fill the vector units that an image's 3 do
+  not."""
+  shape = tf.shape(images)
+  b, h, w, c = shape[0], shape[1], shape[2], shape[3]
+  taps = blur_taps(image_size)
+  kernels = tf.repeat(gaussian_kernels(sigmas, image_size), c, axis=0)  # [B*C, taps], channel-major per image
+  x = tf.reshape(tf.transpose(images, [1, 2, 0, 3]), [1, h, w, b * c])
+  kernel_h = tf.reshape(tf.transpose(kernels), [1, taps, b * c, 1])
+  kernel_v = tf.reshape(tf.transpose(kernels), [taps, 1, b * c, 1])
+  x = tf.nn.depthwise_conv2d(x, kernel_h, [1, 1, 1, 1], 'SAME')
+  x = tf.nn.depthwise_conv2d(x, kernel_v, [1, 1, 1, 1], 'SAME')
+  return tf.transpose(tf.reshape(x, [h, w, b, c]), [2, 0, 1, 3])
+
+
 def _maybe(seed, p, fn, image):
   apply = tf.random.stateless_uniform([], seed) < p
   return tf.cond(apply, lambda: fn(image), lambda: image)
 
 
-def pretrain_view(image, seed, size, color_strength=1.0, use_blur=True):
-  """One SimCLR view: crop+resize, flip, colour jitter (p .8), greyscale (p .2), blur (p .5)."""
+def pretrain_view_and_blur_sigma(image, seed, size, color_strength=1.0):
+  """A SimCLR view without its blur, and the blur's sigma (0 when this view is not blurred): the input pipeline
+  blurs whole batches at once (batch_gaussian_blur). pretrain_view(...) == blur of this view by that sigma."""
   crop_seed, flip_seed, jitter_p, jitter_seed, gray_p, blur_p, sigma_seed = split_seed(seed, 7)
   image = random_crop_resize(image, crop_seed, size)
   image = random_flip(image, flip_seed)
   image = _maybe(jitter_p, 0.8, lambda x: color_jitter(x, jitter_seed, color_strength), image)
   image = _maybe(gray_p, 0.2, to_grayscale, image)
+  blurred = tf.random.stateless_uniform([], blur_p) < 0.5
+  sigma = tf.where(blurred, tf.random.stateless_uniform([], sigma_seed, 0.1, 2.0), 0.0)
+  return tf.clip_by_value(image, 0.0, 1.0), sigma
+
+
+def pretrain_view(image, seed, size, color_strength=1.0, use_blur=True):
+  """One SimCLR view: crop+resize, flip, colour jitter (p .8), greyscale (p .2), blur (p .5)."""
+  image, sigma = pretrain_view_and_blur_sigma(image, seed, size, color_strength)
   if use_blur:
-    sigma = tf.random.stateless_uniform([], sigma_seed, 0.1, 2.0)
-    image = _maybe(blur_p, 0.5, lambda x: gaussian_blur(x, sigma, size), image)
+    image = tf.cond(sigma > 0, lambda: gaussian_blur(image, sigma, size), lambda: image)
   return tf.clip_by_value(image, 0.0, 1.0)
 
 
@@ -140,7 +159,7 @@ def eval_view(image, size):
 
 
 def to_float(image):
-  """uint8 (or float) HWC image -> float32 in [0, 1]. (The views take uint8 images directly: see resize.)"""
+  """uint8 (or float) HWC image -> float32 in [0, 1]."""
   return tf.image.convert_image_dtype(image, tf.float32)
 
 

@@ -221,7 +221,8 @@ def train_dataset(source: Source, config: Config, view_fn, per_replica_batch: in
   """Per-replica batches of {'image': [B,H,W,C'], 'label': [B], 'index': [B]} for one input pipeline ('index'
   is the element's position in this pipeline's stream; unreadable images are skipped unless --strict_data).
 
-  view_fn(image uint8 HWC, seed [2]) -> the augmented float tensor. Starts at global step `start_step`.
+  view_fn(image float [0,1], seed [2]) -> the augmented tensor, or a dict of tensors holding it as 'image'.
+  Starts at global step `start_step`.
   """
   pipeline_id = input_context.input_pipeline_id if input_context else 0
   num_pipelines = input_context.num_input_pipelines if input_context else 1
@@ -231,24 +232,48 @@ def train_dataset(source: Source, config: Config, view_fn, per_replica_batch: in
 
   def prepare(index, record):
     seed = tf.stack([tf.constant(config.seed, tf.int64), index * num_pipelines + pipeline_id])
-    image = source.decode(record['image'])  # uint8: the views convert after cropping and resizing
-    return {'image': view_fn(image, seed), 'label': record['label'], 'index': index}
+    image = augment.to_float(source.decode(record['image']))
+    views = view_fn(image, seed)
+    example = dict(views) if isinstance(views, dict) else {'image': views}
+    example.update(label=record['label'], index=index)
+    return example
 
   ds = stream.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   if not config.strict_data:
     ds = ds.ignore_errors()  # an unreadable image is skipped; the loop counts the gaps in 'index'
   ds = ds.batch(per_replica_batch, drop_remainder=True)
+  if 'blur_sigma' in ds.element_spec:
+    ds = ds.map(lambda batch: blur_views(batch, config.image_size), num_parallel_calls=tf.data.AUTOTUNE)
   return ds.prefetch(tf.data.AUTOTUNE)
 
 
 def pretrain_view_fn(config: Config):
-  """Two SimCLR views of an image, concatenated along channels ([H, W, 6])."""
+  """Two SimCLR views of an image, concatenated along channels ({'image': [H, W, 6]}), with their blur sigmas
+  ('blur_sigma': [2], 0 = not blurred) when --use_blur: train_dataset blurs whole batches (blur_views)."""
   def views(image, seed):
     s1, s2 = augment.split_seed(seed, 2)
-    v1 = augment.pretrain_view(image, s1, config.image_size, config.color_jitter_strength, config.use_blur)
-    v2 = augment.pretrain_view(image, s2, config.image_size, config.color_jitter_strength, config.use_blur)
-    return tf.concat([v1, v2], axis=-1)
+    v1, sigma1 = augment.pretrain_view_and_blur_sigma(image, s1, config.image_size, config.color_jitter_strength)
+    v2, sigma2 = augment.pretrain_view_and_blur_sigma(image, s2, config.image_size, config.color_jitter_strength)
+    views = {'image': tf.concat([v1, v2], axis=-1)}
+    if config.use_blur:
+      views['blur_sigma'] = tf.stack([sigma1, sigma2])
+    return views
   return views
+
+
+def blur_views(batch: dict, image_size: int) -> dict:
+  """The batch with each of its two views blurred by its sigma (the same result as blurring one by one)."""
+  batch = dict(batch)
+  sigma = batch.pop('blur_sigma')  # [B, 2]
+  first, second = tf.split(batch['image'], 2, axis=-1)
+  views = tf.concat([first, second], axis=0)
+  sigmas = tf.concat([sigma[:, 0], sigma[:, 1]], axis=0)
+  chosen = tf.where(sigmas > 0)  # about half of the views: only those are convolved
+  blurred = augment.batch_gaussian_blur(tf.gather_nd(views, chosen), tf.gather_nd(sigmas, chosen), image_size)
+  views = tf.tensor_scatter_nd_update(views, chosen, blurred)
+  first, second = tf.split(views, 2, axis=0)
+  batch['image'] = tf.concat([first, second], axis=-1)
+  return batch
 
 
 def finetune_view_fn(config: Config):
@@ -270,7 +295,7 @@ def eval_dataset(source: Source, config: Config, batch_size: int,
   num_batches = -(-most_per_pipeline // step_examples) * replicas_per_pipeline
 
   def prepare(record):
-    image = augment.eval_view(source.decode(record['image']), config.image_size)
+    image = augment.eval_view(augment.to_float(source.decode(record['image'])), config.image_size)
     return {'image': image, 'label': record['label'], 'mask': tf.constant(1.0)}
 
   ds = records.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
