@@ -29,25 +29,16 @@ def machine() -> str:
   return f'{model}, {os.cpu_count()} cores{flags}, TF {tf.__version__}'
 
 
-def timed(fn, warmup: int, repeats: int) -> float:
-  """Seconds per call of fn() after `warmup` calls (fn must block until its work is done)."""
+def timed(fn, warmup: int, repeats: int, clock=time.perf_counter) -> float:
+  """Seconds per call of fn() after `warmup` calls (fn must block until its work is done). With
+  clock=time.process_time: CPU seconds of all this process's threads, a per-core cost that other processes on the
+  machine do not inflate."""
   for _ in range(warmup):
     fn()
-  start = time.perf_counter()
+  start = clock()
   for _ in range(repeats):
     fn()
-  return (time.perf_counter() - start) / repeats
-
-
-def cpu_timed(fn, warmup: int, repeats: int) -> float:
-  """CPU seconds (all threads of this process) per call of fn() after `warmup` calls: a per-core cost that other
-  processes on the machine do not inflate."""
-  for _ in range(warmup):
-    fn()
-  start = time.process_time()
-  for _ in range(repeats):
-    fn()
-  return (time.process_time() - start) / repeats
+  return (clock() - start) / repeats
 
 
 def matmul_peak(dtype: str = 'float32', n: int = 2048, repeats: int = 10) -> float:

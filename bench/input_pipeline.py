@@ -11,6 +11,7 @@ import argparse
 import glob
 import json
 import os
+import time
 
 import common
 import numpy as np
@@ -103,8 +104,8 @@ def images_per_second(dataset, batch, batches, threads):
     options.threading.private_threadpool_size = threads
     options.threading.max_intra_op_parallelism = 1
   iterator = iter(dataset.with_options(options))
-  timer = common.cpu_timed if threads == 1 else common.timed
-  return batch / timer(lambda: next(iterator), warmup=3, repeats=batches)
+  clock = time.process_time if threads == 1 else time.perf_counter
+  return batch / common.timed(lambda: next(iterator), warmup=3, repeats=batches, clock=clock)
 
 
 def main():
