@@ -113,7 +113,7 @@ def main():
   parser.add_argument('--batches', type=int, default=0,
                       help='timed batches per setting (default 20 at 32 px, 6 at 224)')
   parser.add_argument('--images', type=int, default=256)
-  parser.add_argument('--model_steps', type=int, default=3)
+  parser.add_argument('--model_steps', type=int, default=2)
   parser.add_argument('--out', default=os.path.join(common.ROOT, 'bench', 'results', 'input_pipeline.json'))
   options = parser.parse_args()
   rows, records = [], []

@@ -43,7 +43,7 @@ def images_per_second(strategy, config, steps):
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--steps', type=int, default=8)
+  parser.add_argument('--steps', type=int, default=5)
   parser.add_argument('--precision', default='float32')
   parser.add_argument('--out', default=os.path.join(common.ROOT, 'bench', 'results', 'replicas.json'))
   options = parser.parse_args()
