@@ -60,7 +60,7 @@ def images_per_second(config: Config, steps: int) -> float:
   b, size = config.train_batch_size, config.image_size
   batch = {'image': tf.random.uniform([b, size, size, 6]), 'label': tf.random.uniform([b], 0, 10, tf.int64)}
   step = tf.function(lambda: update(batch)['loss'])
-  seconds = common.timed(lambda: step().numpy(), warmup=2, repeats=steps)
+  seconds = common.timed(lambda: step().numpy(), warmup=1, repeats=steps)
   return b / seconds
 
 
