@@ -519,7 +519,6 @@ ARCHITECTURE_FIELDS = ('resnet_depth', 'width_multiplier', 'sk_ratio', 'se_ratio
 
 def load_teacher(config: Config, strategy):
   """The teacher of --teacher, frozen: architecture from the config.json its run wrote."""
-  from simclr_tf.config import from_dict
   path = config.teacher
   directory = path if os.path.isdir(path) else os.path.dirname(path)
   config_path = os.path.join(directory, 'config.json')

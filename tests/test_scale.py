@@ -15,8 +15,8 @@ import pytest
 import tensorflow as tf
 
 from conftest import ROOT, run_cli, tiny_config
-from simclr_tf import precision, train
-from simclr_tf.config import Config, UserError, resume_conflicts
+from simclr_tf import precision
+from simclr_tf.config import Config, resume_conflicts
 from simclr_tf.models.simclr import build_model
 
 TINY = ['--dataset=image_folder', '--image_size=32', '--resnet_depth=18', '--width_multiplier=0.125',
