@@ -1,7 +1,7 @@
 """SimCLRv2 on real CIFAR-10 images at a CPU budget: supervised baselines, pretraining, fine-tuning on 1% and 10%
 of the labels, distillation, linear evaluation and kNN, then a results table (markdown + JSON) and PNG plots.
 
-  python experiments/cifar10_semisup.py                       # the full run (about an hour on 2 CPU cores)
+  python experiments/cifar10_semisup.py                       # the full run (65-80 minutes on 2 CPU cores)
   python experiments/cifar10_semisup.py --preset=fast          # a few minutes: the CI smoke test of the chain
 
 Data: --data_dir (default ../shared/data/cifar10: ROOT/{train,test}/<class>/*.jpg), read in place. The fast preset
