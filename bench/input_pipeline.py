@@ -9,7 +9,6 @@ Images: real CIFAR-10 JPEGs from ../shared/data/cifar10 (32 px) and, for 224 px,
 
 import argparse
 import glob
-import json
 import os
 import time
 
@@ -17,6 +16,7 @@ import common
 import numpy as np
 import tensorflow as tf
 
+from simclr_tf import files
 from simclr_tf.config import Config
 from simclr_tf.data import inputs
 
@@ -142,9 +142,7 @@ def main():
                        f'ours, {os.cpu_count()} cores (img/s)', 'model step, bf16 (img/s)', 'pipeline / model'], rows)
   print(f'\nMachine: {common.machine()}. Each image = JPEG decode + two augmented views.\n')
   print(text)
-  os.makedirs(os.path.dirname(options.out), exist_ok=True)
-  with open(options.out, 'w') as f:
-    json.dump(dict(machine=common.machine(), results=records, table=text), f, indent=2)
+  files.write_json(options.out, dict(machine=common.machine(), results=records, table=text))
 
 
 if __name__ == '__main__':

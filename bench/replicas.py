@@ -5,7 +5,6 @@ negatives across replicas, synchronized batch norm, the gradient all-reduce), me
 """
 
 import argparse
-import json
 import os
 
 import common
@@ -14,7 +13,7 @@ import tensorflow as tf
 _cpu = tf.config.list_physical_devices('CPU')[0]
 tf.config.set_logical_device_configuration(_cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 
-from simclr_tf import train  # noqa: E402
+from simclr_tf import files, train  # noqa: E402
 from simclr_tf.models.simclr import build_model  # noqa: E402
 from step_speed import model_config  # noqa: E402
 
@@ -62,10 +61,8 @@ def main():
                        'vs 1 replica'], rows)
   print(f'\nMachine: {common.machine()}. Overhead of two replicas: {100 * overhead:.0f}%.\n')
   print(text)
-  os.makedirs(os.path.dirname(options.out), exist_ok=True)
-  with open(options.out, 'w') as f:
-    json.dump(dict(machine=common.machine(), images_per_second=speeds, overhead=round(overhead, 3), table=text), f,
-              indent=2)
+  files.write_json(options.out, dict(machine=common.machine(), images_per_second=speeds,
+                                    overhead=round(overhead, 3), table=text))
 
 
 if __name__ == '__main__':

@@ -11,13 +11,12 @@ paper's TF2 code on this machine class, as given in the issue that asked for thi
 """
 
 import argparse
-import json
 import os
 
 import common  # noqa: F401  (sets up paths and logging first)
 import tensorflow as tf
 
-from simclr_tf import train
+from simclr_tf import files, train
 from simclr_tf.config import Config
 from simclr_tf.models.simclr import build_model
 
@@ -97,11 +96,8 @@ def main():
   text = common.table(['model', 'precision', 'XLA', 'images/s', 'vs float32 (same process)',
                        'vs reference TF2 code (img/s)', 'train GFLOP/image', 'GFLOP/s', 'of fp32 matmul peak'], rows)
   print(text)
-  os.makedirs(os.path.dirname(options.out), exist_ok=True)
-  with open(options.out, 'w') as f:
-    json.dump(dict(machine=common.machine(), matmul_peak_gflops={'float32': round(peak32 / 1e9),
-                                                                 'bfloat16': round(peak16 / 1e9)},
-                   results=records, table=text), f, indent=2)
+  peaks = {'float32': round(peak32 / 1e9), 'bfloat16': round(peak16 / 1e9)}
+  files.write_json(options.out, dict(machine=common.machine(), matmul_peak_gflops=peaks, results=records, table=text))
 
 
 if __name__ == '__main__':

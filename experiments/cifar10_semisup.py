@@ -138,6 +138,7 @@ def git_commit():
 
 
 def write_report(out, options, preset, results, timings, commit):
+  from simclr_tf import files
   top1 = lambda key: results[key].get('top1')
   rows = [
       ('Supervised from scratch', top1('supervised_1pct'), top1('supervised_10pct')),
@@ -147,8 +148,7 @@ def write_report(out, options, preset, results, timings, commit):
   summary = dict(preset=options.preset, settings=preset, commit=commit, data_dir=options.data_dir,
                  results={k: v for k, v in results.items()}, seconds=timings,
                  total_minutes=round(sum(timings.values()) / 60, 1))
-  with open(os.path.join(out, 'results.json'), 'w') as f:
-    json.dump(summary, f, indent=2, sort_keys=True)
+  files.write_json(os.path.join(out, 'results.json'), summary)
   pct = lambda v: '–' if v is None else f'{100 * v:.1f}'
   lines = ['| method | 1% labels | 10% labels |', '| --- | ---: | ---: |']
   lines += [f'| {name} | {pct(a)} | {pct(b)} |' for name, a, b in rows]
