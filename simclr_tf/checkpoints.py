@@ -16,9 +16,17 @@ CHECKPOINT_NAME = 'ckpt'
 
 
 def latest_checkpoint(path: str) -> Optional[str]:
-  """The checkpoint prefix `path` names: a directory's latest checkpoint, or a prefix itself; None if none."""
-  if os.path.isdir(path):
-    return tf.train.latest_checkpoint(path)
+  """The checkpoint prefix `path` names: a directory's latest checkpoint (by its `checkpoint` state file, or
+  without one the highest-numbered NAME-N.index in it), or a prefix itself; None if none."""
+  if tf.io.gfile.isdir(path):
+    latest = tf.train.latest_checkpoint(path)
+    if latest:
+      return latest
+    prefixes = [name[:-len('.index')] for name in tf.io.gfile.listdir(path) if name.endswith('.index')]
+    if not prefixes:
+      return None
+    number = lambda prefix: int(prefix.rsplit('-', 1)[1]) if prefix.rsplit('-', 1)[-1].isdigit() else -1
+    return os.path.join(path, max(prefixes, key=lambda prefix: (number(prefix), prefix)))
   if tf.io.gfile.exists(path + '.index'):
     return path
   return None
@@ -74,12 +82,19 @@ def variable_paths(model) -> dict:
   return paths
 
 
+# Object-graph edges that only alias objects reachable through attributes.
+ALIAS_EDGES = frozenset({'keras_api', 'variables', 'trainable_variables', 'non_trainable_variables', 'weights',
+                         'trainable_weights', 'non_trainable_weights', 'trainable_variables_list', 'all_variables'})
+
+
 def object_paths(prefix: str, root: Optional[str] = 'model') -> dict:
   """{attribute path below `root` (None: below the graph's root): checkpoint key} of every variable in a
   checkpoint's object graph (a training checkpoint, or the variables of a SavedModel).
 
   TF stores a variable once, under the shortest path to it (a trainable variable is often stored under the
-  optimizer's list of variables), so keys are found by walking the object graph along attribute names.
+  optimizer's list of variables), so keys are found by walking the object graph along attribute names. Edges that
+  only alias objects reachable by attribute names (a Keras 2 SavedModel's `keras_api/...` and
+  `variables/<i>`, the export's variable lists) are not followed.
   """
   from tensorflow.core.protobuf import trackable_object_graph_pb2
   reader = tf.train.load_checkpoint(prefix)
@@ -95,7 +110,7 @@ def object_paths(prefix: str, root: Optional[str] = 'model') -> dict:
       if attribute.name == 'VARIABLE_VALUE':
         paths[path] = attribute.checkpoint_key
     for child in node.children:
-      if child.node_id not in on_path:
+      if child.node_id not in on_path and child.local_name not in ALIAS_EDGES:
         stack.append((child.node_id, f'{path}/{child.local_name}' if path else child.local_name,
                       on_path + (child.node_id,)))
   return paths

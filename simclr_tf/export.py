@@ -13,7 +13,6 @@ moving_mean, moving_variance) and shape. The global numeric suffixes of referenc
 """
 
 import os
-import re
 from collections import defaultdict
 from typing import Dict, List, Optional, Tuple
 
@@ -21,7 +20,7 @@ import tensorflow as tf
 
 from simclr_tf import checkpoints
 from simclr_tf.config import UserError
-from simclr_tf.models.resnet import OUTPUT_KEYS
+from simclr_tf.models.resnet import BLOCKS_PER_GROUP, OUTPUT_KEYS
 
 OURS, OURS_SAVEDMODEL, REFERENCE_CHECKPOINT, REFERENCE_SAVEDMODEL = (
     'simclr-tf checkpoint', 'simclr-tf SavedModel', 'reference checkpoint', 'reference SavedModel')
@@ -72,44 +71,26 @@ def export_saved_model(model, export_dir: str, config_json: Optional[str] = None
 # ---- reading any layout ----------------------------------------------------------------------------------------
 
 def is_saved_model(path: str) -> bool:
-  return os.path.isdir(path) and tf.io.gfile.exists(os.path.join(path, 'saved_model.pb'))
-
-
-def _saved_model_variable_nodes(path: str) -> Dict[str, dict]:
-  """{object path: {name, shape, trainable}} of every variable in a SavedModel's object graph (read from the
-  proto: nothing of the SavedModel is executed)."""
-  from tensorflow.core.protobuf import saved_model_pb2
-  proto = saved_model_pb2.SavedModel()
-  with open(os.path.join(path, 'saved_model.pb'), 'rb') as f:
-    proto.ParseFromString(f.read())
-  nodes = proto.meta_graphs[0].object_graph_def.nodes
-  found = {}
-  stack = [(0, '', (0,))]
-  while stack:
-    node_id, prefix, on_path = stack.pop()
-    node = nodes[node_id]
-    if node.WhichOneof('kind') == 'variable':
-      var = node.variable
-      found.setdefault(prefix, dict(name=var.name, shape=[d.size for d in var.shape.dim], trainable=var.trainable))
-      continue
-    for child in node.children:
-      if child.node_id not in on_path:
-        stack.append((child.node_id, f'{prefix}/{child.local_name}' if prefix else child.local_name,
-                      on_path + (child.node_id,)))
-  return found
+  return tf.io.gfile.isdir(path) and tf.io.gfile.exists(os.path.join(path, 'saved_model.pb'))
 
 
 class WeightFile:
-  """Variables of a checkpoint or SavedModel of any supported layout, addressable by object path."""
+  """Variables of a checkpoint or SavedModel of any supported layout, addressable by object path.
+
+  Everything is read from the file's own checkpoint (a SavedModel's variables/ index is one): its keys, which name
+  each variable once, and its object graph, which gives each variable its attribute path. A SavedModel is never
+  executed.
+  """
 
   def __init__(self, path: str, flag: str = 'checkpoint'):
     self.path = path
-    if is_saved_model(path):
+    self.saved_model = is_saved_model(path)
+    if self.saved_model:
       self.prefix = os.path.join(path, 'variables', 'variables')
-      self.saved_model_nodes = _saved_model_variable_nodes(path)
+      if not tf.io.gfile.exists(self.prefix + '.index'):
+        raise UserError(f'--{flag}={path} is a SavedModel without variables (no variables/variables.index).')
     else:
       self.prefix = checkpoints.resolve_checkpoint(path, flag)
-      self.saved_model_nodes = None
     self.shapes_by_key = checkpoints.checkpoint_shapes(self.prefix)
     self.keys = checkpoints.object_paths(self.prefix, root=None)  # full object path -> key
     self.reader = tf.train.load_checkpoint(self.prefix)
@@ -117,18 +98,12 @@ class WeightFile:
 
   def _detect(self) -> str:
     paths = self.keys
-    if self.saved_model_nodes is not None:
-      if any(p.startswith('model/resnet/') for p in paths):
-        return OURS_SAVEDMODEL
-      if any(p.startswith('trainable_variables_list/') for p in paths):
-        return REFERENCE_SAVEDMODEL
-    else:
-      if any(p.startswith('model/resnet/') for p in paths):
-        return OURS
-      if any(p.startswith('model/resnet_model/') for p in paths):
-        return REFERENCE_CHECKPOINT
+    if any(p.startswith('model/resnet/') for p in paths):
+      return OURS_SAVEDMODEL if self.saved_model else OURS
+    if any(p.startswith('model/resnet_model/') for p in paths):
+      return REFERENCE_SAVEDMODEL if self.saved_model else REFERENCE_CHECKPOINT
     raise UserError(f'{self.path} holds neither a simclr-tf model nor a SimCLRv2 reference model (no '
-                    f'model/resnet or resnet_model variables, no trainable_variables_list).')
+                    f'model/resnet or model/resnet_model variables).')
 
   def value(self, object_path: str):
     return self.reader.get_tensor(self.keys[object_path])
@@ -144,53 +119,20 @@ class WeightFile:
   # Reference layouts: (scope, trainable) -> ordered [(kind, object path)].
   def reference_scopes(self) -> Dict[Tuple, List[Tuple[str, str]]]:
     """The file's variables grouped by structural scope (stem, ('block', g, b), ('proj', i), sup) and
-    trainability, each group in the file's structural order."""
+    trainability, each group in the reference code's order of creation.
+
+    Training checkpoints and SavedModels of the reference code hold the same attribute paths
+    (`model/resnet_model/block_groups/0/layers/0/...`); in a SavedModel every variable is also reachable through
+    aliases (`trainable_variables_list/<i>`, `.../keras_api/layers/<i>/...`), which the walk of the object graph
+    leaves out (checkpoints.structural_paths)."""
     scoped = defaultdict(list)
-    if self.layout == REFERENCE_SAVEDMODEL:
-      for object_path, node in self.saved_model_nodes.items():
-        name = re.sub(r':\d+$', '', node['name'])
-        scope = _savedmodel_scope(name)
-        if scope is not None:
-          # The position in trainable_variables_list/<i> (or .../variables/<i>) is the structural order.
-          scoped[(scope, node['trainable'])].append((int(object_path.rsplit('/', 1)[1]), name.rsplit('/', 1)[1],
-                                                     object_path))
-      scoped = _number_blocks(scoped)
-    else:
-      for object_path in self.keys:
-        scope = _checkpoint_scope(object_path)
-        if scope is not None:
-          kind = object_path.rsplit('/', 1)[1]
-          scoped[(scope, kind not in ('moving_mean', 'moving_variance'))].append(
-              (_checkpoint_order(object_path), kind, object_path))
+    for object_path in self.keys:
+      scope = _checkpoint_scope(object_path)
+      if scope is not None:
+        kind = object_path.rsplit('/', 1)[1]
+        scoped[(scope, kind not in ('moving_mean', 'moving_variance'))].append(
+            (_checkpoint_order(object_path), kind, object_path))
     return {k: [(kind, p) for _, kind, p in sorted(v)] for k, v in scoped.items()}
-
-
-def _savedmodel_scope(name: str) -> Optional[Tuple]:
-  """Scope of a published-SavedModel variable name; blocks by their scope name (numbered by _number_blocks)."""
-  parts = name.split('/')
-  if parts[0] == 'resnet':
-    if len(parts) > 2 and parts[1].startswith('block_group'):
-      return ('block', int(parts[1][len('block_group'):]), parts[2])
-    return ('stem',)
-  if parts[0] == 'projection_head':
-    return ('proj', int(parts[1].split('_')[-1]))
-  if parts[0] == 'head_supervised':
-    return ('sup',)
-  return None
-
-
-def _number_blocks(scoped):
-  """Replaces each block's scope name by its index within its group, in order of its first trainable variable."""
-  first = {}
-  for (scope, trainable), items in scoped.items():
-    if scope[0] == 'block' and trainable:
-      first[scope] = min(position for position, _, _ in items)
-  index = {}
-  for group in {scope[1] for scope in first}:
-    names = sorted((s for s in first if s[1] == group), key=first.get)
-    index.update({s: i for i, s in enumerate(names)})
-  return {((('block', scope[1], index[scope]) if scope[0] == 'block' else scope), trainable): items
-          for (scope, trainable), items in scoped.items()}
 
 
 _SK_ORDER = {'conv2d_fixed_padding': 0, 'batch_norm_relu': 1, 'conv2d_0': 2, 'batch_norm_relu_1': 3, 'conv2d_1': 4}
@@ -298,6 +240,46 @@ def describe_head(weights: WeightFile) -> Tuple[int, int]:
   bias = [p for kind, p in sup if kind == 'bias']
   layers = {scope[1] for scope, _ in scopes if scope[0] == 'proj'}
   return (weights.shape(bias[0])[0] if bias else 0), len(layers)
+
+
+PUBLISHED_SK_RATIO = 0.0625
+
+
+def reference_architecture(weights: WeightFile, ft_proj_selector: int = 0) -> dict:
+  """Config fields of the network in a reference-code file, read from its variable paths and shapes (such files
+  carry no config.json). SK networks get the published sk_ratio 0.0625 (the shape check of restore() catches
+  another); which projection-head layer feeds the supervised head cannot be told from shapes when several have
+  its width, so `ft_proj_selector` is taken when the shapes allow it."""
+  paths = weights.keys
+  stem = 'model/resnet_model/initial_conv_relu_max_pool/'
+  resnet_d = f'{stem}4/conv2d/kernel' in paths
+  first_conv = weights.shape(f'{stem}0/conv2d/kernel')
+  width = first_conv[-1] * (2 if resnet_d else 1) / 64
+  cifar_stem = not resnet_d and first_conv[0] == 3
+  blocks = defaultdict(set)
+  for p in paths:
+    parts = p.split('/')
+    if parts[2:3] == ['block_groups']:
+      blocks[int(parts[3])].add(int(parts[5]))
+  bottleneck = any('/conv_relu_dropblock_layers/' in p for p in paths)
+  counts = tuple(len(blocks[g]) for g in range(4))
+  depths = [d for d, c in BLOCKS_PER_GROUP.items() if c == counts and (d >= 50) == bottleneck]
+  if not depths:
+    raise UserError(f'{weights.path}: blocks per group {counts} are not those of a ResNet-18/34/50/101/152/200.')
+  se_kernels = sorted(p for p in paths if p.startswith('model/resnet_model/block_groups/0/layers/0/') and
+                      p.endswith('se_reduce/kernel'))
+  se_ratio = weights.shape(se_kernels[0])[-1] / int(64 * width) if se_kernels else 0.0
+  num_classes, proj_layers = describe_head(weights)
+  head = 'model/_projection_head/linear_layers/'
+  proj_out_dim = weights.shape(f'{head}{proj_layers - 1}/dense/kernel')[-1] if proj_layers else 128
+  if num_classes:
+    sup_in = weights.shape('model/supervised_head/linear_layer/dense/kernel')[0]
+    widths = [weights.shape(f'{head}{i}/dense/kernel')[0] for i in range(proj_layers)] + [proj_out_dim]
+    if widths[min(ft_proj_selector, proj_layers)] != sup_in:
+      ft_proj_selector = widths.index(sup_in)
+  return dict(resnet_depth=depths[0], width_multiplier=width, sk_ratio=PUBLISHED_SK_RATIO if resnet_d else 0.0,
+              se_ratio=se_ratio, image_size=32 if cifar_stem else 224, num_proj_layers=max(proj_layers, 1),
+              proj_out_dim=proj_out_dim, ft_proj_selector=min(ft_proj_selector, proj_layers))
 
 
 def restore(model, variables, path: str, flag: str = 'checkpoint') -> Tuple[int, str]:

@@ -518,17 +518,24 @@ ARCHITECTURE_FIELDS = ('resnet_depth', 'width_multiplier', 'sk_ratio', 'se_ratio
 
 
 def load_teacher(config: Config, strategy):
-  """The teacher of --teacher, frozen: architecture from the config.json its run wrote."""
+  """The teacher of --teacher, frozen. Its architecture comes from the config.json its run wrote (a model_dir of
+  ours, or a SavedModel we exported); a file of the paper's reference code has none and is read from its
+  variables (export.reference_architecture)."""
   path = config.teacher
-  directory = path if os.path.isdir(path) else os.path.dirname(path)
+  directory = path if tf.io.gfile.isdir(path) else os.path.dirname(path)
   config_path = os.path.join(directory, 'config.json')
-  if not os.path.exists(config_path):
-    raise UserError(f'--teacher={path}: no config.json in {directory or "."} to tell the teacher\'s architecture '
-                    f'(give the model_dir of a finetune run, or convert a published model first with --mode=export '
-                    f'and its architecture flags).')
-  with open(config_path) as f:
-    recorded = json.load(f)
-  teacher_config = config.replace(**{k: recorded[k] for k in ARCHITECTURE_FIELDS if k in recorded})
+  if tf.io.gfile.exists(config_path):
+    with tf.io.gfile.GFile(config_path) as f:
+      recorded = json.load(f)
+    architecture = {k: recorded[k] for k in ARCHITECTURE_FIELDS if k in recorded}
+  else:
+    weights = export.WeightFile(path, 'teacher')
+    if weights.layout not in (export.REFERENCE_CHECKPOINT, export.REFERENCE_SAVEDMODEL):
+      raise UserError(f'--teacher={path}: no config.json in {directory or "."} to tell the teacher\'s architecture '
+                      f'(give the model_dir of a finetune run, or a SavedModel this project exported).')
+    architecture = export.reference_architecture(weights, config.ft_proj_selector)
+    log.info('teacher %s (%s): %s', path, weights.layout, ', '.join(f'{k}={v}' for k, v in architecture.items()))
+  teacher_config = config.replace(**architecture)
   teacher, weights = load_model(teacher_config, path, strategy, flag='teacher')
   if teacher.supervised_head is None:
     raise UserError(f'--teacher={path} has no supervised head: distil from a fine-tuned model.')

@@ -114,33 +114,45 @@ class ConvBn(keras.layers.Layer):
       self.conv = Conv2dFixedPadding(filters, kernel_size, strides, name='conv')
       self.bn = BatchNormRelu(relu=relu, init_zero=init_zero, name='bn', **bn_args)
 
-  def call(self, x, training=False):
+  def call(self, x, training=False, with_conv_output=False):
+    """The output; with `with_conv_output` (no SK) also the convolution's output before batch norm:
+    (conv, output)."""
     if self.sk is not None:
       return self.sk(x, training=training)
-    return self.bn(self.conv(x), training=training)
+    conv = self.conv(x)
+    output = self.bn(conv, training=training)
+    return (conv, output) if with_conv_output else output
 
 
 class Shortcut(keras.layers.Layer):
-  """Projection shortcut: 1x1 strided conv + BN, or (ResNet-D) 2x2 average pool, 1x1 conv + BN."""
+  """Projection shortcut: 1x1 strided conv + BN, or (ResNet-D) 2x2 average pool, 1x1 conv + BN.
+
+  The ResNet-D pool is there at every stride, as in the reference code: at stride 1 (the first block of
+  block_group1) a 2x2 average with stride 1 and SAME padding (it changes the values); at stride 2 the input is
+  padded by 0 before and 1 after, then averaged 2x2 with stride 2, VALID.
+  """
 
   def __init__(self, filters, strides, resnet_d, bn_args, **kwargs):
     super().__init__(**kwargs)
     self.pool = None
+    self.pad_before_pool = resnet_d and strides > 1
     if resnet_d:
-      if strides > 1:
-        self.pool = keras.layers.AveragePooling2D(pool_size=2, strides=strides, padding='same', name='pool')
+      self.pool = keras.layers.AveragePooling2D(pool_size=2, strides=strides,
+                                                padding='valid' if strides > 1 else 'same', name='pool')
       strides = 1
     self.conv = Conv2dFixedPadding(filters, 1, strides, name='conv')
     self.bn = BatchNormRelu(relu=False, name='bn', **bn_args)
 
   def call(self, x, training=False):
+    if self.pad_before_pool:
+      x = tf.pad(x, [[0, 0], [0, 1], [0, 1], [0, 0]])
     if self.pool is not None:
       x = self.pool(x)
     return self.bn(self.conv(x), training=training)
 
 
 class ResidualBlock(keras.layers.Layer):
-  """Basic (two 3x3) or bottleneck (1x1, 3x3, 1x1 x4) residual block."""
+  """Basic (two 3x3) or bottleneck (1x1, 3x3 or SK, 1x1 x4) residual block."""
 
   def __init__(self, filters, strides, bottleneck, use_projection, sk_ratio, se_ratio, bn_args, **kwargs):
     super().__init__(**kwargs)
@@ -152,7 +164,9 @@ class ResidualBlock(keras.layers.Layer):
       self.conv2 = ConvBn(filters, 3, strides, bn_args, sk_ratio=sk_ratio, name='conv2')
       self.conv3 = ConvBn(out_filters, 1, 1, bn_args, relu=False, init_zero=True, name='conv3')
     else:
-      self.conv1 = ConvBn(filters, 3, strides, bn_args, sk_ratio=sk_ratio, name='conv1')
+      # As in the reference code, basic blocks keep plain 3x3 convolutions with --sk_ratio: SK only brings the
+      # ResNet-D stem and shortcuts to ResNet-18/34.
+      self.conv1 = ConvBn(filters, 3, strides, bn_args, name='conv1')
       self.conv2 = ConvBn(filters, 3, 1, bn_args, relu=False, init_zero=True, name='conv2')
       self.conv3 = None
     self.se = SqueezeExcite(filters, se_ratio, name='se') if se_ratio > 0 else None
@@ -208,10 +222,13 @@ class Stem(keras.layers.Layer):
     self.pool = None if cifar_stem else keras.layers.MaxPooling2D(3, 2, padding='same', name='pool')
 
   def call(self, x, training=False):
-    for i in range(self.num_convs):
+    """(initial_conv, initial_max_pool): the last convolution's output before its batch norm and ReLU (as the
+    reference defines `initial_conv`), and the stem's output after BN-ReLU and (ImageNet stems) the max-pool."""
+    for i in range(self.num_convs - 1):
       x = getattr(self, f'conv{i}')(x, training=training)
+    conv, x = getattr(self, f'conv{self.num_convs - 1}')(x, training=training, with_conv_output=True)
     pooled = self.pool(x) if self.pool is not None else x
-    return x, pooled
+    return conv, pooled
 
 
 class ResNet(keras.layers.Layer):
