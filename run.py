@@ -80,9 +80,13 @@ def import_tensorflow_quietly():
 
 def redirect_native_stderr(model_dir: str):
   """Sends what C/C++ libraries write to fd 2 (TF's runtime notices, libjpeg's complaints about corrupt files) to
-  model_dir/native_stderr.log; Python's own stderr (our messages, tracebacks) stays on the terminal."""
+  model_dir/native_stderr.log; Python's own stderr (our messages, tracebacks) stays on the terminal. A file
+  descriptor needs a local file: a model_dir elsewhere (gs://, ram://) keeps them on the terminal."""
   if not model_dir or os.environ.get('SIMCLR_TF_VERBOSE'):
     return
+  if '://' in model_dir and not model_dir.startswith('file://'):
+    return
+  model_dir = model_dir[len('file://'):] if model_dir.startswith('file://') else model_dir
   os.makedirs(model_dir, exist_ok=True)
   terminal = os.dup(2)
   sys.stderr = os.fdopen(terminal, 'w', buffering=1)
@@ -122,6 +126,9 @@ def main(argv):
     redirect_native_stderr(config.model_dir)
     run(config)
   except config_lib.UserError as e:
+    if hasattr(e, 'exit_code'):  # stopped by a signal after saving (simclr_tf.preemption.Interrupted)
+      print(str(e), file=sys.stderr)
+      sys.exit(e.exit_code)
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
   except KeyboardInterrupt:

@@ -5,6 +5,7 @@ killed while saving resumes from the previous complete checkpoint.
 """
 
 import hashlib
+import logging
 import os
 from typing import Optional
 
@@ -13,11 +14,25 @@ import tensorflow as tf
 from simclr_tf.config import UserError
 
 CHECKPOINT_NAME = 'ckpt'
+log = logging.getLogger('simclr_tf')
+
+
+def read_checkpoint(prefix: str):
+  """A reader of the checkpoint at `prefix`. (tf.train.load_checkpoint first asks whether the prefix is a
+  directory, which some filesystems, ram:// among them, answer yes for any prefix of a file name.)"""
+  return tf.compat.v1.train.NewCheckpointReader(prefix)
+
+
+def directory_of(path: str) -> str:
+  """The directory a --checkpoint/--teacher names: itself, or the folder of a checkpoint prefix."""
+  return os.path.dirname(path) if tf.io.gfile.exists(path + '.index') else path
 
 
 def latest_checkpoint(path: str) -> Optional[str]:
   """The checkpoint prefix `path` names: a directory's latest checkpoint (by its `checkpoint` state file, or
   without one the highest-numbered NAME-N.index in it), or a prefix itself; None if none."""
+  if tf.io.gfile.exists(path + '.index'):
+    return path
   if tf.io.gfile.isdir(path):
     latest = tf.train.latest_checkpoint(path)
     if latest:
@@ -27,9 +42,21 @@ def latest_checkpoint(path: str) -> Optional[str]:
       return None
     number = lambda prefix: int(prefix.rsplit('-', 1)[1]) if prefix.rsplit('-', 1)[-1].isdigit() else -1
     return os.path.join(path, max(prefixes, key=lambda prefix: (number(prefix), prefix)))
-  if tf.io.gfile.exists(path + '.index'):
-    return path
   return None
+
+
+class StepNumberedManager(tf.train.CheckpointManager):
+  """A CheckpointManager whose checkpoints are named by the training step (`step()`) when the caller gives no
+  number, as TF's PreemptionCheckpointHandler does."""
+
+  def __init__(self, *args, step=None, **kwargs):
+    super().__init__(*args, **kwargs)
+    self._step = step
+
+  def save(self, checkpoint_number=None, check_interval=True, options=None):
+    if checkpoint_number is None and self._step is not None:
+      checkpoint_number = self._step()
+    return super().save(checkpoint_number, check_interval, options)
 
 
 class CheckpointKeeper:
@@ -37,23 +64,38 @@ class CheckpointKeeper:
 
   def __init__(self, directory: str, max_to_keep: int, **objects):
     self.checkpoint = tf.train.Checkpoint(**objects)
-    self.manager = tf.train.CheckpointManager(self.checkpoint, directory, max_to_keep=max_to_keep,
-                                              checkpoint_name=CHECKPOINT_NAME)
+    optimizer = objects.get('optimizer')
+    self.manager = StepNumberedManager(
+        self.checkpoint, directory, max_to_keep=max_to_keep, checkpoint_name=CHECKPOINT_NAME,
+        step=(lambda: int(optimizer.iterations.numpy())) if optimizer is not None else None)
 
   @property
   def latest(self) -> Optional[str]:
     return self.manager.latest_checkpoint
 
   def restore_latest(self) -> Optional[str]:
-    """Restores the latest checkpoint of the directory, if any; every variable must be found in it."""
-    path = self.latest
-    if path:
+    """Restores the newest readable checkpoint of the directory, if any; every variable must be found in it.
+
+    A checkpoint that cannot be read (truncated or corrupt files: a disk filled up, a copy cut short) is reported
+    in one line and the one before it is tried; a checkpoint of another model is an error."""
+    candidates = list(reversed(self.manager.checkpoints))
+    for i, path in enumerate(candidates):
       try:
         self.checkpoint.restore(path).assert_existing_objects_matched()
-      except (AssertionError, ValueError, tf.errors.OpError) as e:
+        return path
+      except (AssertionError, ValueError) as e:
         raise UserError(f'{path} does not fit this model (a different architecture in the same --model_dir?): '
                         f'{str(e).splitlines()[0][:300]}') from None
-    return path
+      except (tf.errors.OpError, IndexError, EOFError) as e:  # TF raises IndexError for truncated data files
+        older = candidates[i + 1] if i + 1 < len(candidates) else None
+        reason = str(getattr(e, 'message', e)).splitlines()[0][:160]
+        if older is None:
+          raise UserError(f'{path} cannot be read ({type(e).__name__}: {reason}) and --model_dir holds no older '
+                          f'checkpoint; restore the file, or delete the model_dir\'s checkpoints to start over.'
+                          ) from None
+        log.warning('%s cannot be read (%s: %s); resuming from the checkpoint before it, %s', path,
+                    type(e).__name__, reason, older)
+    return None
 
   def save(self, step: int) -> str:
     return self.manager.save(checkpoint_number=step)
@@ -97,7 +139,7 @@ def object_paths(prefix: str, root: Optional[str] = 'model') -> dict:
   `variables/<i>`, the export's variable lists) are not followed.
   """
   from tensorflow.core.protobuf import trackable_object_graph_pb2
-  reader = tf.train.load_checkpoint(prefix)
+  reader = read_checkpoint(prefix)
   graph = trackable_object_graph_pb2.TrackableObjectGraph()
   graph.ParseFromString(reader.get_tensor('_CHECKPOINTABLE_OBJECT_GRAPH'))
   starts = [0] if root is None else [c.node_id for c in graph.nodes[0].children if c.local_name == root]
@@ -129,7 +171,7 @@ def resolve_checkpoint(path: str, flag: str = 'checkpoint') -> str:
 
 def checkpoint_shapes(prefix: str) -> dict:
   try:
-    return tf.train.load_checkpoint(prefix).get_variable_to_shape_map()
+    return read_checkpoint(prefix).get_variable_to_shape_map()
   except (tf.errors.OpError, ValueError) as e:
     raise UserError(f'{prefix} cannot be read as a checkpoint ({str(e).splitlines()[0][:200]}).') from None
 
@@ -150,7 +192,7 @@ def restore_variables(model, variables, prefix: str) -> int:
     if found != list(v.shape):
       raise UserError(f'checkpoint {prefix} does not fit the model: {name} has shape {found} in the '
                       f'checkpoint, the model expects {list(v.shape)}; check {ARCHITECTURE_FLAGS}.')
-  reader = tf.train.load_checkpoint(prefix)
+  reader = read_checkpoint(prefix)
   for v in variables:
     v.assign(reader.get_tensor(keys[paths[id(v)]]))
   return len(variables)
@@ -158,7 +200,7 @@ def restore_variables(model, variables, prefix: str) -> int:
 
 def checkpoint_step(prefix: str) -> int:
   """The training step a checkpoint was written at (its optimizer's iteration counter), or -1."""
-  reader = tf.train.load_checkpoint(prefix)
+  reader = read_checkpoint(prefix)
   for key in reader.get_variable_to_shape_map():
     if key.startswith('optimizer/') and 'iteration' in key:
       return int(reader.get_tensor(key))

@@ -107,6 +107,9 @@ class Config:
   checkpoint_epochs: int = _field(1, 'Save a checkpoint every this many epochs (used when --checkpoint_steps=0).')
   keep_checkpoint_max: int = _field(5, 'Number of checkpoints to keep.')
   log_every_steps: int = _field(10, 'Print a progress line and write summaries every this many steps.')
+  steps_per_loop: int = _field(10, 'Training steps per call into the graph (a loop on the device, metrics '
+                               'accumulated there): saves the host dispatch between steps that starves TPUs. Loops '
+                               'also end at logging and checkpoint steps, where the host looks at the run.')
 
   # Distribution and hardware.
   strategy: str = _field('auto', 'Distribution strategy. auto: tpu if --tpu, mirrored with several GPUs or '
@@ -173,12 +176,13 @@ class Config:
          '--checkpoint_steps and --checkpoint_epochs must not be negative.'),
         (self.keep_checkpoint_max >= 1, f'--keep_checkpoint_max must be at least 1, got {self.keep_checkpoint_max}.'),
         (self.log_every_steps >= 1, f'--log_every_steps must be at least 1, got {self.log_every_steps}.'),
+        (self.steps_per_loop >= 1, f'--steps_per_loop must be at least 1, got {self.steps_per_loop}.'),
         (self.shuffle_buffer >= 1, f'--shuffle_buffer must be at least 1, got {self.shuffle_buffer}.'),
         (self.num_threads >= 0, f'--num_threads must not be negative, got {self.num_threads}.'),
         (self.worker_timeout >= 0, f'--worker_timeout must not be negative, got {self.worker_timeout}.'),
-        (self.dataset != 'image_folder' or self.data_dir,
+        (self.dataset != 'image_folder' or self.data_dir or self.mode == 'export',
          '--dataset=image_folder needs --data_dir=ROOT (ROOT/<split>/<class>/*.jpg).'),
-        (self.dataset != 'shapes' or self.data_dir,
+        (self.dataset != 'shapes' or self.data_dir or self.mode == 'export',
          '--dataset=shapes needs --data_dir, where the generated images are written on first use.'),
         (self.mode not in ('pretrain', 'finetune', 'distill', 'eval') or self.model_dir or
          (self.mode == 'eval' and self.checkpoint),
@@ -213,7 +217,7 @@ def from_dict(values: dict) -> Config:
 # Fields that may change when a run in an existing model_dir is resumed: they do not change what is being trained
 # (paths, logging, evaluation, hardware) or only extend it (the length of the run).
 RESUMABLE_CHANGES = frozenset({
-    'eval_split', 'eval_batch_size', 'log_every_steps', 'checkpoint_steps', 'checkpoint_epochs',
+    'eval_split', 'eval_batch_size', 'log_every_steps', 'steps_per_loop', 'checkpoint_steps', 'checkpoint_epochs',
     'keep_checkpoint_max', 'num_threads', 'cache_dataset', 'strategy', 'tpu', 'cpu_replicas', 'data_dir',
     'train_steps', 'train_epochs', 'checkpoint', 'teacher', 'strict_data', 'model_dir', 'export_dir',
     'export_at_end', 'worker_timeout', 'jit_compile',

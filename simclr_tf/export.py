@@ -18,7 +18,7 @@ from typing import Dict, List, Optional, Tuple
 
 import tensorflow as tf
 
-from simclr_tf import checkpoints
+from simclr_tf import checkpoints, files
 from simclr_tf.config import UserError
 from simclr_tf.models.resnet import BLOCKS_PER_GROUP, OUTPUT_KEYS
 
@@ -48,23 +48,25 @@ class ExportModule(tf.Module):
 
 
 def export_saved_model(model, export_dir: str, config_json: Optional[str] = None) -> str:
-  """Writes a SavedModel to export_dir (atomically: a temporary directory renamed into place)."""
+  """Writes a SavedModel to export_dir (any filesystem TF knows). A reader never sees half of one: on local disks
+  it is written to a temporary directory renamed into place; elsewhere the old one is removed first, and TF writes
+  saved_model.pb (what makes a directory a SavedModel) after the variables."""
   module = ExportModule(model)
   spec = tf.TensorSpec([None, None, None, 3], tf.float32, name='images')
   serving = module.__call__.get_concrete_function(spec, False)
   module.__call__.get_concrete_function(spec, True)
-  parent = os.path.dirname(os.path.abspath(export_dir))
-  os.makedirs(parent, exist_ok=True)
-  tmp = export_dir.rstrip('/') + '.tmp'
-  if tf.io.gfile.exists(tmp):
-    tf.io.gfile.rmtree(tmp)
-  tf.saved_model.save(module, tmp, signatures={'serving_default': serving})
-  if config_json:
-    with open(os.path.join(tmp, 'config.json'), 'w') as f:
-      f.write(config_json)
-  if tf.io.gfile.exists(export_dir):
-    tf.io.gfile.rmtree(export_dir)
-  os.replace(tmp, export_dir)
+  export_dir = export_dir.rstrip('/')
+  local = files.is_local(export_dir)
+  target = f'{export_dir}.tmp' if local else export_dir
+  files.remove_tree(target)
+  if files.parent(target):
+    tf.io.gfile.makedirs(files.parent(target))
+  if config_json:  # first, so that it is in place before saved_model.pb
+    files.write_atomically(os.path.join(target, 'config.json'), config_json)
+  tf.saved_model.save(module, target, signatures={'serving_default': serving})
+  if local:
+    files.remove_tree(export_dir)
+    tf.io.gfile.rename(target, export_dir)
   return export_dir
 
 
@@ -93,7 +95,7 @@ class WeightFile:
       self.prefix = checkpoints.resolve_checkpoint(path, flag)
     self.shapes_by_key = checkpoints.checkpoint_shapes(self.prefix)
     self.keys = checkpoints.object_paths(self.prefix, root=None)  # full object path -> key
-    self.reader = tf.train.load_checkpoint(self.prefix)
+    self.reader = checkpoints.read_checkpoint(self.prefix)
     self.layout = self._detect()
 
   def _detect(self) -> str:

@@ -1,6 +1,8 @@
 """What a long run shows: a progress line (step, loss, images/s, ETA), TensorBoard scalars, a metrics log
-(model_dir/metrics.jsonl) and PNG training curves drawn from that log."""
+(model_dir/metrics.jsonl) and PNG training curves drawn from that log. model_dir may be any filesystem TF knows:
+the log is rewritten whole (atomically) rather than appended to, since object stores cannot append."""
 
+import io
 import json
 import logging
 import math
@@ -9,6 +11,8 @@ import time
 from typing import Dict, Optional
 
 import tensorflow as tf
+
+from simclr_tf import files
 
 log = logging.getLogger('simclr_tf')
 
@@ -34,6 +38,7 @@ class Monitor:
     self.write = write and bool(model_dir)
     self.writer = tf.summary.create_file_writer(os.path.join(model_dir, prefix)) if self.write else None
     self.metrics_path = os.path.join(model_dir, 'metrics.jsonl')
+    self.records = read_metrics(model_dir) if self.write else []
     self._last_time = time.time()
     self._last_step = start_step
     self._first_step = start_step
@@ -53,17 +58,15 @@ class Monitor:
         tf.summary.scalar(k, v)
       tf.summary.scalar('images_per_second', rate)
     self.writer.flush()
-    record = dict(step=step, mode=self.prefix, images_per_second=rate, **metrics)
-    with open(self.metrics_path, 'a') as f:
-      f.write(json.dumps(record) + '\n')
+    self.records.append(dict(step=step, mode=self.prefix, images_per_second=rate, **metrics))
+    files.write_atomically(self.metrics_path, ''.join(json.dumps(r) + '\n' for r in self.records))
 
 
 def read_metrics(model_dir: str):
   path = os.path.join(model_dir, 'metrics.jsonl')
-  if not os.path.exists(path):
+  if not tf.io.gfile.exists(path):
     return []
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  return [json.loads(line) for line in files.read_text(path).splitlines() if line.strip()]
 
 
 def plot_curves(model_dir: str, out_path: Optional[str] = None) -> Optional[str]:
@@ -95,6 +98,7 @@ def plot_curves(model_dir: str, out_path: Optional[str] = None) -> Optional[str]
     ax.axis('off')
   fig.tight_layout()
   out_path = out_path or os.path.join(model_dir, 'curves.png')
-  fig.savefig(out_path, dpi=80)
+  png = io.BytesIO()
+  fig.savefig(png, format='png', dpi=80)
   plt.close(fig)
-  return out_path
+  return files.write_atomically(out_path, png.getvalue())

@@ -5,7 +5,9 @@ tf.function step, metrics averaged over each logging window, checkpoints every N
 step counter is the optimizer's, and the data stream restarts at that step), summaries and a progress line.
 """
 
+import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -18,7 +20,7 @@ import keras
 import tensorflow as tf
 
 from simclr_tf import losses, monitor
-from simclr_tf import checkpoints, export, files, precision
+from simclr_tf import checkpoints, export, files, precision, preemption, runlock
 from simclr_tf.checkpoints import CheckpointKeeper
 from simclr_tf.config import Config, UserError
 from simclr_tf.data import inputs
@@ -142,11 +144,9 @@ def check_resume_compatible(config: Config) -> None:
   """Refuses to continue a run in model_dir whose recorded config differs in what is being trained."""
   from simclr_tf.config import resume_conflicts
   path = os.path.join(config.model_dir, 'config.json')
-  if not (os.path.exists(path) and checkpoints.latest_checkpoint(config.model_dir)):
+  if not (tf.io.gfile.exists(path) and checkpoints.latest_checkpoint(config.model_dir)):
     return
-  with open(path) as f:
-    recorded = json.load(f)
-  conflicts = resume_conflicts(recorded, config)
+  conflicts = resume_conflicts(files.read_json(path), config)
   if conflicts:
     listed = ', '.join(f'--{k}={new} (was {old})' for k, old, new in conflicts)
     raise UserError(f'--model_dir={config.model_dir} holds a run with other settings; resuming it with {listed} '
@@ -217,6 +217,83 @@ def make_replica_update(task: Task, trainable: list, num_replicas: int, jit: boo
   return replica_update
 
 
+@dataclasses.dataclass
+class LoopState:
+  """What the training loop accumulates on the device between two visits of the host."""
+  sums: Dict[str, tf.Variable]  # per metric, the sum over the steps since the last logging step
+  count: tf.Variable  # steps since the last logging step
+  first_bad_step: tf.Variable  # first step whose loss was not finite (-1: none)
+  last_index: tf.Variable  # highest stream position consumed so far (on this worker)
+
+
+def make_train_loop(strategy: tf.distribute.Strategy, task: Task, trainable: list, jit: bool):
+  """(train_loop, LoopState): train_loop(iterator, num_steps) runs num_steps training steps in one tf.function
+  call, a loop in the graph over the distributed iterator, with the metrics accumulated on the device (LoopState)."""
+  state = LoopState(sums={name: tf.Variable(0.0, trainable=False) for name in task.metric_names},
+                    count=tf.Variable(0.0, trainable=False),
+                    first_bad_step=tf.Variable(-1, dtype=tf.int64, trainable=False),
+                    last_index=tf.Variable(-1, dtype=tf.int64, trainable=False))
+  replica_update = make_replica_update(task, trainable, strategy.num_replicas_in_sync, jit)
+
+  def replica_train_step(batch):
+    return replica_update(batch), tf.reduce_max(batch['index'])
+
+  def train_step(iterator):
+    metrics, index = strategy.run(replica_train_step, args=(next(iterator),))
+    for name in task.metric_names:
+      state.sums[name].assign_add(strategy.reduce(tf.distribute.ReduceOp.MEAN, metrics[name], axis=None))
+    loss = strategy.reduce(tf.distribute.ReduceOp.MEAN, metrics['loss'], axis=None)
+    bad = tf.logical_and(tf.logical_not(tf.math.is_finite(loss)), state.first_bad_step < 0)
+    state.first_bad_step.assign(tf.where(bad, task.optimizer.iterations, state.first_bad_step))
+    # Stream positions are per input pipeline (per worker): the maximum over this worker's replicas.
+    local_max = tf.reduce_max(tf.stack(strategy.experimental_local_results(index)))
+    state.last_index.assign(tf.maximum(state.last_index, local_max))
+    state.count.assign_add(1.0)
+
+  @tf.function
+  def loop(iterator, num_steps):
+    for _ in tf.range(num_steps):
+      train_step(iterator)
+
+  # One step is traced without the graph loop: cheaper to trace, for runs that hand back to the host every step.
+  one_step = tf.function(train_step)
+
+  def train_loop(iterator, num_steps: int):
+    if num_steps == 1:
+      one_step(iterator)
+    else:
+      loop(iterator, tf.constant(num_steps, tf.int64))
+
+  return train_loop, state
+
+
+def next_boundary(step: int, steps: int, config: Config, save_every: int) -> int:
+  """The first step after `step` at which the loop must hand back to the host: a logging step, a checkpoint step,
+  the end, or --steps_per_loop steps on."""
+  candidates = [steps, step + config.steps_per_loop, (step // config.log_every_steps + 1) * config.log_every_steps]
+  if save_every:
+    candidates.append((step // save_every + 1) * save_every)
+  return min(candidates)
+
+
+def uses_preemption_handler(strategy: tf.distribute.Strategy) -> bool:
+  """Clusters (multi-worker, TPU) stop through TF's PreemptionCheckpointHandler, which agrees on one step for all
+  workers; a single host catches the signals itself (preemption.StopRequests)."""
+  return num_workers(strategy) > 1 or isinstance(strategy, tf.distribute.TPUStrategy)
+
+
+def holds_model_dir(mode: Callable) -> Callable:
+  """A training mode that holds model_dir/run.lock (on the chief) from before its first write to after its last:
+  one run per model_dir."""
+
+  @functools.wraps(mode)
+  def locked(config: Config, strategy: tf.distribute.Strategy):
+    with runlock.held(config.model_dir, enabled=is_chief(strategy)):
+      return mode(config, strategy)
+
+  return locked
+
+
 def fit(config: Config, strategy: tf.distribute.Strategy, task: Task) -> int:
   """Trains `task` to the configured number of steps, resuming from model_dir. Returns the final step."""
   per_replica_batch = check_batch_divides(config.train_batch_size, strategy, 'train_batch_size')
@@ -250,28 +327,8 @@ def fit(config: Config, strategy: tf.distribute.Strategy, task: Task) -> int:
       lambda ctx: inputs.train_dataset(task.source, config, task.view_fn, per_replica_batch, ctx, start_step=start))
   iterator = iter(dataset)
   num_replicas = strategy.num_replicas_in_sync
-  sums = {name: tf.Variable(0.0, trainable=False) for name in task.metric_names}
-  count = tf.Variable(0.0, trainable=False)
-  first_bad_step = tf.Variable(-1, dtype=tf.int64, trainable=False)  # first step whose loss was not finite
-  last_index = tf.Variable(-1, dtype=tf.int64, trainable=False)  # highest stream position consumed so far
-
-  replica_update = make_replica_update(task, trainable, num_replicas, jit)
-
-  def replica_train_step(batch):
-    return replica_update(batch), tf.reduce_max(batch['index'])
-
-  @tf.function
-  def train_step(iterator):
-    metrics, index = strategy.run(replica_train_step, args=(next(iterator),))
-    for name in task.metric_names:
-      sums[name].assign_add(strategy.reduce(tf.distribute.ReduceOp.MEAN, metrics[name], axis=None))
-    loss = strategy.reduce(tf.distribute.ReduceOp.MEAN, metrics['loss'], axis=None)
-    bad = tf.logical_and(tf.logical_not(tf.math.is_finite(loss)), first_bad_step < 0)
-    first_bad_step.assign(tf.where(bad, task.optimizer.iterations, first_bad_step))
-    # Stream positions are per input pipeline (per worker): the maximum over this worker's replicas.
-    local_max = tf.reduce_max(tf.stack(strategy.experimental_local_results(index)))
-    last_index.assign(tf.maximum(last_index, local_max))
-    count.assign_add(1.0)
+  train_loop, state = make_train_loop(strategy, task, trainable, jit)
+  sums, count, first_bad_step, last_index = state.sums, state.count, state.first_bad_step, state.last_index
 
   @tf.function
   def weights_finite():
@@ -284,51 +341,72 @@ def fit(config: Config, strategy: tf.distribute.Strategy, task: Task) -> int:
     first = start * config.train_batch_size // pipelines
     return max(0, int(last_index.numpy()) + 1 - first - consumed)
 
+  def save(step):
+    # The loss of step k comes before its update: check the weights too, so no checkpoint holds a NaN.
+    _finite_or_raise(step, {}, int(first_bad_step.numpy()) if bool(weights_finite()) else step, keeper.latest)
+    return keeper.save(step)
+
   save_every = checkpoint_every(config, epoch_steps)
   progress = monitor.Monitor(out_dir, steps, config.train_batch_size, start, write=chief, prefix=config.mode)
   log.info('%s: %d steps (%d per epoch) at global batch %d on %d replica(s), %s',
            config.mode, steps, epoch_steps, config.train_batch_size, num_replicas, task.source.name)
+  handler = None
+  if uses_preemption_handler(strategy):
+    handler = preemption.cluster_handler(
+        strategy, keeper.manager,
+        lambda: (f'stopped by a preemption notice at step {int(task.optimizer.iterations.numpy())} of {steps}, '
+                 f'with a checkpoint of that step in {config.model_dir}. Restart every worker with the same command '
+                 f'to resume.'))
   step = start
   reported_skips = 0
-  while step < steps:
-    try:
-      train_step(iterator)
-    except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.AbortedError,
-            tf.errors.CancelledError) as e:
-      if num_workers(strategy) == 1:
+  with preemption.StopRequests() if handler is None else contextlib.nullcontext() as stop:
+    while step < steps:
+      boundary = next_boundary(step, steps, config, save_every)
+      try:
+        if handler is None:
+          train_loop(iterator, boundary - step)
+        else:  # saves (at this loop's start, on every worker) and stops if any worker was told to stop
+          handler.run(train_loop, iterator, boundary - step)
+      except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.AbortedError,
+              tf.errors.CancelledError) as e:
+        if num_workers(strategy) == 1:
+          raise
+        raise UserError(f'another worker of the cluster stopped or stopped answering before step {boundary} '
+                        f'({cluster_error_reason(e)}); restart every worker with the same command to resume from '
+                        f'the last checkpoint ({keeper.latest or "none yet"}), or raise --worker_timeout if '
+                        f'workers are slow.') from None
+      except tf.errors.InvalidArgumentError as e:
+        if config.strict_data:
+          raise UserError(f'an image in {task.source.name} ({config.train_split}) cannot be read '
+                          f'({error_summary(e)}); remove it, or run without --strict_data to skip unreadable '
+                          f'images.') from None
         raise
-      raise UserError(f'another worker of the cluster stopped or stopped answering at step {step + 1} '
-                      f'({cluster_error_reason(e)}); restart every worker with the same command to resume from '
-                      f'the last checkpoint ({keeper.latest or "none yet"}), or raise --worker_timeout if workers '
-                      f'are slow.') from None
-    except tf.errors.InvalidArgumentError as e:
-      if config.strict_data:
-        raise UserError(f'an image in {task.source.name} ({config.train_split}) cannot be read '
-                        f'({error_summary(e)}); remove it, or run without --strict_data to skip unreadable '
-                        f'images.') from None
-      raise
-    step += 1
-    logging_step = step % config.log_every_steps == 0 or step == steps
-    saving_step = (save_every and step % save_every == 0) or step == steps
-    if logging_step:
-      n = max(count.numpy(), 1.0)
-      values = {name: float(sums[name].numpy() / n) for name in task.metric_names}
-      values['learning_rate'] = float(task.optimizer.learning_rate.numpy()) if hasattr(
-          task.optimizer.learning_rate, 'numpy') else float(task.optimizer.learning_rate)
-      for v in list(sums.values()) + [count]:
-        v.assign(0.0)
-      _finite_or_raise(step, values, int(first_bad_step.numpy()), keeper.latest)
-      skipped = skipped_images(step)
-      if skipped:
-        values['skipped_images'] = float(skipped)
-        if skipped > reported_skips:
-          log.warning('skipped %d unreadable image(s) so far (use --strict_data to stop at the first)', skipped)
-          reported_skips = skipped
-      progress.report(step, values)
-    if saving_step:
-      # The loss of step k comes before its update: check the weights too, so no checkpoint holds a NaN.
-      _finite_or_raise(step, {}, int(first_bad_step.numpy()) if bool(weights_finite()) else step, keeper.latest)
-      keeper.save(step)
+      step = boundary
+      if int(first_bad_step.numpy()) >= 0:
+        _finite_or_raise(step, {}, int(first_bad_step.numpy()), keeper.latest)
+      if step % config.log_every_steps == 0 or step == steps:
+        n = max(count.numpy(), 1.0)
+        values = {name: float(sums[name].numpy() / n) for name in task.metric_names}
+        values['learning_rate'] = float(task.optimizer.learning_rate.numpy()) if hasattr(
+            task.optimizer.learning_rate, 'numpy') else float(task.optimizer.learning_rate)
+        for v in list(sums.values()) + [count]:
+          v.assign(0.0)
+        _finite_or_raise(step, values, int(first_bad_step.numpy()), keeper.latest)
+        skipped = skipped_images(step)
+        if skipped:
+          values['skipped_images'] = float(skipped)
+          if skipped > reported_skips:
+            log.warning('skipped %d unreadable image(s) so far (use --strict_data to stop at the first)', skipped)
+            reported_skips = skipped
+        progress.report(step, values)
+      if (save_every and step % save_every == 0) or step == steps:
+        save(step)
+      runlock.heartbeat()
+      if handler is None and stop.requested and step < steps:
+        path = keeper.latest if keeper.latest and keeper.latest.endswith(f'-{step}') else save(step)
+        raise preemption.Interrupted(
+            f'stopped by {stop.name} at step {step} of {steps}; saved {path}. Rerun the same command to resume.',
+            stop.requested)
   if chief:
     monitor.plot_curves(config.model_dir)
   if num_workers(strategy) > 1:
@@ -369,6 +447,7 @@ def contrastive_replica_step(model, config: Config, num_classes: int):
   return replica_step, names
 
 
+@holds_model_dir
 def pretrain(config: Config, strategy: tf.distribute.Strategy) -> Dict[str, float]:
   """Contrastive pretraining (NT-Xent across replicas, LARS), with linear evaluation while pretraining."""
   source = inputs.make_source(config, config.train_split)
@@ -464,6 +543,7 @@ def evaluate_and_record(config: Config, strategy, model, step: int, teacher_mode
   return result
 
 
+@holds_model_dir
 def finetune(config: Config, strategy: tf.distribute.Strategy) -> Dict[str, float]:
   """Supervised fine-tuning from the projection head's layer --ft_proj_selector of a pretrained model (or from
   random weights without --checkpoint: the supervised baseline)."""
@@ -501,8 +581,7 @@ def load_model(config: Config, path: str, strategy, flag: str = 'checkpoint'):
 def evaluate_checkpoint(config: Config, strategy: tf.distribute.Strategy) -> Dict[str, float]:
   """--mode=eval: top-1/top-5/loss of a checkpoint's supervised head on --eval_split (default: test)."""
   config = config.replace(eval_split=config.eval_split or 'test',
-                          model_dir=config.model_dir or (config.checkpoint if os.path.isdir(config.checkpoint)
-                                                         else os.path.dirname(config.checkpoint)))
+                          model_dir=config.model_dir or checkpoints.directory_of(config.checkpoint))
   model, weights = load_model(config, config.checkpoint, strategy)
   if model.supervised_head is None:
     raise UserError(f'{config.checkpoint} has no supervised head to evaluate (pretrain with labels and '
@@ -522,7 +601,7 @@ def load_teacher(config: Config, strategy):
   ours, or a SavedModel we exported); a file of the paper's reference code has none and is read from its
   variables (export.reference_architecture)."""
   path = config.teacher
-  directory = path if tf.io.gfile.isdir(path) else os.path.dirname(path)
+  directory = checkpoints.directory_of(path)
   config_path = os.path.join(directory, 'config.json')
   if tf.io.gfile.exists(config_path):
     with tf.io.gfile.GFile(config_path) as f:
@@ -543,6 +622,7 @@ def load_teacher(config: Config, strategy):
   return teacher, weights.prefix
 
 
+@holds_model_dir
 def distill(config: Config, strategy: tf.distribute.Strategy) -> Dict[str, float]:
   """Trains a student on the teacher's soft labels over (unlabeled) training images; crop+flip augmentation.
   Loss: T^2 * CE(softmax(teacher/T), student/T) [+ alpha * CE(labels) with --distill_label_weight]."""

@@ -51,22 +51,23 @@ def _is_image(name: str) -> bool:
 def list_image_folder(root: str, split: str):
   """(paths, labels, class_names) of ROOT/split: labelled from class sub-folders, or unlabeled (labels -1)."""
   split_dir = os.path.join(root, split)
-  if not os.path.isdir(root):
+  if not tf.io.gfile.isdir(root):
     raise UserError(f'--data_dir={root} does not exist; point it at the root of an image folder.')
-  if not os.path.isdir(split_dir):
-    splits = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+  if not tf.io.gfile.isdir(split_dir):
+    splits = sorted(d.rstrip('/') for d in tf.io.gfile.listdir(root) if tf.io.gfile.isdir(os.path.join(root, d)))
     raise UserError(f'split {split!r} not found: {split_dir} is not a directory '
                     f'(splits in --data_dir: {", ".join(splits) or "none"}).')
-  entries = sorted(os.listdir(split_dir))
-  class_names = [e for e in entries if os.path.isdir(os.path.join(split_dir, e))]
-  loose = [e for e in entries if _is_image(e) and os.path.isfile(os.path.join(split_dir, e))]
+  # Images are told by their names (one listing per folder, no call per file: cheap on object stores).
+  entries = sorted(e.rstrip('/') for e in tf.io.gfile.listdir(split_dir))
+  loose = [e for e in entries if _is_image(e)]
+  class_names = [e for e in entries if not _is_image(e) and tf.io.gfile.isdir(os.path.join(split_dir, e))]
   if class_names and loose:
     raise UserError(f'{split_dir} mixes class folders and loose images; use ROOT/{split}/<class>/*.jpg for '
                     f'labelled or ROOT/{split}/*.jpg for unlabeled data.')
   paths, labels = [], []
   if class_names:
     for label, name in enumerate(class_names):
-      files = sorted(f for f in os.listdir(os.path.join(split_dir, name)) if _is_image(f))
+      files = sorted(f for f in tf.io.gfile.listdir(os.path.join(split_dir, name)) if _is_image(f))
       paths += [os.path.join(split_dir, name, f) for f in files]
       labels += [label] * len(files)
   else:

@@ -2,13 +2,11 @@
 
 It lets the quick start and the tests run offline with real decoding and a learnable task. Five classes (circle,
 square, triangle, cross, ring), 32x32 PNGs with random colours, sizes, positions, rotations and noise; the same
-seed always draws the same images. Written to a temporary directory and renamed into place, so an interrupted
-generation never leaves a half-written dataset.
+seed always draws the same images. A marker file written last says the dataset is complete; an interrupted
+generation is redone on the next use.
 """
 
 import os
-import shutil
-import tempfile
 
 import numpy as np
 
@@ -58,36 +56,32 @@ def draw(kind, rng):
 
 
 def generate(root, seed=0, per_class=None):
-  """Writes ROOT/<split>/<class>/NNNN.png. per_class overrides the split sizes (for tests)."""
+  """Writes ROOT/<split>/<class>/NNNN.png (any filesystem TF knows), then the marker that says it is complete.
+  per_class overrides the split sizes (for tests). The images are a pure function of the seed, so an interrupted
+  generation is simply redone."""
   import tensorflow as tf
-  parent = os.path.dirname(os.path.abspath(root)) or '.'
-  os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix='.shapes-', dir=parent)
-  try:
-    for s, (split, count) in enumerate(sorted(SPLITS.items())):
-      count = per_class or count
-      for c, kind in enumerate(CLASSES):
-        rng = np.random.default_rng([seed, s, c])
-        folder = os.path.join(tmp, split, kind)
-        os.makedirs(folder)
-        for i in range(count):
-          png = tf.io.encode_png(draw(kind, rng)).numpy()
-          with open(os.path.join(folder, f'{i:04d}.png'), 'wb') as f:
-            f.write(png)
-    open(os.path.join(tmp, MARKER), 'w').close()
-    if os.path.isdir(root) and not os.listdir(root):
-      os.rmdir(root)
-    os.rename(tmp, root)
-  finally:
-    shutil.rmtree(tmp, ignore_errors=True)
+  for s, (split, count) in enumerate(sorted(SPLITS.items())):
+    count = per_class or count
+    for c, kind in enumerate(CLASSES):
+      rng = np.random.default_rng([seed, s, c])
+      folder = os.path.join(root, split, kind)
+      tf.io.gfile.makedirs(folder)
+      for i in range(count):
+        with tf.io.gfile.GFile(os.path.join(folder, f'{i:04d}.png'), 'wb') as f:
+          f.write(tf.io.encode_png(draw(kind, rng)).numpy())
+  with tf.io.gfile.GFile(os.path.join(root, MARKER), 'w') as f:
+    f.write('complete\n')
 
 
 def ensure(root):
   """Generates the dataset into ROOT unless a complete one is there."""
+  import tensorflow as tf
   from simclr_tf.config import UserError
-  if os.path.exists(os.path.join(root, MARKER)):
+  if tf.io.gfile.exists(os.path.join(root, MARKER)):
     return
-  if os.path.isdir(root) and os.listdir(root):
-    raise UserError(f'--data_dir={root} is not empty and holds no complete shapes dataset; give --dataset=shapes an '
-                    f'empty or new directory.')
+  if tf.io.gfile.isdir(root):
+    others = sorted(e.rstrip('/') for e in tf.io.gfile.listdir(root) if e.rstrip('/') not in SPLITS)
+    if others:
+      raise UserError(f'--data_dir={root} holds other files ({", ".join(others[:3])}) and no complete shapes '
+                      f'dataset; give --dataset=shapes an empty or new directory.')
   generate(root)

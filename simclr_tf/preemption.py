@@ -1,0 +1,66 @@
+"""Stopping a run when the machine is taken away: SIGTERM (how preemptible VMs and schedulers stop a job) and
+Ctrl-C (SIGINT) end the run after the current loop of steps, with a checkpoint of the step reached.
+
+On one host (one device, mirrored replicas) the signal is caught here. A cluster (multi-worker, TPU) uses TF's own
+tf.distribute.experimental.PreemptionCheckpointHandler, which makes every worker save at the same step when any of
+them is told to stop (see train.fit).
+"""
+
+import signal
+import threading
+from typing import Optional
+
+from simclr_tf.config import UserError
+
+SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class Interrupted(UserError):
+  """The run was stopped by a signal after saving; exit code 128 + the signal number, as shells report it."""
+
+  def __init__(self, message: str, signum: int):
+    super().__init__(message)
+    self.exit_code = 128 + signum
+
+
+class StopRequests:
+  """Catches SIGTERM and SIGINT while active (in the main thread; elsewhere it catches nothing) and remembers the
+  first: `requested` is its number or None. Restores the previous handlers on exit."""
+
+  def __init__(self):
+    self.requested: Optional[int] = None
+    self._previous = {}
+
+  def _handle(self, signum, frame):
+    del frame
+    if self.requested is None:
+      self.requested = signum
+
+  def __enter__(self) -> 'StopRequests':
+    if threading.current_thread() is threading.main_thread():
+      for sig in SIGNALS:
+        self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+    return False
+
+  @property
+  def name(self) -> str:
+    return signal.Signals(self.requested).name if self.requested else ''
+
+
+def cluster_handler(strategy, manager, describe_stop):
+  """TF's PreemptionCheckpointHandler for a cluster (multi-worker or TPU): when any worker gets SIGTERM (or, on
+  Google Cloud, a maintenance or preemption notice), every worker saves a checkpoint through `manager` at the same
+  step and the run stops with `Interrupted` (describe_stop() gives its message)."""
+  import tensorflow as tf
+
+  def stop():
+    raise Interrupted(describe_stop(), int(signal.SIGTERM))
+
+  return tf.distribute.experimental.PreemptionCheckpointHandler(
+      strategy.cluster_resolver, manager, termination_config=tf.distribute.experimental.TerminationConfig(
+          exit_fn=stop))
