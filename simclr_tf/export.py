@@ -1,9 +1,10 @@
 """SavedModel export, and reading weights from every layout users bring:
 
 - this project's checkpoints (model_dir or ckpt prefix) and SavedModels (export_dir);
-- the paper's reference code: its training checkpoints (object paths `model/resnet_model/block_groups/...`) and
-  the published SimCLRv2 SavedModels (variables in `trainable_variables_list/<i>` and `.../variables/<i>`, the
-  structure only in variable names such as `resnet/block_group1/bottleneck_block_2/conv2d_fixed_padding_7/...`).
+- the paper's reference code: its training checkpoints and the published SimCLRv2 SavedModels. Both hold the same
+  attribute paths in their object graphs (`model/resnet_model/block_groups/0/layers/2/...`); a SavedModel's
+  variables/ index keys each variable once, under an alias (`trainable_variables_list/<i>`,
+  `model/resnet_model/variables/<i>`), and its graph adds more aliases (`keras_api/...`), which are not followed.
 
 Reference files are mapped by structure: each variable gets a scope (stem, block group g / block b, projection layer
 i, supervised head) and its position among that scope's trainable or non-trainable variables in the file's

@@ -8,7 +8,6 @@ step counter is the optimizer's, and the data stream restarts at that step), sum
 import contextlib
 import dataclasses
 import functools
-import json
 import logging
 import math
 import os
@@ -604,8 +603,7 @@ def load_teacher(config: Config, strategy):
   directory = checkpoints.directory_of(path)
   config_path = os.path.join(directory, 'config.json')
   if tf.io.gfile.exists(config_path):
-    with tf.io.gfile.GFile(config_path) as f:
-      recorded = json.load(f)
+    recorded = files.read_json(config_path)
     architecture = {k: recorded[k] for k in ARCHITECTURE_FIELDS if k in recorded}
   else:
     weights = export.WeightFile(path, 'teacher')

@@ -15,7 +15,7 @@ import tensorflow as tf
 import run as run_py
 from conftest import ROOT, run_cli, tiny_config
 from simclr_tf import checkpoints, export
-from simclr_tf.config import Config, UserError
+from simclr_tf.config import Config
 from simclr_tf.models.simclr import build_model
 
 REFERENCE = os.path.join(os.path.dirname(ROOT), 'shared', 'reference')

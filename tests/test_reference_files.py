@@ -23,7 +23,7 @@ import tensorflow as tf
 import run as run_py
 from conftest import ROOT, run_cli
 from simclr_tf import checkpoints, export, train
-from simclr_tf.config import Config, UserError
+from simclr_tf.config import Config
 from simclr_tf.models.simclr import build_model
 
 GOLDEN = os.path.join(os.path.dirname(ROOT), 'shared', 'reference', 'golden')
