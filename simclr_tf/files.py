@@ -23,11 +23,6 @@ def is_local(path: str) -> bool:
   return '://' not in path or path.startswith('file://')
 
 
-def local_path(path: str) -> str:
-  """The plain local path of a local path or file:// URI."""
-  return path[len('file://'):] if path.startswith('file://') else path
-
-
 def parent(path: str) -> str:
   return os.path.dirname(path.rstrip('/'))
 
