@@ -2,6 +2,7 @@
 
   python run.py --mode=pretrain --dataset=cifar10 --image_size=32 --resnet_depth=18 --model_dir=runs/c10
   python run.py --flagfile=flags/quickstart.cfg
+  simclr-tf --flagfile=flags/quickstart.cfg          (the same, once the package is installed)
 
 Every flag is a field of simclr_tf.config.Config (see `python run.py --helpfull`). This is the only module that
 reads flags: it turns them into one frozen Config and hands it down.
@@ -15,6 +16,7 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # keep TF's C++ start-up cha
 from absl import app, flags  # noqa: E402
 
 from simclr_tf import config as config_lib  # noqa: E402
+from simclr_tf import errors, modes  # noqa: E402  (neither imports TensorFlow)
 
 FLAGS = flags.FLAGS
 
@@ -22,6 +24,8 @@ FLAGS = flags.FLAGS
 def declare_flags(flag_values=FLAGS):
   """One flag per Config field, with its default, help text and (for enums) its choices."""
   for name, kind, default, help_text, choices in config_lib.flag_fields():
+    if name == 'mode':
+      choices = tuple(modes.MODES)
     if choices and kind is str:
       flags.DEFINE_enum(name, default, list(choices), help_text, flag_values=flag_values)
     elif kind is bool:
@@ -96,24 +100,10 @@ def redirect_native_stderr(model_dir: str):
 
 
 def run(config: config_lib.Config):
-  """Runs the mode of a validated config; returns its result dict."""
+  """Runs the mode of a config (validated here); returns its result dict."""
   setup_logging()
   import_tensorflow_quietly()
-  from simclr_tf import distribute, train
-  strategy = distribute.make_strategy(config)
-  if config.mode in ('pretrain', 'finetune', 'distill'):
-    distribute.check_batch_divides(config.train_batch_size, strategy, 'train_batch_size')
-  if config.mode == 'pretrain':
-    return train.pretrain(config, strategy)
-  if config.mode == 'finetune':
-    return train.finetune(config, strategy)
-  if config.mode == 'distill':
-    return train.distill(config, strategy)
-  if config.mode == 'eval':
-    return train.evaluate_checkpoint(config, strategy)
-  if config.mode == 'export':
-    return train.export_checkpoint(config, strategy)
-  raise config_lib.UserError(f'--mode={config.mode} is not available yet in this version.')
+  return modes.run(config)
 
 
 def main(argv):
@@ -122,13 +112,15 @@ def main(argv):
     sys.exit(2)
   setup_logging()
   try:
-    config = config_from_flags().validate()
+    config = config_from_flags().check_fields()  # the mistakes that need no TensorFlow, before it loads
+    import_tensorflow_quietly()
+    config = config.validate()
     redirect_native_stderr(config.model_dir)
     run(config)
-  except config_lib.UserError as e:
-    if hasattr(e, 'exit_code'):  # stopped by a signal after saving (simclr_tf.preemption.Interrupted)
-      print(str(e), file=sys.stderr)
-      sys.exit(e.exit_code)
+  except errors.Interrupted as e:  # stopped by a signal after saving
+    print(str(e), file=sys.stderr)
+    sys.exit(e.exit_code)
+  except errors.UserError as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
   except KeyboardInterrupt:
@@ -136,6 +128,11 @@ def main(argv):
     sys.exit(130)
 
 
-if __name__ == '__main__':
+def console_main():
+  """The `simclr-tf` command that `pip install` puts on the PATH (pyproject.toml): the same as `python run.py`."""
   declare_flags()
   app.run(main, flags_parser=parse_flags)
+
+
+if __name__ == '__main__':
+  console_main()

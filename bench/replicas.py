@@ -13,20 +13,18 @@ import tensorflow as tf
 _cpu = tf.config.list_physical_devices('CPU')[0]
 tf.config.set_logical_device_configuration(_cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 
-from simclr_tf import files, train  # noqa: E402
-from simclr_tf.models.simclr import build_model  # noqa: E402
+from simclr_tf import files  # noqa: E402
+from simclr_tf.modes import pretrain  # noqa: E402
+from simclr_tf.training import make_replica_update  # noqa: E402
 from step_speed import model_config  # noqa: E402
 
 
 def images_per_second(strategy, config, steps):
-  """Images/s of the distributed training update (as train.fit runs it) on fixed per-replica batches."""
+  """Images/s of the distributed training update (as simclr_tf.training.fit runs it) on fixed per-replica batches."""
+  task = pretrain.make_task(config, strategy, None, num_classes=10, num_examples=50000)
   with strategy.scope():
-    model = build_model(config, num_classes=10)
-    optimizer = train.make_optimizer(config, train.learning_rate_schedule(config, 50000))
-    optimizer.build(model.trainable_variables)
-  replica_step, names = train.contrastive_replica_step(model, config, num_classes=10)
-  task = train.Task(model, optimizer, None, None, replica_step, names)
-  update = train.make_replica_update(task, model.trainable_variables, strategy.num_replicas_in_sync, False)
+    task.optimizer.build(task.model.trainable_variables)
+  update = make_replica_update(task, strategy.num_replicas_in_sync)
   per_replica = config.train_batch_size // strategy.num_replicas_in_sync
   size = config.image_size
   batch = {'image': tf.random.uniform([per_replica, size, size, 6]),

@@ -29,7 +29,7 @@ def main():
            '**Input pipeline** (`bench/input_pipeline.py`: JPEG decode + two augmented views)', '',
            results['input_pipeline']['table'], '',
            '**Replicas** (`bench/replicas.py`: same global batch)', '', results['replicas']['table'], '',
-           '**Steps per call** (`bench/steps_per_loop.py`: the training loop of train.fit)', '',
+           '**Steps per call** (`bench/steps_per_loop.py`: the training loop of simclr_tf.training.fit)', '',
            results['steps_per_loop']['table'], '']
   with open(os.path.join(RESULTS, 'summary.md'), 'w') as f:
     f.write('\n'.join(lines))

@@ -13,12 +13,12 @@ paper's TF2 code on this machine class, as given in the issue that asked for thi
 import argparse
 import os
 
-import common  # noqa: F401  (sets up paths and logging first)
+import common  # noqa: F401  (sets up logging first)
 import tensorflow as tf
 
-from simclr_tf import files, train
-from simclr_tf.config import Config
-from simclr_tf.models.simclr import build_model
+from simclr_tf import Config, build_model, files
+from simclr_tf.modes import pretrain
+from simclr_tf.training import make_replica_update
 
 MODELS = {
     'r18_cifar': dict(resnet_depth=18, image_size=32, train_batch_size=64, reference=56.0,
@@ -39,7 +39,7 @@ def model_config(name: str, precision: str = 'float32', jit: bool = False) -> Co
 def forward_flops(config: Config) -> int:
   """FLOPs (2 x multiply-adds) of one image through encoder and heads, counted by TF's profiler on the graph."""
   from tensorflow.python.profiler import model_analyzer, option_builder
-  model = build_model(config.replace(precision='float32'), num_classes=10)
+  model = build_model(config.replace(precision='float32'), pretraining=True, num_classes=10)
   size = config.image_size
   graph = tf.function(lambda x: model(x, training=False)['proj_head_output']).get_concrete_function(
       tf.TensorSpec([1, size, size, 3], tf.float32)).graph
@@ -50,12 +50,9 @@ def forward_flops(config: Config) -> int:
 
 def images_per_second(config: Config, steps: int) -> float:
   """Images (each two views) per second of the training update on a fixed batch."""
-  model = build_model(config, num_classes=10)
-  optimizer = train.make_optimizer(config, train.learning_rate_schedule(config, 50000))
-  replica_step, names = train.contrastive_replica_step(model, config, num_classes=10)
-  task = train.Task(model, optimizer, None, None, replica_step, names)
-  optimizer.build(model.trainable_variables)
-  update = train.make_replica_update(task, model.trainable_variables, 1, config.jit_compile)
+  task = pretrain.make_task(config, tf.distribute.get_strategy(), None, num_classes=10, num_examples=50000)
+  task.optimizer.build(task.model.trainable_variables)
+  update = make_replica_update(task, 1, config.jit_compile)
   b, size = config.train_batch_size, config.image_size
   batch = {'image': tf.random.uniform([b, size, size, 6]), 'label': tf.random.uniform([b], 0, 10, tf.int64)}
   step = tf.function(lambda: update(batch)['loss'])

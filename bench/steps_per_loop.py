@@ -1,4 +1,5 @@
-"""What one call into the graph per step costs: the training loop of train.fit (train.make_train_loop) at
+"""What one call into the graph per step costs: the training loop of simclr_tf.training.fit
+(make_train_loop) at
 --steps_per_loop 1 and 10, timed per step in one process, interleaved, on a small model where the host's share is
 largest.
 
@@ -11,9 +12,9 @@ import os
 import common
 import tensorflow as tf
 
-from simclr_tf import files, train  # noqa: E402
-from simclr_tf.config import Config  # noqa: E402
-from simclr_tf.models.simclr import build_model  # noqa: E402
+from simclr_tf import Config, files
+from simclr_tf.modes import pretrain
+from simclr_tf.training import make_train_loop
 
 
 def main():
@@ -25,12 +26,10 @@ def main():
   config = Config(resnet_depth=18, width_multiplier=0.125, image_size=32, train_batch_size=16, proj_out_dim=16,
                   temperature=0.5, train_steps=100000, warmup_epochs=0)
   strategy = tf.distribute.get_strategy()
-  model = build_model(config, num_classes=10)
-  optimizer = train.make_optimizer(config, train.learning_rate_schedule(config, 50000))
-  optimizer.build(model.trainable_variables)
-  replica_step, names = train.contrastive_replica_step(model, config, num_classes=10)
-  task = train.Task(model, optimizer, None, None, replica_step, names)
-  train_loop, _ = train.make_train_loop(strategy, task, model.trainable_variables, jit=False)
+  task = pretrain.make_task(config, strategy, None, num_classes=10, num_examples=50000)
+  optimizer = task.optimizer
+  optimizer.build(task.model.trainable_variables)
+  train_loop, _ = make_train_loop(strategy, task)
   batch = {'image': tf.random.uniform([16, 32, 32, 6], seed=1), 'label': tf.zeros([16], tf.int64),
            'index': tf.range(16, dtype=tf.int64)}
   iterator = iter(tf.data.Dataset.from_tensors(batch).repeat())

@@ -18,7 +18,6 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
 PRESETS = {
     # Budget: about 70 minutes on a 2-core CPU (the issue allows 90). Pretraining gets most of it.
@@ -113,13 +112,12 @@ def main():
 def knn(pretrain_dir, data, p):
   """kNN top-1 on the test split with the pretrained encoder's final_avg_pool and all training images."""
   import tensorflow as tf
-  from simclr_tf import train
-  from simclr_tf.config import Config
+  from simclr_tf import Config, load_model
   from simclr_tf.data.inputs import image_folder_source
-  from simclr_tf.evaluate import features, knn_accuracy
+  from simclr_tf.evaluation import features, knn_accuracy
   config = Config(mode='eval', dataset='image_folder', data_dir=data, image_size=32, resnet_depth=18,
                   width_multiplier=p['width'])
-  model, _ = train.load_model(config, pretrain_dir, tf.distribute.get_strategy())
+  model, _ = load_model(config, pretrain_dir, tf.distribute.get_strategy())
   train_feats, train_labels = features(model, image_folder_source(data, 'train'), config)
   test_feats, test_labels = features(model, image_folder_source(data, 'test'), config)
   return knn_accuracy(train_feats, train_labels, test_feats, test_labels, k=p['knn_k'])

@@ -11,7 +11,7 @@ from typing import Optional
 
 import tensorflow as tf
 
-from simclr_tf.config import UserError
+from simclr_tf.errors import UserError
 
 CHECKPOINT_NAME = 'ckpt'
 log = logging.getLogger('simclr_tf')
@@ -73,12 +73,15 @@ class CheckpointKeeper:
   def latest(self) -> Optional[str]:
     return self.manager.latest_checkpoint
 
-  def restore_latest(self) -> Optional[str]:
-    """Restores the newest readable checkpoint of the directory, if any; every variable must be found in it.
+  def restore_latest(self, directory: Optional[str] = None) -> Optional[str]:
+    """Restores the newest readable checkpoint of the directory (or of another `directory`: the other workers of
+    a cluster start from the chief's), if any; every variable must be found in it.
 
     A checkpoint that cannot be read (truncated or corrupt files: a disk filled up, a copy cut short) is reported
     in one line and the one before it is tried; a checkpoint of another model is an error."""
-    candidates = list(reversed(self.manager.checkpoints))
+    manager = self.manager if directory is None else tf.train.CheckpointManager(
+        self.checkpoint, directory, max_to_keep=None, checkpoint_name=CHECKPOINT_NAME)
+    candidates = list(reversed(manager.checkpoints))
     for i, path in enumerate(candidates):
       try:
         self.checkpoint.restore(path).assert_existing_objects_matched()
@@ -101,63 +104,6 @@ class CheckpointKeeper:
     return self.manager.save(checkpoint_number=step)
 
 
-# ---- restoring parts of a model --------------------------------------------------------------------------------
-
-ARCHITECTURE_FLAGS = '--resnet_depth, --width_multiplier, --sk_ratio, --se_ratio, --num_proj_layers, --proj_out_dim'
-
-
-def variable_paths(model) -> dict:
-  """{id(variable): its object path below `model`} as tf.train.Checkpoint names it (attribute names, e.g.
-  'resnet/stem/conv0/conv/conv/_kernel'), found by TF's own traversal of the model's trackable children."""
-  import keras
-  view = tf.train.TrackableView(model)
-  paths = {}
-  stack = [(model, '', (id(model),))]
-  while stack:
-    obj, path, on_path = stack.pop()
-    for name, child in view.children(obj).items():
-      child_path = f'{path}/{name}' if path else name
-      if isinstance(child, (keras.Variable, tf.Variable)):
-        paths.setdefault(id(child), child_path)
-      elif id(child) not in on_path:
-        stack.append((child, child_path, on_path + (id(child),)))
-  return paths
-
-
-# Object-graph edges that only alias objects reachable through attributes.
-ALIAS_EDGES = frozenset({'keras_api', 'variables', 'trainable_variables', 'non_trainable_variables', 'weights',
-                         'trainable_weights', 'non_trainable_weights', 'trainable_variables_list', 'all_variables'})
-
-
-def object_paths(prefix: str, root: Optional[str] = 'model') -> dict:
-  """{attribute path below `root` (None: below the graph's root): checkpoint key} of every variable in a
-  checkpoint's object graph (a training checkpoint, or the variables of a SavedModel).
-
-  TF stores a variable once, under the shortest path to it (a trainable variable is often stored under the
-  optimizer's list of variables), so keys are found by walking the object graph along attribute names. Edges that
-  only alias objects reachable by attribute names (a Keras 2 SavedModel's `keras_api/...` and
-  `variables/<i>`, the export's variable lists) are not followed.
-  """
-  from tensorflow.core.protobuf import trackable_object_graph_pb2
-  reader = read_checkpoint(prefix)
-  graph = trackable_object_graph_pb2.TrackableObjectGraph()
-  graph.ParseFromString(reader.get_tensor('_CHECKPOINTABLE_OBJECT_GRAPH'))
-  starts = [0] if root is None else [c.node_id for c in graph.nodes[0].children if c.local_name == root]
-  paths = {}
-  stack = [(node, '', (node,)) for node in starts]
-  while stack:
-    node_id, path, on_path = stack.pop()
-    node = graph.nodes[node_id]
-    for attribute in node.attributes:
-      if attribute.name == 'VARIABLE_VALUE':
-        paths[path] = attribute.checkpoint_key
-    for child in node.children:
-      if child.node_id not in on_path and child.local_name not in ALIAS_EDGES:
-        stack.append((child.node_id, f'{path}/{child.local_name}' if path else child.local_name,
-                      on_path + (child.node_id,)))
-  return paths
-
-
 def resolve_checkpoint(path: str, flag: str = 'checkpoint') -> str:
   """The checkpoint prefix that --checkpoint names (a directory's latest checkpoint, or a prefix)."""
   prefix = latest_checkpoint(path)
@@ -167,35 +113,6 @@ def resolve_checkpoint(path: str, flag: str = 'checkpoint') -> str:
     raise UserError(f'--{flag}={path} holds no checkpoint (expected a model_dir with ckpt-N files, or a '
                     f'checkpoint prefix such as {path.rstrip("/")}/ckpt-100).')
   return prefix
-
-
-def checkpoint_shapes(prefix: str) -> dict:
-  try:
-    return read_checkpoint(prefix).get_variable_to_shape_map()
-  except (tf.errors.OpError, ValueError) as e:
-    raise UserError(f'{prefix} cannot be read as a checkpoint ({str(e).splitlines()[0][:200]}).') from None
-
-
-def restore_variables(model, variables, prefix: str) -> int:
-  """Assigns each of `variables` (of `model`) the value stored at its object path in the checkpoint's model.
-  Every variable must be present with its shape; the first that is not is reported as one line (expected vs
-  found). Returns the number restored."""
-  shapes = checkpoint_shapes(prefix)
-  keys = object_paths(prefix)
-  paths = variable_paths(model)
-  for v in variables:
-    name = paths[id(v)]
-    if name not in keys:
-      raise UserError(f'checkpoint {prefix} does not fit the model: it has no {name} (expected shape '
-                      f'{list(v.shape)}); check {ARCHITECTURE_FLAGS}.')
-    found = list(shapes[keys[name]])
-    if found != list(v.shape):
-      raise UserError(f'checkpoint {prefix} does not fit the model: {name} has shape {found} in the '
-                      f'checkpoint, the model expects {list(v.shape)}; check {ARCHITECTURE_FLAGS}.')
-  reader = read_checkpoint(prefix)
-  for v in variables:
-    v.assign(reader.get_tensor(keys[paths[id(v)]]))
-  return len(variables)
 
 
 def checkpoint_step(prefix: str) -> int:

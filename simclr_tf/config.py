@@ -2,23 +2,31 @@
 
 Every hyperparameter is a field of `Config` with its default and help text. run.py declares one absl flag per
 field from this table; Python users and tests build a `Config(...)` directly (or `Config().replace(...)`).
-`Config.validate()` rejects bad values and combinations with a `UserError` that names the flag.
+`Config.validate()` rejects bad values and combinations with a `UserError` that names the flag; the rules of each
+mode live with the mode (simclr_tf.modes.<mode>.validate).
 """
 
 import dataclasses
 import json
-from typing import Optional
 
-MODES = ('pretrain', 'finetune', 'distill', 'eval', 'export')
+from simclr_tf.errors import UserError  # noqa: F401  (importable from here too, as it was before errors.py)
+
 STRATEGIES = ('auto', 'default', 'mirrored', 'multi_worker', 'tpu')
 OPTIMIZERS = ('lars', 'momentum', 'adam')
 LR_SCALINGS = ('linear', 'sqrt')
 RESNET_DEPTHS = (18, 34, 50, 101, 152, 200)
 PRECISIONS = ('float32', 'mixed_bfloat16', 'mixed_float16')
 
+# The fields that decide the network: SHAPE_FIELDS decide its variables (which checkpoints fit it), the others what
+# it computes with them. A distillation teacher's are read from the config.json of its run.
+SHAPE_FIELDS = ('resnet_depth', 'width_multiplier', 'sk_ratio', 'se_ratio', 'num_proj_layers', 'proj_out_dim',
+                'ft_proj_selector', 'image_size')
+ARCHITECTURE_FIELDS = SHAPE_FIELDS + ('global_bn', 'batch_norm_decay')
 
-class UserError(Exception):
-  """A mistake the user can fix (a flag, a path, a file). run.py prints it as one line and exits non-zero."""
+
+def architecture_flags() -> str:
+  """The flags to check when a file does not fit the model, for error messages."""
+  return ', '.join(f'--{name}' for name in SHAPE_FIELDS)
 
 
 def _field(default, help_text, choices=None):
@@ -29,7 +37,7 @@ def _field(default, help_text, choices=None):
 class Config:
   """All settings of a run. Field names are the flag names (those of the paper's reference code where it has one)."""
   # What to do and where.
-  mode: str = _field('pretrain', 'What to run.', MODES)
+  mode: str = _field('pretrain', 'What to run: one of simclr_tf.modes.MODES.')
   model_dir: str = _field('', 'Directory for checkpoints, summaries, logs and results. Required for training.')
   seed: int = _field(0, 'Seed of data order, augmentation and initialisation.')
 
@@ -137,7 +145,15 @@ class Config:
     return self.image_size <= 32
 
   def validate(self) -> 'Config':
-    """Raises UserError naming the first bad flag; returns self so calls chain."""
+    """Raises UserError naming the first bad flag (check_fields, then the rules of the mode); returns self so
+    calls chain."""
+    self.check_fields()
+    from simclr_tf import modes  # imported here: the modes import TensorFlow
+    modes.get(self.mode).validate(self)
+    return self
+
+  def check_fields(self) -> 'Config':
+    """The rules of the fields and of their combinations that hold in every mode (no TensorFlow needed)."""
     for f in dataclasses.fields(self):
       choices = f.metadata.get('choices')
       value = getattr(self, f.name)
@@ -167,9 +183,8 @@ class Config:
         (0 < self.label_fraction <= 1, f'--label_fraction must be in (0, 1], got {self.label_fraction}.'),
         (-1 <= self.fine_tune_after_block <= 4,
          f'--fine_tune_after_block must be between -1 and 4, got {self.fine_tune_after_block}.'),
-        (self.mode not in ('eval', 'export') or self.checkpoint, f'--mode={self.mode} needs --checkpoint.'),
         (self.image_size >= 8, f'--image_size={self.image_size} is too small; the ResNet needs at least 8 pixels.'),
-        (0 <= self.color_jitter_strength, f'--color_jitter_strength must not be negative.'),
+        (0 <= self.color_jitter_strength, '--color_jitter_strength must not be negative.'),
         (0 < self.batch_norm_decay < 1, f'--batch_norm_decay must be in (0, 1), got {self.batch_norm_decay}.'),
         (self.cpu_replicas >= 1, f'--cpu_replicas must be at least 1, got {self.cpu_replicas}.'),
         (self.checkpoint_steps >= 0 and self.checkpoint_epochs >= 0,
@@ -180,17 +195,7 @@ class Config:
         (self.shuffle_buffer >= 1, f'--shuffle_buffer must be at least 1, got {self.shuffle_buffer}.'),
         (self.num_threads >= 0, f'--num_threads must not be negative, got {self.num_threads}.'),
         (self.worker_timeout >= 0, f'--worker_timeout must not be negative, got {self.worker_timeout}.'),
-        (self.dataset != 'image_folder' or self.data_dir or self.mode == 'export',
-         '--dataset=image_folder needs --data_dir=ROOT (ROOT/<split>/<class>/*.jpg).'),
-        (self.dataset != 'shapes' or self.data_dir or self.mode == 'export',
-         '--dataset=shapes needs --data_dir, where the generated images are written on first use.'),
-        (self.mode not in ('pretrain', 'finetune', 'distill', 'eval') or self.model_dir or
-         (self.mode == 'eval' and self.checkpoint),
-         f'--mode={self.mode} needs --model_dir for its checkpoints and results.'),
         (self.strategy != 'tpu' or self.tpu, '--strategy=tpu needs --tpu=NAME.'),
-        (self.mode != 'distill' or self.teacher, '--mode=distill needs --teacher=FINETUNED_MODEL_DIR.'),
-        (self.mode != 'export' or self.export_dir or self.model_dir,
-         '--mode=export needs --export_dir (or --model_dir, to write model_dir/saved_model).'),
         (self.distill_temperature > 0, f'--distill_temperature must be positive, got {self.distill_temperature}.'),
         (self.distill_label_weight >= 0,
          f'--distill_label_weight must not be negative, got {self.distill_label_weight}.'),

@@ -1,13 +1,16 @@
-"""The tf.distribute strategy of a run, and the process-wide TF settings that must precede it."""
+"""The tf.distribute strategy of a run, the process-wide TF settings that must precede it, and the roles of the
+processes of a cluster (which one writes model_dir, how many input pipelines there are)."""
 
 import json
 import logging
 import os
+import tempfile
 import threading
 
 import tensorflow as tf
 
-from simclr_tf.config import Config, UserError
+from simclr_tf.config import Config
+from simclr_tf.errors import UserError, tf_error_summary
 
 log = logging.getLogger(__name__)
 
@@ -116,3 +119,51 @@ def check_batch_divides(batch_size: int, strategy: tf.distribute.Strategy, flag:
     raise UserError(f'--{flag}={batch_size} is not divisible by the {replicas} replicas; '
                     f'use a multiple of {replicas}.')
   return batch_size // replicas
+
+
+# ---- roles in a cluster ----------------------------------------------------------------------------------------
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+  resolver = getattr(strategy, 'cluster_resolver', None)
+  if resolver is None or not resolver.task_type:
+    return True
+  if resolver.task_type == 'chief':
+    return True
+  has_chief = 'chief' in resolver.cluster_spec().as_dict()
+  return resolver.task_type == 'worker' and resolver.task_id == 0 and not has_chief
+
+
+def num_workers(strategy: tf.distribute.Strategy) -> int:
+  """Hosts in the cluster (each with its own input pipeline); 1 without a cluster."""
+  resolver = getattr(strategy, 'cluster_resolver', None)
+  if resolver is None or not resolver.task_type:
+    return 1
+  spec = resolver.cluster_spec().as_dict()
+  return max(1, sum(len(spec.get(job, [])) for job in ('chief', 'worker')))
+
+
+def writable_dir(model_dir: str, strategy: tf.distribute.Strategy) -> str:
+  """model_dir on the chief; a private temporary directory on other workers (they must save too, TF requires)."""
+  if is_chief(strategy):
+    return model_dir
+  resolver = strategy.cluster_resolver
+  return tempfile.mkdtemp(prefix=f'simclr-{resolver.task_type}-{resolver.task_id}-')
+
+
+def uses_preemption_handler(strategy: tf.distribute.Strategy) -> bool:
+  """Clusters (multi-worker, TPU) stop through TF's PreemptionCheckpointHandler, which agrees on one step for all
+  workers; a single host catches the signals itself (preemption.StopRequests)."""
+  return num_workers(strategy) > 1 or isinstance(strategy, tf.distribute.TPUStrategy)
+
+
+def cluster_error_reason(error: Exception) -> str:
+  """Why a collective failed, from TF's message ('Collective ops is aborted by: <cause>' [+ the task named on the
+  next line]), or the error's summary line."""
+  lines = [l.strip() for l in str(getattr(error, 'message', error)).splitlines()]
+  for i, line in enumerate(lines):
+    if 'aborted by:' in line:
+      reason = line.split('aborted by:', 1)[1].strip()
+      if reason.endswith(':') and i + 1 < len(lines):
+        reason += ' ' + lines[i + 1]
+      return reason[:240]
+  return tf_error_summary(error)

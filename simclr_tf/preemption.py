@@ -3,24 +3,17 @@ Ctrl-C (SIGINT) end the run after the current loop of steps, with a checkpoint o
 
 On one host (one device, mirrored replicas) the signal is caught here. A cluster (multi-worker, TPU) uses TF's own
 tf.distribute.experimental.PreemptionCheckpointHandler, which makes every worker save at the same step when any of
-them is told to stop (see train.fit).
+them is told to stop (see training.loop).
 """
 
 import signal
 import threading
 from typing import Optional
 
-from simclr_tf.config import UserError
+from simclr_tf.errors import Interrupted  # noqa: F401  (raised by the modes; re-exported)
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
-
-class Interrupted(UserError):
-  """The run was stopped by a signal after saving; exit code 128 + the signal number, as shells report it."""
-
-  def __init__(self, message: str, signum: int):
-    super().__init__(message)
-    self.exit_code = 128 + signum
 
 
 class StopRequests:

@@ -19,7 +19,7 @@ from typing import Optional
 import tensorflow as tf
 
 from simclr_tf import files
-from simclr_tf.config import UserError
+from simclr_tf.errors import UserError
 
 log = logging.getLogger('simclr_tf')
 LOCK_NAME = 'run.lock'

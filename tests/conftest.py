@@ -1,5 +1,7 @@
 """Test set-up: two logical CPU devices for the whole session (so mirrored two-replica runs and single-device runs
-share one process), a tiny generated image folder, and helpers to run run.py."""
+share one process), a tiny generated image folder, the tiny network every test trains (as a Config and as flags),
+and helpers to run run.py. simclr_tf and run.py are imported as installed (`pip install -r requirements.txt`
+installs the project in editable mode)."""
 
 import os
 import subprocess
@@ -11,7 +13,6 @@ import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
 _cpu = tf.config.list_physical_devices('CPU')[0]
 tf.config.set_logical_device_configuration(_cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
@@ -19,14 +20,24 @@ tf.config.set_logical_device_configuration(_cpu, [tf.config.LogicalDeviceConfigu
 from simclr_tf.config import Config  # noqa: E402
 
 
+# A ResNet-18 at 1/8 width on 32x32 images, batch 8: seconds per run on two CPU cores.
+TINY = dict(resnet_depth=18, width_multiplier=0.125, image_size=32, proj_out_dim=16, train_batch_size=8,
+            use_blur=False, warmup_epochs=0)
+
+
 def tiny_config(**overrides) -> Config:
-  """A ResNet-18 at 1/8 width on 32x32 images: seconds per run on two CPU cores."""
-  base = dict(resnet_depth=18, width_multiplier=0.125, image_size=32, train_batch_size=8, eval_batch_size=8,
-              proj_out_dim=16, temperature=0.5, color_jitter_strength=0.5, use_blur=False, log_every_steps=1,
-              shuffle_buffer=64, warmup_epochs=0, learning_rate=0.1, train_steps=3, checkpoint_steps=0,
-              checkpoint_epochs=0, weight_decay=1e-4, export_at_end=False)
+  """The tiny network in a Config, with a short, logged, unsaved run of it."""
+  base = dict(TINY, eval_batch_size=8, temperature=0.5, color_jitter_strength=0.5, log_every_steps=1,
+              shuffle_buffer=64, learning_rate=0.1, train_steps=3, checkpoint_steps=0, checkpoint_epochs=0,
+              weight_decay=1e-4, export_at_end=False)
   base.update(overrides)
   return Config(**base)
+
+
+def tiny_flags(**values) -> list:
+  """The tiny network as run.py flags, with `values` added (or replaced)."""
+  flag = lambda v: str(v).lower() if isinstance(v, bool) else str(v)
+  return [f'--{name}={flag(value)}' for name, value in dict(TINY, **values).items()]
 
 
 @pytest.fixture(scope='session')

@@ -6,10 +6,9 @@ import runpy
 import signal
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from simclr_tf import checkpoints
 
-from simclr_tf import checkpoints  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 if __name__ == '__main__':
   crash_at = int(os.environ['CRASH_AT_SAVE'])

@@ -9,7 +9,6 @@ import tensorflow_datasets as tfds
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN_PY = os.path.join(ROOT, 'run.py')
-sys.path.insert(0, ROOT)
 
 if __name__ == '__main__':
   with tfds.testing.mock_data(num_examples=int(os.environ.get('MOCK_EXAMPLES', '32'))):

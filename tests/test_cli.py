@@ -2,9 +2,9 @@
 
 import pytest
 
-from conftest import run_cli
+from conftest import run_cli, tiny_flags
 
-TINY = ['--image_size=32', '--resnet_depth=18', '--width_multiplier=0.125', '--train_steps=1']
+TINY = tiny_flags(train_steps=1)
 
 
 @pytest.mark.parametrize('args,expected', [
@@ -39,3 +39,23 @@ def test_runtime_user_errors_give_one_line(extra, expected, tmp_path, shapes_dir
   assert proc.returncode == 2, proc.stderr
   lines = proc.stderr.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith('error:') and expected in lines[0], proc.stderr
+
+
+def test_installed_package_and_command(tmp_path):
+  """`pip install -r requirements.txt` installs the project: simclr_tf imports from any directory, and the
+  `simclr-tf` command is run.py (same messages, same exit codes)."""
+  import os
+  import shutil
+  import subprocess
+  import sys
+  env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
+  imported = subprocess.run([sys.executable, '-c', 'import simclr_tf, run; print(simclr_tf.Config().mode)'],
+                            capture_output=True, text=True, cwd=tmp_path, env=env, timeout=60)
+  assert imported.returncode == 0 and imported.stdout.strip() == 'pretrain', imported.stderr
+  command = shutil.which('simclr-tf')
+  assert command, 'no simclr-tf command on the PATH: install with `pip install -r requirements.txt`'
+  for args in (['--mode=eval'], ['--train_batch_size=0'], ['--mode=nope']):
+    by_command = subprocess.run([command, *args], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    by_script = run_cli(*args, timeout=120)
+    assert by_command.returncode == by_script.returncode == 2, by_command.stderr
+    assert by_command.stderr.strip() == by_script.stderr.strip(), (by_command.stderr, by_script.stderr)

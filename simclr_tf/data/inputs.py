@@ -14,7 +14,8 @@ from typing import Callable, Optional
 import numpy as np
 import tensorflow as tf
 
-from simclr_tf.config import Config, UserError
+from simclr_tf.config import Config
+from simclr_tf.errors import UserError
 from simclr_tf.data import augment
 
 log = logging.getLogger(__name__)

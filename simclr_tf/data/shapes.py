@@ -76,7 +76,7 @@ def generate(root, seed=0, per_class=None):
 def ensure(root):
   """Generates the dataset into ROOT unless a complete one is there."""
   import tensorflow as tf
-  from simclr_tf.config import UserError
+  from simclr_tf.errors import UserError
   if tf.io.gfile.exists(os.path.join(root, MARKER)):
     return
   if tf.io.gfile.isdir(root):

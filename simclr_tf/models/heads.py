@@ -1,7 +1,6 @@
 """Projection head (SimCLRv2: 3 layers) and the supervised linear head."""
 
 import keras
-import tensorflow as tf
 
 from simclr_tf.models.resnet import BatchNormRelu
 

@@ -49,16 +49,16 @@ class SimCLRModel(keras.Model):
     return {key: tf.cast(value, tf.float32) for key, value in outputs.items()}
 
 
-def build_model(config: Config, num_classes: int = 0, image_size: int = 0,
+def build_model(config: Config, *, pretraining: bool, num_classes: int = 0, image_size: int = 0,
                 proj_keep_layers: Optional[int] = None) -> SimCLRModel:
   """The model the config describes, with its variables created from --seed (call it inside strategy.scope()).
 
-  Pretraining builds the whole projection head and a supervised head on a stop-gradient; fine-tuning and
-  distillation build the head up to --ft_proj_selector, a fresh supervised head (zeroed with
-  --zero_init_logits_layer) and freeze the encoder through --fine_tune_after_block.
+  pretraining=True builds the whole projection head and a supervised head on a stop-gradient (linear evaluation
+  while pretraining). pretraining=False (fine-tuning, distillation, loading) builds the head up to
+  --ft_proj_selector (or `proj_keep_layers` of it), a fresh supervised head (zeroed with --zero_init_logits_layer)
+  and freezes the encoder through --fine_tune_after_block. num_classes=0: no supervised head.
   """
   keras.utils.set_random_seed(config.seed)
-  pretraining = config.mode == 'pretrain'
   if proj_keep_layers is None and not pretraining:
     proj_keep_layers = config.ft_proj_selector
   with policy_scope(config.precision):

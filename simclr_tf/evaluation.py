@@ -1,4 +1,5 @@
-"""Evaluation of the supervised head: top-1, top-5 and loss over a whole split, across replicas."""
+"""Measuring a model on a split: the supervised head's top-1, top-5 and loss across replicas (with a teacher, its
+accuracy and the agreement), and the encoder's features with a weighted kNN classifier on them."""
 
 import logging
 import os
@@ -6,10 +7,11 @@ from typing import Dict
 
 import tensorflow as tf
 
-from simclr_tf import files
-from simclr_tf.config import Config, UserError
+from simclr_tf import files, metrics
+from simclr_tf.config import Config
 from simclr_tf.data import inputs
 from simclr_tf.distribute import check_batch_divides
+from simclr_tf.errors import UserError
 
 log = logging.getLogger('simclr_tf')
 
@@ -30,15 +32,14 @@ def evaluate(model, source: inputs.Source, config: Config, strategy: tf.distribu
     logits = tf.cast(model(batch['image'], training=False)['logits_sup'], tf.float32)
     labels = tf.cast(batch['label'], tf.int32)
     mask = batch['mask']
-    k = min(5, logits.shape[-1])
     ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
-    top1 = tf.cast(tf.math.in_top_k(labels, logits, 1), tf.float32)
-    top5 = tf.cast(tf.math.in_top_k(labels, logits, k), tf.float32)
+    top1 = metrics.top1_correct(labels, logits)
+    top5 = metrics.topk_correct(labels, logits, 5)
     sums = [tf.reduce_sum(ce * mask), tf.reduce_sum(top1 * mask), tf.reduce_sum(top5 * mask), tf.reduce_sum(mask)]
     if teacher is not None:
       teacher_logits = teacher(batch['image'], training=False)['logits_sup']
-      teacher_top1 = tf.cast(tf.math.in_top_k(labels, tf.cast(teacher_logits, tf.float32), 1), tf.float32)
-      agree = tf.cast(tf.equal(tf.argmax(logits, -1), tf.argmax(teacher_logits, -1)), tf.float32)
+      teacher_top1 = metrics.top1_correct(labels, teacher_logits)
+      agree = metrics.agreement(logits, teacher_logits)
       sums += [tf.reduce_sum(teacher_top1 * mask), tf.reduce_sum(agree * mask)]
     return tf.stack(sums)
 

@@ -8,7 +8,7 @@ import tensorflow as tf
 
 import run as run_py
 from conftest import run_cli, tiny_config
-from simclr_tf import checkpoints
+from simclr_tf import weights
 from simclr_tf.data import inputs
 from simclr_tf.models.simclr import build_model
 
@@ -22,9 +22,7 @@ def pretrained(tmp_path_factory, shapes_dir):
 
 def values(model_dir):
   """{path in the model: value} of the latest checkpoint of model_dir."""
-  path = tf.train.latest_checkpoint(model_dir)
-  reader = tf.train.load_checkpoint(path)
-  return {name: reader.get_tensor(key) for name, key in checkpoints.object_paths(path).items()}
+  return weights.WeightFile(tf.train.latest_checkpoint(model_dir)).model_values()
 
 
 def test_finetune_other_classes_frozen_then_eval(tmp_path, shapes_dir, pretrained):
@@ -75,15 +73,15 @@ def test_full_finetune_changes_encoder_and_resumes(tmp_path, shapes_dir, pretrai
 
 def test_zero_init_logits_layer_really_zeroes():
   config = tiny_config(mode='finetune', zero_init_logits_layer=True)
-  model = build_model(config, num_classes=3)
+  model = build_model(config, pretraining=False, num_classes=3)
   assert np.all(model.supervised_head.dense.kernel.numpy() == 0)
-  assert np.any(build_model(config.replace(zero_init_logits_layer=False), num_classes=3)
+  assert np.any(build_model(config.replace(zero_init_logits_layer=False), pretraining=False, num_classes=3)
                 .supervised_head.dense.kernel.numpy() != 0)
 
 
 @pytest.mark.parametrize('selector,width,layers', [(0, 64, 0), (1, 64, 1), (2, 64, 2), (3, 16, 3)])
 def test_finetune_model_keeps_head_layers_up_to_selector(selector, width, layers):
-  model = build_model(tiny_config(mode='finetune', ft_proj_selector=selector), num_classes=4)
+  model = build_model(tiny_config(mode='finetune', ft_proj_selector=selector), pretraining=False, num_classes=4)
   assert model.supervised_head.dense.kernel.shape == (width, 4)
   assert model.projection_head.keep_layers == layers
 

@@ -7,7 +7,7 @@ from simclr_tf.config import Config
 from simclr_tf.models.resnet import OUTPUT_KEYS
 from simclr_tf.models.simclr import build_model, encoder_parameter_count
 
-# DESIGN.md: encoder parameters (millions) of the published SimCLRv2 models.
+# Encoder parameters (millions) of the published SimCLRv2 models (the paper's Table 1 and model listing).
 PUBLISHED = [
     (50, 1, 0.0, 24), (50, 1, 0.0625, 35), (50, 2, 0.0, 94), (50, 2, 0.0625, 140), (101, 1, 0.0, 43),
     (101, 2, 0.0625, 257), (152, 1, 0.0, 58), (152, 2, 0.0625, 354), (152, 3, 0.0625, 795),
@@ -24,14 +24,14 @@ def zero_initializers(monkeypatch):
 
 @pytest.mark.parametrize('depth,width,sk,millions', PUBLISHED)
 def test_encoder_parameter_count_matches_published_table(depth, width, sk, millions, zero_initializers):
-  model = build_model(Config(resnet_depth=depth, width_multiplier=width, sk_ratio=sk, image_size=224),
+  model = build_model(Config(resnet_depth=depth, width_multiplier=width, sk_ratio=sk, image_size=224), pretraining=True,
                       image_size=32)
   assert round(encoder_parameter_count(model) / 1e6) == millions
 
 
 def test_r50_trainable_layout_matches_reference_checkpoint(zero_initializers):
   # Exact trainable count of the reference code's R50 (official_tf2_ckpt_keys_r50.txt sums to this).
-  model = build_model(Config(resnet_depth=50, image_size=224), image_size=32)
+  model = build_model(Config(resnet_depth=50, image_size=224), pretraining=True, image_size=32)
   assert sum(int(tf.size(v)) for v in model.resnet.trainable_variables) == 23_508_032
 
 
@@ -48,7 +48,7 @@ def test_every_resnet_variant_builds_and_runs_on_32px(depth, variant):
     overrides['se_ratio'] = 0.25
   image_size = 64 if variant == 'imagenet_stem' else 32
   config = tiny_config(image_size=image_size, **overrides)
-  model = build_model(config, num_classes=3, image_size=image_size)
+  model = build_model(config, pretraining=True, num_classes=3, image_size=image_size)
   outputs = model(tf.random.uniform([2, 32, 32, 3]), training=True)
   assert set(OUTPUT_KEYS) <= set(outputs)
   channels = int(512 * overrides['width_multiplier']) * (4 if depth >= 50 else 1)
@@ -62,7 +62,7 @@ def test_every_resnet_variant_builds_and_runs_on_32px(depth, variant):
 
 
 def test_last_bn_of_every_block_starts_at_zero_and_bn_epsilon():
-  model = build_model(tiny_config(resnet_depth=50), image_size=32)
+  model = build_model(tiny_config(resnet_depth=50), pretraining=True, image_size=32)
   for group in model.resnet.block_groups():
     for block in group.blocks():
       last = block.conv3.bn.bn
@@ -87,12 +87,12 @@ def test_strided_conv_pads_explicitly():
 
 @pytest.mark.parametrize('selector,width', [(0, 64), (1, 64), (2, 64), (3, 16)])
 def test_supervised_head_input_follows_ft_proj_selector(selector, width):
-  model = build_model(tiny_config(ft_proj_selector=selector, resnet_depth=18), num_classes=4)
+  model = build_model(tiny_config(ft_proj_selector=selector, resnet_depth=18), pretraining=True, num_classes=4)
   assert model.supervised_head.dense.kernel.shape == (width, 4)
 
 
 def test_checkpoint_holds_every_model_weight(tmp_path):
-  model = build_model(tiny_config(sk_ratio=0.0625, se_ratio=0.25), num_classes=5)
+  model = build_model(tiny_config(sk_ratio=0.0625, se_ratio=0.25), pretraining=True, num_classes=5)
   path = tf.train.Checkpoint(model=model).save(str(tmp_path / 'ckpt'))
   stored = {name: shape for name, shape in tf.train.list_variables(path)}
   weights = [k for k in stored if k.startswith('model/')]

@@ -14,7 +14,7 @@ import tensorflow as tf
 
 import run as run_py
 from conftest import ROOT, run_cli, tiny_config
-from simclr_tf import checkpoints, export
+from simclr_tf import export, weights
 from simclr_tf.config import Config
 from simclr_tf.models.simclr import build_model
 
@@ -24,7 +24,7 @@ needs_reference = pytest.mark.skipif(not os.path.isdir(REFERENCE), reason='../sh
 
 @pytest.fixture(scope='module')
 def exported(tmp_path_factory):
-  model = build_model(tiny_config(mode='finetune', ft_proj_selector=1, sk_ratio=0.0625), num_classes=4)
+  model = build_model(tiny_config(mode='finetune', ft_proj_selector=1, sk_ratio=0.0625), pretraining=False, num_classes=4)
   path = str(tmp_path_factory.mktemp('export') / 'saved_model')
   export.export_saved_model(model, path, tiny_config(sk_ratio=0.0625).to_json())
   return model, path
@@ -85,15 +85,15 @@ def test_finetune_from_exported_saved_model_and_export_mode(tmp_path, shapes_dir
   config = tiny_config(mode='finetune', dataset='image_folder', data_dir=shapes_dir, model_dir=str(tmp_path / 'ft'),
                        checkpoint=path, sk_ratio=0.0625, ft_proj_selector=1, train_steps=1, export_at_end=True)
   run_py.run(config)
-  assert export.is_saved_model(str(tmp_path / 'ft' / 'saved_model'))
+  assert weights.is_saved_model(str(tmp_path / 'ft' / 'saved_model'))
   # --mode=export converts a checkpoint into a SavedModel that loads back with the same weights.
   proc = run_cli('--mode=export', f'--checkpoint={tmp_path / "ft"}', f'--export_dir={tmp_path / "out"}',
                  '--image_size=32', '--resnet_depth=18', '--width_multiplier=0.125', '--sk_ratio=0.0625',
                  '--proj_out_dim=16', '--ft_proj_selector=1', timeout=120)
   assert proc.returncode == 0, proc.stderr
-  a = export.WeightFile(str(tmp_path / 'out'))
-  b = export.WeightFile(str(tmp_path / 'ft' / 'saved_model'))
-  assert a.layout == b.layout == export.OURS_SAVEDMODEL
+  a = weights.WeightFile(str(tmp_path / 'out'))
+  b = weights.WeightFile(str(tmp_path / 'ft' / 'saved_model'))
+  assert a.layout == b.layout == weights.OURS_SAVEDMODEL
   for p, o in a.model_paths().items():
     np.testing.assert_array_equal(a.value(o), b.value(b.model_paths()[p]))
 
@@ -149,14 +149,14 @@ def build_reference_checkpoint(listing, directory):
 
 
 def our_values(model):
-  paths = checkpoints.variable_paths(model)
+  paths = weights.ours.variable_paths(model)
   return {paths[id(v)]: v.numpy() for v in model.weights}
 
 
 def assert_loads_by_structure(model, path, values, checks):
   """Every variable of the model is restored from `path`, those of `checks` from the named source, and every
   source value is used exactly once."""
-  count, _ = export.restore(model, model.weights, path)
+  count, _ = weights.restore(model, model.weights, path)
   assert count == len(model.weights)
   ours = our_values(model)
   for theirs, mine in checks.items():
@@ -205,9 +205,9 @@ def assert_every_value_used_once(model, reference_values):
 def test_reference_checkpoint_layout_loads_by_structure(tmp_path, listing, config, checks):
   rows = read_listing(listing)
   values = build_reference_checkpoint(rows, str(tmp_path))
-  weights = export.WeightFile(str(tmp_path))
-  assert weights.layout == export.REFERENCE_CHECKPOINT
-  num_classes, layers = export.describe_head(weights)
+  found = weights.WeightFile(str(tmp_path))
+  assert found.layout == weights.REFERENCE_CHECKPOINT
+  num_classes, layers = weights.describe_head(found)
   assert (num_classes, layers) == (10, 3)
-  model = build_model(Config(mode='eval', **config), num_classes=10, proj_keep_layers=3)
+  model = build_model(Config(mode='eval', **config), pretraining=False, num_classes=10, proj_keep_layers=3)
   assert_loads_by_structure(model, str(tmp_path), values, checks)

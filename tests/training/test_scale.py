@@ -14,14 +14,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import ROOT, run_cli, tiny_config
+from conftest import ROOT, run_cli, tiny_config, tiny_flags
 from simclr_tf import precision
 from simclr_tf.config import Config, resume_conflicts
 from simclr_tf.models.simclr import build_model
 
-TINY = ['--dataset=image_folder', '--image_size=32', '--resnet_depth=18', '--width_multiplier=0.125',
-        '--train_batch_size=8', '--proj_out_dim=16', '--use_blur=false', '--warmup_epochs=0', '--log_every_steps=1',
-        '--learning_rate=0.1', '--export_at_end=false']
+TINY = tiny_flags(dataset='image_folder', log_every_steps=1, learning_rate=0.1, export_at_end=False)
 
 
 # ---- multi-worker ----------------------------------------------------------------------------------------------
@@ -141,7 +139,7 @@ def test_tf_config_that_is_not_a_cluster_is_one_line(tmp_path, shapes_dir):
 
 @pytest.mark.parametrize('policy', ['mixed_bfloat16', 'mixed_float16'])
 def test_mixed_precision_computes_in_16_bits_and_keeps_float32_weights_and_outputs(policy):
-  model = build_model(tiny_config(mode='finetune', precision=policy, se_ratio=0.25, sk_ratio=0.0625),
+  model = build_model(tiny_config(mode='finetune', precision=policy, se_ratio=0.25, sk_ratio=0.0625), pretraining=False,
                       num_classes=5)
   assert keras.config.dtype_policy().name == 'float32'  # the scope did not leak
   assert all(v.dtype == tf.float32 for v in model.weights)
@@ -156,8 +154,8 @@ def test_mixed_precision_computes_in_16_bits_and_keeps_float32_weights_and_outpu
 
 def test_float32_and_bfloat16_models_agree_closely():
   images = tf.random.uniform([4, 32, 32, 3], seed=1)
-  full = build_model(tiny_config(mode='finetune'), num_classes=5)
-  half = build_model(tiny_config(mode='finetune', precision='mixed_bfloat16'), num_classes=5)
+  full = build_model(tiny_config(mode='finetune'), pretraining=False, num_classes=5)
+  half = build_model(tiny_config(mode='finetune', precision='mixed_bfloat16'), pretraining=False, num_classes=5)
   half.set_weights(full.get_weights())
   a = full(images, training=False)['final_avg_pool'].numpy()
   b = half(images, training=False)['final_avg_pool'].numpy()

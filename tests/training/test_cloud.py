@@ -16,13 +16,12 @@ import pytest
 import tensorflow as tf
 
 import run as run_py
-from conftest import ROOT, tiny_config
-from simclr_tf import checkpoints, preemption, runlock
-from simclr_tf.config import Config, UserError
+from conftest import ROOT, tiny_config, tiny_flags
+from simclr_tf import preemption, runlock, weights
+from simclr_tf.config import Config
+from simclr_tf.errors import UserError
 
-TINY = ['--dataset=image_folder', '--image_size=32', '--resnet_depth=18', '--width_multiplier=0.125',
-        '--train_batch_size=8', '--eval_batch_size=8', '--proj_out_dim=16', '--use_blur=false', '--warmup_epochs=0',
-        '--checkpoint_epochs=0']
+TINY = tiny_flags(dataset='image_folder', eval_batch_size=8, checkpoint_epochs=0)
 
 
 def start(args, cwd, tiny=True, **popen):
@@ -75,11 +74,8 @@ def results(paths):
     result = read(os.path.join(paths[run], 'eval_test.json'))
     out[run] = {k: result[k] for k in ('top1', 'top5', 'loss', 'num_examples', 'step')}
     prefix = tf.train.latest_checkpoint(paths[run])
-    reader = checkpoints.read_checkpoint(prefix)
-    out[run + '_weights'] = {p: reader.get_tensor(k) for p, k in checkpoints.object_paths(prefix).items()}
-  reader = checkpoints.read_checkpoint(os.path.join(paths['export'], 'variables', 'variables'))
-  out['export'] = {p: reader.get_tensor(k) for p, k in
-                   checkpoints.object_paths(os.path.join(paths['export'], 'variables', 'variables')).items()}
+    out[run + '_weights'] = weights.WeightFile(prefix).model_values()
+  out['export'] = weights.WeightFile(paths['export']).model_values()
   return out
 
 
@@ -146,8 +142,7 @@ def test_ram_filesystem_in_one_process(shapes_dir, local_chain):
 
 def final_weights(model_dir):
   prefix = tf.train.latest_checkpoint(model_dir)
-  reader = checkpoints.read_checkpoint(prefix)
-  return prefix, {p: reader.get_tensor(k) for p, k in checkpoints.object_paths(prefix).items()}
+  return prefix, weights.WeightFile(prefix).model_values()
 
 
 def test_steps_per_loop_gives_the_same_weights_as_one_step_per_call(tmp_path, shapes_dir):

@@ -22,9 +22,11 @@ import tensorflow as tf
 
 import run as run_py
 from conftest import ROOT, run_cli
-from simclr_tf import checkpoints, export, train
+from simclr_tf import checkpoints, training, weights
 from simclr_tf.config import Config
 from simclr_tf.models.simclr import build_model
+from simclr_tf.modes import distill, pretrain
+from simclr_tf.optim.build import weight_decay_loss
 
 GOLDEN = os.path.join(os.path.dirname(ROOT), 'shared', 'reference', 'golden')
 MODELS = ('r18_cifar_w0.125', 'r50_w0.125', 'r50_sk_w0.125')
@@ -67,7 +69,7 @@ def test_converted_reference_files_give_the_reference_outputs(tmp_path, name, so
   out = str(tmp_path / 'converted')
   result = run_py.run(Config(mode='export', checkpoint=os.path.join(GOLDEN, name, source), export_dir=out,
                              **architecture(record['settings'])).validate())
-  expected_layout = export.REFERENCE_SAVEDMODEL if source == 'saved_model' else export.REFERENCE_CHECKPOINT
+  expected_layout = weights.REFERENCE_SAVEDMODEL if source == 'saved_model' else weights.REFERENCE_CHECKPOINT
   assert result['source_layout'] == expected_layout
   reference_keys = {k.split('/', 1)[1] for k in io.files if k.startswith('infer/')}
   images = io['images']
@@ -107,19 +109,17 @@ def reference_step(name, nudge_images=False, nudge_weights=False):
   record, io = golden(name)
   config = pretraining_config(record['settings'])
   num_classes = record['num_classes']
-  model = build_model(config, num_classes=num_classes)
-  count, layout = export.restore(model, model.weights, os.path.join(GOLDEN, name, 'checkpoint_before'))
-  assert count == len(model.weights) and layout == export.REFERENCE_CHECKPOINT
+  task = pretrain.make_task(config, tf.distribute.get_strategy(), None, num_classes, num_examples=1000)
+  model, optimizer = task.model, task.optimizer
+  count, layout = weights.restore(model, model.weights, os.path.join(GOLDEN, name, 'checkpoint_before'))
+  assert count == len(model.weights) and layout == weights.REFERENCE_CHECKPOINT
   if nudge_weights:
     for v in model.weights:
       v.assign(one_ulp_up(v.numpy()))
   before = [v.numpy() for v in model.weights]
-  weight_decay = float(train.weight_decay_loss(model, config))  # of the weights the step starts from
-  optimizer = train.make_optimizer(config, train.learning_rate_schedule(config, num_examples=1000))
-  replica_step, names = train.contrastive_replica_step(model, config, num_classes)
-  task = train.Task(model, optimizer, None, None, replica_step, names)
+  weight_decay = float(weight_decay_loss(model, config))  # of the weights the step starts from
   optimizer.build(model.trainable_variables)
-  update = train.make_replica_update(task, model.trainable_variables, num_replicas=1, jit=False)
+  update = training.make_replica_update(task, num_replicas=1)
   assert float(optimizer.learning_rate) == pytest.approx(record['learning_rate_at_step_1'], rel=1e-7)
   images = io['step_images']
   metrics = update({'image': tf.constant(one_ulp_up(images) if nudge_images else images),
@@ -138,8 +138,9 @@ def update_errors(ours, reference, before):
 def test_one_pretraining_step_is_the_reference_step(name):
   record, _ = golden(name)
   losses, before, after, model = reference_step(name)
-  reference_model = build_model(pretraining_config(record['settings']), num_classes=record['num_classes'])
-  export.restore(reference_model, reference_model.weights, os.path.join(GOLDEN, name, 'checkpoint_after_1_step'))
+  reference_model = build_model(pretraining_config(record['settings']), pretraining=True,
+                                num_classes=record['num_classes'])
+  weights.restore(reference_model, reference_model.weights, os.path.join(GOLDEN, name, 'checkpoint_after_1_step'))
   reference_after = [v.numpy() for v in reference_model.weights]
   # Every variable moved in the reference step (BN moving statistics included), so every ratio is defined.
   assert all(np.linalg.norm(r - b) > 0 for r, b in zip(reference_after, before))
@@ -160,7 +161,7 @@ def test_one_pretraining_step_is_the_reference_step(name):
   assert np.median(errors) <= median_bound, f'{name}: median update error {np.median(errors):.2e} > {median_bound:.2e}'
   worst = int(np.argmax(errors))
   assert errors[worst] <= worst_bound, (
-      f'{name}: update of {checkpoints.variable_paths(model)[id(model.weights[worst])]} off by '
+      f'{name}: update of {weights.ours.variable_paths(model)[id(model.weights[worst])]} off by '
       f'{errors[worst]:.2e} > {worst_bound:.2e}')
   print(f'{name}: losses {loss_errors}; update median {np.median(errors):.2e}, worst {errors.max():.2e}')
 
@@ -200,7 +201,7 @@ def test_reference_architecture_is_read_from_the_file(name):
   record, _ = golden(name)
   settings = record['settings']
   for source in ('saved_model', 'checkpoint_before'):
-    found = export.reference_architecture(export.WeightFile(os.path.join(GOLDEN, name, source)))
+    found = weights.reference_architecture(weights.WeightFile(os.path.join(GOLDEN, name, source)))
     expected = {k: v for k, v in architecture(settings).items() if k in found}
     expected.update(image_size=32 if settings['image_size'] <= 32 else 224, se_ratio=0.0)
     assert found == expected, source
@@ -223,6 +224,6 @@ def test_reference_files_start_fine_tuning_and_teach_a_student(tmp_path, shapes_
   assert distilled['teacher'].endswith('ckpt-0') and distilled['step'] == 1
   # The teacher is the reference network: its logits on the golden images are the reference's.
   config = Config(mode='distill', teacher=os.path.join(GOLDEN, name, 'saved_model'), **tiny)
-  teacher, _ = train.load_teacher(config, tf.distribute.get_strategy())
+  teacher, _ = distill.load_teacher(config, tf.distribute.get_strategy())
   logits = teacher(tf.constant(io['images']), training=False)['logits_sup']
   assert relative_error(logits, io['infer/logits_sup']) <= INFERENCE_TOLERANCE

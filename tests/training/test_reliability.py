@@ -11,11 +11,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, run_cli, tiny_flags
 
-TINY = ['--dataset=image_folder', '--image_size=32', '--resnet_depth=18', '--width_multiplier=0.125',
-        '--train_batch_size=8', '--proj_out_dim=16', '--use_blur=false', '--warmup_epochs=0',
-        '--log_every_steps=1']
+TINY = tiny_flags(dataset='image_folder', log_every_steps=1)
 
 
 def command(model_dir, data_dir, *extra):
@@ -71,7 +69,7 @@ def test_kill_while_writing_a_checkpoint(tmp_path, shapes_dir):
 
 def test_nan_loss_stops_naming_the_step_and_keeps_the_good_checkpoint(tmp_path, shapes_dir):
   # Warmup starts the learning rate at 0, so step 1 is fine and saved; then 1e30 overflows the weights.
-  proc = run_cli(*TINY[:-2], f'--data_dir={shapes_dir}', f'--model_dir={tmp_path}', '--train_steps=8',
+  proc = run_cli(*TINY, f'--data_dir={shapes_dir}', f'--model_dir={tmp_path}', '--train_steps=8',
                  '--checkpoint_steps=1', '--optimizer=momentum', '--learning_rate=1e30', '--warmup_epochs=1',
                  '--log_every_steps=1', timeout=300)
   assert proc.returncode == 2, proc.stderr

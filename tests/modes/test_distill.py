@@ -9,7 +9,7 @@ import tensorflow as tf
 
 import run as run_py
 from conftest import run_cli, tiny_config
-from simclr_tf import checkpoints, train
+from simclr_tf import weights
 from simclr_tf.data import inputs
 
 
@@ -43,14 +43,14 @@ def test_student_of_another_width_learns_the_teacher(tmp_path, shapes_dir, unlab
   assert tf.train.latest_checkpoint(teacher_dir) == teacher_prefix
   for k in before:
     np.testing.assert_array_equal(before[k], after[k], err_msg=k)
-  student_paths = checkpoints.object_paths(tf.train.latest_checkpoint(str(tmp_path)))
+  student_paths = weights.WeightFile(str(tmp_path)).model_paths()
   assert student_paths['resnet/stem/conv0/conv/conv/_kernel']
   assert not any('teacher' in p for p in student_paths)
 
   # On held-out images the student agrees with the teacher's argmax far above what chance would give.
   strategy = tf.distribute.get_strategy()
-  teacher, _ = train.load_model(tiny_config(), teacher_dir, strategy)
-  student, _ = train.load_model(config, str(tmp_path), strategy)
+  teacher, _ = weights.load_model(tiny_config(), teacher_dir, strategy)
+  student, _ = weights.load_model(config, str(tmp_path), strategy)
   assert student.resnet.output_dim == teacher.resnet.output_dim // 2
   test = inputs.eval_dataset(inputs.image_folder_source(shapes_dir, 'test'), config, 40)
   images = next(iter(test))['image']

@@ -1,0 +1,56 @@
+"""The modes of run.py, one module each. A mode is a module with
+
+  validate(config)        raises simclr_tf.errors.UserError naming the flag when the config cannot run
+  run(config, strategy)   does the work; returns a dict of results (what it measured, where it wrote)
+
+and one entry in MODES. Training modes describe a simclr_tf.training.Task and hand it to simclr_tf.training.fit;
+simclr_tf.modes.common holds what several modes share. A mode's module is imported when it is first looked up
+(it imports TensorFlow), so the names are known without it.
+"""
+
+import importlib
+from types import ModuleType
+from typing import Iterator, Mapping
+
+from simclr_tf.errors import UserError
+
+
+class _Registry(Mapping):
+  """{mode name: its module}, each module imported on first access."""
+
+  def __init__(self, modules: dict):
+    self._modules = modules
+
+  def __getitem__(self, name: str) -> ModuleType:
+    return importlib.import_module(self._modules[name])
+
+  def __iter__(self) -> Iterator[str]:
+    return iter(self._modules)
+
+  def __len__(self) -> int:
+    return len(self._modules)
+
+
+MODES: Mapping[str, ModuleType] = _Registry({
+    'pretrain': 'simclr_tf.modes.pretrain',
+    'finetune': 'simclr_tf.modes.finetune',
+    'distill': 'simclr_tf.modes.distill',
+    'eval': 'simclr_tf.modes.evaluate',
+    'export': 'simclr_tf.modes.export',
+})
+
+
+def get(name: str) -> ModuleType:
+  """The module of mode `name`."""
+  if name not in MODES:
+    raise UserError(f'--mode={name} is not one of {", ".join(MODES)}.')
+  return MODES[name]
+
+
+def run(config, strategy=None) -> dict:
+  """Validates `config` and runs its mode on `strategy` (default: the one --strategy names, made here)."""
+  from simclr_tf import distribute
+  config = config.validate()
+  if strategy is None:
+    strategy = distribute.make_strategy(config)
+  return get(config.mode).run(config, strategy)

@@ -1,0 +1,111 @@
+"""What several modes share: the rules for paths, the lock of a training mode, the labelled training split, the
+starting weights of fine-tuning and distillation, the SavedModel at the end, the evaluation at the end."""
+
+import functools
+import logging
+import os
+from typing import Callable, Dict, Optional
+
+import tensorflow as tf
+
+from simclr_tf import checkpoints, distribute, export, files, runlock, weights
+from simclr_tf.config import Config
+from simclr_tf.data import inputs
+from simclr_tf.errors import UserError
+from simclr_tf.evaluation import evaluate, write_result
+
+log = logging.getLogger('simclr_tf')
+
+
+# ---- rules for validate() --------------------------------------------------------------------------------------
+
+def require(ok: bool, message: str) -> None:
+  if not ok:
+    raise UserError(message)
+
+
+def require_data(config: Config) -> None:
+  """The dataset of a mode that reads images can be found."""
+  require(config.dataset != 'image_folder' or config.data_dir,
+          '--dataset=image_folder needs --data_dir=ROOT (ROOT/<split>/<class>/*.jpg).')
+  require(config.dataset != 'shapes' or config.data_dir,
+          '--dataset=shapes needs --data_dir, where the generated images are written on first use.')
+
+
+def require_model_dir(config: Config) -> None:
+  require(config.model_dir, f'--mode={config.mode} needs --model_dir for its checkpoints and results.')
+
+
+def validate_training(config: Config) -> None:
+  """The rules every training mode shares."""
+  require_data(config)
+  require_model_dir(config)
+
+
+# ---- training modes --------------------------------------------------------------------------------------------
+
+def training_mode(run: Callable) -> Callable:
+  """A training mode's run(config, strategy): refuses a batch the replicas cannot share before reading any data,
+  and holds model_dir/run.lock (on the chief) from before its first write to after its last: one run per
+  model_dir."""
+
+  @functools.wraps(run)
+  def locked(config: Config, strategy: tf.distribute.Strategy):
+    distribute.check_batch_divides(config.train_batch_size, strategy, 'train_batch_size')
+    with runlock.held(config.model_dir, enabled=distribute.is_chief(strategy)):
+      return run(config, strategy)
+
+  return locked
+
+
+def labelled_train_source(config: Config, strategy) -> inputs.Source:
+  """The training split, reduced to --label_fraction (ids written to model_dir/label_subset.json)."""
+  source = inputs.make_source(config, config.train_split)
+  if not source.labeled:
+    raise UserError(f'--mode={config.mode} needs labels, and split {config.train_split!r} of {source.name} has '
+                    f'none (use ROOT/<split>/<class>/*.jpg).')
+  if config.label_fraction < 1:
+    source, description = inputs.label_fraction_source(source, config.label_fraction, config.seed)
+    if distribute.is_chief(strategy):
+      files.write_json(os.path.join(config.model_dir, 'label_subset.json'), description)
+    log.info('label fraction %g: %d examples (%s per class)', config.label_fraction, source.num_examples,
+             description['per_class'])
+  return source
+
+
+def initialise_from_checkpoint(config: Config, model, without_checkpoint: str) -> None:
+  """Loads the encoder and the projection-head layers the model has (up to --ft_proj_selector) from
+  --checkpoint; the checkpoint's other layers and its supervised head are ignored. Nothing happens when model_dir
+  already has a checkpoint (the run resumes from it); without --checkpoint, logs `without_checkpoint`."""
+  if checkpoints.latest_checkpoint(config.model_dir):
+    return
+  if not config.checkpoint:
+    log.info('no --checkpoint: %s', without_checkpoint)
+    return
+  count, layout = weights.restore(model, model.resnet.weights + model.projection_head.weights, config.checkpoint)
+  log.info('initialised %d encoder and projection-head variables from %s (%s)', count, config.checkpoint, layout)
+
+
+def export_at_end(config: Config, strategy, model) -> Optional[str]:
+  """Writes the trained model as a SavedModel (model_dir/saved_model unless --export_dir) on the chief."""
+  if not (config.export_at_end and distribute.is_chief(strategy)):
+    return None
+  path = config.export_dir or os.path.join(config.model_dir, 'saved_model')
+  export.export_saved_model(model, path, config.to_json())
+  log.info('exported SavedModel to %s', path)
+  return path
+
+
+def evaluate_and_record(config: Config, strategy, model, step: int, teacher_model=None,
+                        **extra) -> Optional[Dict[str, float]]:
+  """Evaluates on --eval_split (if set) and writes model_dir/eval_<split>.json on the chief. With a teacher, the
+  result also holds the teacher's accuracy and the student's top-1 agreement with it."""
+  if not config.eval_split:
+    return None
+  result = evaluate(model, inputs.make_source(config, config.eval_split), config, strategy, teacher_model)
+  result.update(split=config.eval_split, step=step, mode=config.mode, **extra)
+  log.info('eval on %s: top1 %.4f  top5 %.4f  loss %.4f  (%d examples)', config.eval_split, result['top1'],
+           result['top5'], result['loss'], result['num_examples'])
+  if distribute.is_chief(strategy):
+    write_result(config.model_dir, config.eval_split, result)
+  return result

@@ -1,0 +1,93 @@
+"""--mode=distill: a student learns the fine-tuned teacher's soft labels on (unlabeled) training images, with
+crop+flip augmentation. Loss: T^2 * CE(softmax(teacher/T), student/T) [+ alpha * CE(labels) with
+--distill_label_weight]."""
+
+import logging
+import os
+from typing import Dict
+
+import tensorflow as tf
+
+from simclr_tf import checkpoints, files, losses, metrics, weights
+from simclr_tf.config import ARCHITECTURE_FIELDS, Config
+from simclr_tf.data import inputs
+from simclr_tf.errors import UserError
+from simclr_tf.models.simclr import build_model
+from simclr_tf.modes import common
+from simclr_tf.optim.build import learning_rate_schedule, make_optimizer, weight_decay_loss
+from simclr_tf.training.loop import Task, fit
+
+log = logging.getLogger('simclr_tf')
+
+
+def validate(config: Config) -> None:
+  common.validate_training(config)
+  common.require(config.teacher, '--mode=distill needs --teacher=FINETUNED_MODEL_DIR.')
+
+
+def load_teacher(config: Config, strategy):
+  """The teacher of --teacher, frozen, and the prefix of its weights. Its architecture comes from the config.json
+  its run wrote (a model_dir of ours, or a SavedModel we exported); a file of the paper's reference code has none
+  and is read from its variables (weights.reference_architecture)."""
+  path = config.teacher
+  directory = checkpoints.directory_of(path)
+  config_path = os.path.join(directory, 'config.json')
+  if tf.io.gfile.exists(config_path):
+    recorded = files.read_json(config_path)
+    architecture = {k: recorded[k] for k in ARCHITECTURE_FIELDS if k in recorded}
+  else:
+    found = weights.WeightFile(path, 'teacher')
+    if found.ours:
+      raise UserError(f'--teacher={path}: no config.json in {directory or "."} to tell the teacher\'s architecture '
+                      f'(give the model_dir of a finetune run, or a SavedModel this project exported).')
+    architecture = weights.reference_architecture(found, config.ft_proj_selector)
+    log.info('teacher %s (%s): %s', path, found.layout, ', '.join(f'{k}={v}' for k, v in architecture.items()))
+  teacher, found = weights.load_model(config.replace(**architecture), path, strategy, flag='teacher')
+  if teacher.supervised_head is None:
+    raise UserError(f'--teacher={path} has no supervised head: distil from a fine-tuned model.')
+  teacher.trainable = False
+  return teacher, found.prefix
+
+
+def distillation_replica_step(student, teacher, config: Config):
+  """The student's distillation loss against the frozen teacher's logits (+ the labelled loss with alpha > 0)."""
+  alpha, temperature = config.distill_label_weight, config.distill_temperature
+
+  def replica_step(batch):
+    teacher_logits = tf.stop_gradient(teacher(batch['image'], training=False)['logits_sup'])
+    logits = student(batch['image'], training=True)['logits_sup']
+    distill_loss = losses.distillation_loss(teacher_logits, logits, temperature)
+    loss = distill_loss + weight_decay_loss(student, config)
+    values = {'distill_loss': distill_loss,
+              'teacher_agreement': tf.reduce_mean(metrics.agreement(logits, teacher_logits))}
+    if alpha > 0:
+      sup_loss = losses.supervised_loss(batch['label'], logits)
+      loss += alpha * sup_loss
+      values['sup_loss'] = sup_loss
+    return loss, {'loss': loss, **values}
+
+  return replica_step
+
+
+@common.training_mode
+def run(config: Config, strategy: tf.distribute.Strategy) -> Dict[str, float]:
+  source = inputs.make_source(config, config.train_split)
+  alpha = config.distill_label_weight
+  if alpha > 0 and not source.labeled:
+    raise UserError(f'--distill_label_weight={alpha} needs labels, and split {config.train_split!r} of '
+                    f'{source.name} has none; use --distill_label_weight=0 for unlabeled data.')
+  teacher, teacher_prefix = load_teacher(config, strategy)
+  num_classes = int(teacher.supervised_head.dense.kernel.shape[-1])
+  with strategy.scope():
+    student = build_model(config, num_classes=num_classes, pretraining=False)
+    optimizer = make_optimizer(config, learning_rate_schedule(config, source.num_examples))
+  common.initialise_from_checkpoint(config, student, 'the student starts from random weights')
+  log.info('distilling %s (teacher) into ResNet-%d %gx at T=%g%s', teacher_prefix, config.resnet_depth,
+           config.width_multiplier, config.distill_temperature, f', label weight {alpha}' if alpha else '')
+  task = Task(student, optimizer, source, inputs.finetune_view_fn(config),
+              distillation_replica_step(student, teacher, config))
+  step = fit(config, strategy, task)
+  common.export_at_end(config, strategy, student)
+  result = common.evaluate_and_record(config, strategy, student, step, teacher=teacher_prefix,
+                                      teacher_model=teacher)
+  return result or {'step': step}

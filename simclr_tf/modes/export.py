@@ -1,0 +1,28 @@
+"""--mode=export: a checkpoint or SavedModel of any supported layout (ours, or the paper's reference code's) ->
+this project's SavedModel at --export_dir (default: model_dir/saved_model)."""
+
+import logging
+import os
+from typing import Dict
+
+import tensorflow as tf
+
+from simclr_tf import export, weights
+from simclr_tf.config import Config
+from simclr_tf.modes import common
+
+log = logging.getLogger('simclr_tf')
+
+
+def validate(config: Config) -> None:
+  common.require(config.checkpoint, f'--mode={config.mode} needs --checkpoint.')
+  common.require(config.export_dir or config.model_dir,
+                 '--mode=export needs --export_dir (or --model_dir, to write model_dir/saved_model).')
+
+
+def run(config: Config, strategy: tf.distribute.Strategy) -> Dict[str, str]:
+  model, found = weights.load_model(config, config.checkpoint, strategy)
+  path = config.export_dir or os.path.join(config.model_dir, 'saved_model')
+  export.export_saved_model(model, path, config.to_json())
+  log.info('exported %s (%s) to %s', config.checkpoint, found.layout, path)
+  return {'export_dir': path, 'source_layout': found.layout}

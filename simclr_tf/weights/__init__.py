@@ -1,0 +1,51 @@
+"""Reading weights, apart from writing them (simclr_tf.export writes SavedModels, simclr_tf.checkpoints keeps a
+run's training checkpoints): any checkpoint or SavedModel users bring, of this project or of the paper's reference
+code, restored into our model.
+
+  file.py       WeightFile: a file's layout, its variables by object path (any filesystem TF knows)
+  ours.py       our layout: a variable's object path below the model is its address
+  reference.py  the reference code's layouts, mapped by structure; their architecture read from the variables
+"""
+
+from typing import Tuple
+
+import tensorflow as tf
+
+from simclr_tf.errors import UserError
+from simclr_tf.weights import ours, reference
+from simclr_tf.weights.file import (OURS, OURS_SAVEDMODEL, REFERENCE_CHECKPOINT, REFERENCE_SAVEDMODEL, WeightFile,
+                                    is_saved_model)
+from simclr_tf.weights.reference import reference_architecture
+
+__all__ = ['OURS', 'OURS_SAVEDMODEL', 'REFERENCE_CHECKPOINT', 'REFERENCE_SAVEDMODEL', 'WeightFile', 'is_saved_model',
+           'reference_architecture', 'describe_head', 'restore', 'load_model', 'UserError']
+
+
+def describe_head(weights: WeightFile) -> Tuple[int, int]:
+  """(number of classes of the supervised head (0 = none), number of projection-head layers) in the file."""
+  return ours.describe_head(weights) if weights.ours else reference.describe_head(weights)
+
+
+def restore(model, variables, path, flag: str = 'checkpoint') -> Tuple[int, str]:
+  """Assigns `variables` of `model` from `path` (a path of any supported layout, or an open WeightFile).
+  Returns (count, layout). A file that does not fit the model is one UserError naming the first misfit."""
+  weights = path if isinstance(path, WeightFile) else WeightFile(path, flag)
+  if weights.ours:
+    return ours.restore_variables(model, variables, weights), weights.layout
+  pairs = reference.assignments(model, variables, weights)
+  for v, object_path in pairs:
+    v.assign(weights.value(object_path))
+  return len(pairs), weights.layout
+
+
+def load_model(config, path: str, strategy: tf.distribute.Strategy = None, flag: str = 'checkpoint'):
+  """A model with every variable of `path` (a checkpoint or SavedModel of this project, or of the paper's
+  reference code): its projection-head depth and number of classes are read from the file, the rest of the
+  architecture from `config`. Returns (model, the file's WeightFile)."""
+  from simclr_tf.models.simclr import build_model
+  weights = WeightFile(path, flag)
+  num_classes, proj_layers = describe_head(weights)
+  with (strategy or tf.distribute.get_strategy()).scope():
+    model = build_model(config, pretraining=False, num_classes=num_classes, proj_keep_layers=proj_layers)
+  restore(model, model.weights, weights)
+  return model, weights

@@ -1,0 +1,83 @@
+"""Files written by an earlier version of simclr-tf (tests/resources/written_before_layout_change: a training
+checkpoint and a SavedModel from commit 512c5fa, before the package was reorganised) are read by this one: the same
+outputs, and a run resumed from that checkpoint continues it, saving the same object paths."""
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import run as run_py
+from conftest import ROOT
+from simclr_tf import files, weights
+from simclr_tf.config import from_dict
+
+BEFORE = os.path.join(ROOT, 'tests', 'resources', 'written_before_layout_change')
+
+
+@pytest.fixture(scope='module')
+def recorded():
+  return from_dict(files.read_json(os.path.join(BEFORE, 'config.json'))), dict(np.load(os.path.join(BEFORE,
+                                                                                                    'outputs.npz')))
+
+
+def assert_outputs_match(outputs, recorded_outputs, prefix):
+  keys = [k for k in recorded_outputs if k.startswith(prefix)]
+  assert len(keys) == 8, keys  # 4 outputs x (inference, training)
+  for key in keys:
+    _, mode, name = key.split('/')
+    found = outputs[mode][name]
+    np.testing.assert_allclose(found, recorded_outputs[key], rtol=1e-5, atol=1e-6, err_msg=key)
+
+
+@pytest.mark.parametrize('source', ['checkpoint', 'saved_model'])
+def test_outputs_from_files_written_before(recorded, source):
+  config, expected = recorded
+  path = BEFORE if source == 'checkpoint' else os.path.join(BEFORE, 'saved_model')
+  model, found = weights.load_model(config, path)
+  assert found.layout == (weights.OURS if source == 'checkpoint' else weights.OURS_SAVEDMODEL)
+  images = tf.constant(expected['images'])
+  outputs = {mode: {k: v.numpy() for k, v in model(images, training=mode == 'train').items()}
+             for mode in ('infer', 'train')}
+  # Our model runs eagerly, as the old code's model did when it recorded 'checkpoint/...' (the 'saved_model/...'
+  # values come from the SavedModel's traced graph, whose float32 rounding differs in training mode's 2-image
+  # batch norm); the two files hold the same weights, bit for bit.
+  assert_outputs_match(outputs, expected, 'checkpoint/')
+
+
+def test_both_files_written_before_hold_the_same_weights():
+  from_checkpoint = weights.WeightFile(BEFORE).model_values()
+  from_saved_model = weights.WeightFile(os.path.join(BEFORE, 'saved_model')).model_values()
+  assert from_checkpoint.keys() == from_saved_model.keys() and len(from_checkpoint) > 100
+  for k, v in from_checkpoint.items():
+    np.testing.assert_array_equal(v, from_saved_model[k], err_msg=k)
+
+
+def test_saved_model_written_before_still_serves(recorded):
+  _, expected = recorded
+  loaded = tf.saved_model.load(os.path.join(BEFORE, 'saved_model'))
+  images = tf.constant(expected['images'])
+  outputs = {mode: {k: v.numpy() for k, v in loaded(images, trainable=mode == 'train').items()}
+             for mode in ('infer', 'train')}
+  assert_outputs_match(outputs, expected, 'saved_model/')
+
+
+def test_run_written_before_resumes_with_the_same_object_paths(recorded, tmp_path, shapes_dir):
+  config, _ = recorded
+  model_dir = str(tmp_path / 'run')
+  os.makedirs(model_dir)
+  for name in ('checkpoint', 'ckpt-2.index', 'ckpt-2.data-00000-of-00001', 'config.json'):
+    shutil.copy(os.path.join(BEFORE, name), model_dir)
+  # Every object of the model and optimizer must be found in the old checkpoint (restore asserts it).
+  result = run_py.run(config.replace(model_dir=model_dir, data_dir=shapes_dir, train_steps=3, export_at_end=False))
+  assert result['step'] == 3
+  old = tf.train.list_variables(os.path.join(BEFORE, 'ckpt-2'))
+  new = tf.train.list_variables(os.path.join(model_dir, 'ckpt-3'))
+  assert [name for name, _ in new] == [name for name, _ in old]
+  assert new == old  # names and shapes
+  before = weights.WeightFile(os.path.join(BEFORE, 'ckpt-2')).model_values()
+  after = weights.WeightFile(os.path.join(model_dir, 'ckpt-3')).model_values()
+  assert before.keys() == after.keys()
+  assert any(not np.array_equal(before[k], after[k]) for k in before)  # it trained on from there
