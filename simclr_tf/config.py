@@ -50,6 +50,8 @@ class Config:
   eval_split: str = _field('', 'Split to evaluate on at the end of training (empty = no evaluation).')
   image_size: int = _field(224, 'Input resolution. 32 or less selects the CIFAR stem (3x3 conv, no max-pool).')
   color_jitter_strength: float = _field(1.0, 'Strength s of the colour jitter (0.5 for CIFAR-10).')
+  crop_min_area: float = _field(0.08, 'Smallest area (fraction of the image) of the random crops of pretraining '
+                                'views (SimCLR: 0.08).')
   use_blur: bool = _field(True, 'Apply Gaussian blur in the pretraining augmentation.')
   cache_dataset: bool = _field(False, 'Cache the decoded dataset in memory.')
   shuffle_buffer: int = _field(10000, 'Shuffle block size (examples) of tfds training input; image folders are '
@@ -79,6 +81,10 @@ class Config:
                                  'k = the output of its k-th layer (SimCLRv2 fine-tunes from 1).')
   lineareval_while_pretraining: bool = _field(True, 'Train the supervised head on a stop-gradient of the selected '
                                                'projection-head layer while pretraining (needs labels).')
+  lineareval_lr_scale: float = _field(1.0, 'Scale of the learning rate of the linear head trained while '
+                                      'pretraining (its cross-entropy gradient is multiplied by it). The reference '
+                                      'trains it at the pretraining learning rate (1.0), which on small datasets '
+                                      'can be far too large for a linear classifier of unnormalised features.')
   num_classes: int = _field(0, 'Classes of the supervised head (0 = take it from the dataset).')
 
   # Fine-tuning and evaluation.
@@ -94,6 +100,17 @@ class Config:
   export_dir: str = _field('', 'Where --mode=export (and every training mode at its end) writes the SavedModel '
                            '(default: model_dir/saved_model).')
   export_at_end: bool = _field(True, 'Training modes export a SavedModel when they finish.')
+
+  # Embeddings and kNN.
+  embed_split: str = _field('train', 'Split that --mode=embed writes the vectors of (to model_dir/embeddings.npz).')
+  embed_output: str = _field('final_avg_pool', 'Output of the model that --mode=embed writes: final_avg_pool, '
+                             'proj_head_input, proj_head_output, logits_sup, initial_conv, block_group1..4 (spatial '
+                             'outputs are averaged over height and width).')
+  knn_k: int = _field(200, 'Neighbours of the weighted kNN classifier (--mode=knn and --knn_every_epochs).')
+  knn_temperature: float = _field(0.1, 'Temperature T of the kNN votes exp(cosine similarity / T).')
+  knn_every_epochs: int = _field(0, 'While pretraining, measure kNN top-1/top-5 of --eval_split against the '
+                                 '(labelled) --train_split every this many epochs, in inference mode; logged with '
+                                 'the other metrics (0 = off). Training is unchanged by it.')
 
   # Distillation.
   teacher: str = _field('', 'The fine-tuned teacher for --mode=distill: a model_dir of this project (its latest '
@@ -185,6 +202,7 @@ class Config:
          f'--fine_tune_after_block must be between -1 and 4, got {self.fine_tune_after_block}.'),
         (self.image_size >= 8, f'--image_size={self.image_size} is too small; the ResNet needs at least 8 pixels.'),
         (0 <= self.color_jitter_strength, '--color_jitter_strength must not be negative.'),
+        (0 < self.crop_min_area <= 1, f'--crop_min_area must be in (0, 1], got {self.crop_min_area}.'),
         (0 < self.batch_norm_decay < 1, f'--batch_norm_decay must be in (0, 1), got {self.batch_norm_decay}.'),
         (self.cpu_replicas >= 1, f'--cpu_replicas must be at least 1, got {self.cpu_replicas}.'),
         (self.checkpoint_steps >= 0 and self.checkpoint_epochs >= 0,
@@ -196,6 +214,11 @@ class Config:
         (self.num_threads >= 0, f'--num_threads must not be negative, got {self.num_threads}.'),
         (self.worker_timeout >= 0, f'--worker_timeout must not be negative, got {self.worker_timeout}.'),
         (self.strategy != 'tpu' or self.tpu, '--strategy=tpu needs --tpu=NAME.'),
+        (self.lineareval_lr_scale > 0,
+         f'--lineareval_lr_scale must be positive, got {self.lineareval_lr_scale}.'),
+        (self.knn_k >= 1, f'--knn_k must be at least 1, got {self.knn_k}.'),
+        (self.knn_temperature > 0, f'--knn_temperature must be positive, got {self.knn_temperature}.'),
+        (self.knn_every_epochs >= 0, f'--knn_every_epochs must not be negative, got {self.knn_every_epochs}.'),
         (self.distill_temperature > 0, f'--distill_temperature must be positive, got {self.distill_temperature}.'),
         (self.distill_label_weight >= 0,
          f'--distill_label_weight must not be negative, got {self.distill_label_weight}.'),
@@ -225,7 +248,8 @@ RESUMABLE_CHANGES = frozenset({
     'eval_split', 'eval_batch_size', 'log_every_steps', 'steps_per_loop', 'checkpoint_steps', 'checkpoint_epochs',
     'keep_checkpoint_max', 'num_threads', 'cache_dataset', 'strategy', 'tpu', 'cpu_replicas', 'data_dir',
     'train_steps', 'train_epochs', 'checkpoint', 'teacher', 'strict_data', 'model_dir', 'export_dir',
-    'export_at_end', 'worker_timeout', 'jit_compile',
+    'export_at_end', 'worker_timeout', 'jit_compile', 'embed_split', 'embed_output', 'knn_k', 'knn_temperature',
+    'knn_every_epochs',
 })
 # Precisions whose checkpoints are interchangeable (same weights, same optimizer state); float16 adds a loss scale.
 INTERCHANGEABLE_PRECISIONS = frozenset({'float32', 'mixed_bfloat16'})

@@ -3,13 +3,15 @@ accuracy and the agreement), and the encoder's features with a weighted kNN clas
 
 import logging
 import os
-from typing import Dict
+import time
+from typing import Dict, Optional
 
+import numpy as np
 import tensorflow as tf
 
-from simclr_tf import files, metrics
+from simclr_tf import files, metrics, monitor
 from simclr_tf.config import Config
-from simclr_tf.data import inputs
+from simclr_tf.data import augment, inputs
 from simclr_tf.distribute import check_batch_divides
 from simclr_tf.errors import UserError
 
@@ -68,25 +70,58 @@ def write_result(model_dir: str, split: str, result: dict) -> str:
   return files.write_json(os.path.join(model_dir, f'eval_{safe}.json'), result)
 
 
-def features(model, source: inputs.Source, config: Config, batch_size: int = 256, key: str = 'final_avg_pool'):
-  """(L2-normalised representations [N, D], labels [N]) of every example of `source` (eval preprocessing)."""
-  import numpy as np
-  feats, labels = [], []
+def embed(model, source: inputs.Source, config: Config, key: str = 'final_avg_pool', batch_size: int = 0,
+          progress: Optional[str] = None) -> Dict[str, np.ndarray]:
+  """One pass over `source` with eval preprocessing: {'ids': the examples' names, 'labels' (-1 without labels),
+  'vectors': model output `key` [N, D]} in record order, without the images that cannot be read (counted in
+  'skipped'). With `progress` (a title), logs a progress line about every 10% of the split."""
+  batch_size = batch_size or config.eval_batch_size
+  records = source.records(0, 1).enumerate()
+
+  def prepare(index, record):
+    image = augment.eval_view(augment.to_float(source.decode(record['image'])), config.image_size)
+    return {'image': image, 'label': record['label'], 'index': index}
+
+  dataset = records.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
+  if not config.strict_data:
+    dataset = dataset.ignore_errors()
+  dataset = dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
   encode = tf.function(lambda images: model(images, training=False)[key])
-  for batch in inputs.eval_dataset(source, config, batch_size):
-    keep = batch['mask'].numpy() > 0
-    feats.append(tf.math.l2_normalize(encode(batch['image']), axis=-1).numpy()[keep])
-    labels.append(batch['label'].numpy()[keep])
-  return np.concatenate(feats), np.concatenate(labels)
+  vectors, labels, indices = [], [], []
+  start, done, next_report = time.time(), 0, source.num_examples / 10
+  for batch in dataset:
+    vectors.append(encode(batch['image']).numpy())
+    labels.append(batch['label'].numpy())
+    indices.append(batch['index'].numpy())
+    done += len(indices[-1])
+    if progress and (done >= next_report or done == source.num_examples):
+      rate = done / max(time.time() - start, 1e-9)
+      log.info('%s: %d/%d images  %.1f img/s  ETA %s', progress, done, source.num_examples, rate,
+               monitor.format_duration((source.num_examples - done) / rate))
+      next_report += source.num_examples / 10
+  indices = np.concatenate(indices) if indices else np.zeros([0], np.int64)
+  names = source.example_ids()
+  return {'ids': np.array([names[i] for i in indices]),
+          'labels': np.concatenate(labels) if labels else np.zeros([0], np.int64),
+          'vectors': np.concatenate(vectors) if vectors else np.zeros([0, 0], np.float32),
+          'skipped': source.num_examples - len(indices)}
 
 
-def knn_accuracy(train_feats, train_labels, test_feats, test_labels, k: int = 200, temperature: float = 0.1,
-                 chunk: int = 1024) -> float:
-  """Weighted kNN top-1 (cosine similarity, votes exp(sim / T) of the k nearest training examples), the monitor
-  of instance-discrimination papers."""
-  import numpy as np
-  num_classes = int(max(train_labels.max(), test_labels.max())) + 1
-  correct = 0
+def features(model, source: inputs.Source, config: Config, batch_size: int = 256, key: str = 'final_avg_pool',
+             progress: Optional[str] = None):
+  """(L2-normalised representations [N, D], labels [N]) of every readable example of `source`."""
+  found = embed(model, source, config, key, batch_size, progress)
+  vectors = found['vectors']
+  return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12), found['labels']
+
+
+def knn_classify(train_feats, train_labels, test_feats, test_labels, k: int = 200, temperature: float = 0.1,
+                 num_classes: int = 0, chunk: int = 1024) -> Dict[str, float]:
+  """Weighted kNN classification as in instance-discrimination papers (InstDisc; lightly's monitor): the k training
+  examples of highest cosine similarity (features L2-normalised) vote for their class with weight
+  exp(similarity / temperature). Returns {'top1', 'top5'} (top-5: the label among the 5 classes of most votes)."""
+  num_classes = num_classes or int(max(train_labels.max(), test_labels.max())) + 1
+  top1 = top5 = 0
   for start in range(0, len(test_feats), chunk):
     sims = test_feats[start:start + chunk] @ train_feats.T
     k_eff = min(k, sims.shape[1])
@@ -94,5 +129,28 @@ def knn_accuracy(train_feats, train_labels, test_feats, test_labels, k: int = 20
     weights = np.exp(np.take_along_axis(sims, nearest, axis=1) / temperature)
     votes = np.zeros([len(sims), num_classes])
     np.add.at(votes, (np.arange(len(sims))[:, None], train_labels[nearest]), weights)
-    correct += int(np.sum(votes.argmax(1) == test_labels[start:start + chunk]))
-  return correct / len(test_feats)
+    labels = test_labels[start:start + chunk]
+    ranked = np.argsort(-votes, axis=1, kind='stable')
+    top1 += int(np.sum(ranked[:, 0] == labels))
+    top5 += int(np.sum(np.any(ranked[:, :min(5, num_classes)] == labels[:, None], axis=1)))
+  count = max(len(test_feats), 1)
+  return {'top1': top1 / count, 'top5': top5 / count}
+
+
+def knn_accuracy(train_feats, train_labels, test_feats, test_labels, k: int = 200, temperature: float = 0.1) -> float:
+  """Weighted kNN top-1 (knn_classify)."""
+  return knn_classify(train_feats, train_labels, test_feats, test_labels, k, temperature)['top1']
+
+
+def knn_evaluate(model, config: Config, memory: inputs.Source, queries: inputs.Source, key: str = 'final_avg_pool',
+                 progress: bool = True) -> Dict[str, float]:
+  """kNN top-1/top-5 (--knn_k, --knn_temperature) of `queries` against the features `key` of `memory`, the model
+  in inference mode; with the numbers of examples."""
+  train_feats, train_labels = features(model, memory, config, config.eval_batch_size, key,
+                                       progress=f'kNN memory {memory.split}' if progress else None)
+  test_feats, test_labels = features(model, queries, config, config.eval_batch_size, key,
+                                     progress=f'kNN queries {queries.split}' if progress else None)
+  result = knn_classify(train_feats, train_labels, test_feats, test_labels, config.knn_k, config.knn_temperature,
+                        num_classes=max(memory.num_classes, queries.num_classes))
+  result.update(num_examples=len(test_labels), memory_examples=len(train_labels))
+  return result

@@ -115,11 +115,11 @@ def _maybe(seed, p, fn, image):
   return tf.cond(apply, lambda: fn(image), lambda: image)
 
 
-def pretrain_view_and_blur_sigma(image, seed, size, color_strength=1.0):
+def pretrain_view_and_blur_sigma(image, seed, size, color_strength=1.0, crop_min_area=0.08):
   """A SimCLR view without its blur, and the blur's sigma (0 when this view is not blurred): the input pipeline
   blurs whole batches at once (batch_gaussian_blur). pretrain_view(...) == blur of this view by that sigma."""
   crop_seed, flip_seed, jitter_p, jitter_seed, gray_p, blur_p, sigma_seed = split_seed(seed, 7)
-  image = random_crop_resize(image, crop_seed, size)
+  image = random_crop_resize(image, crop_seed, size, area_range=(crop_min_area, 1.0))
   image = random_flip(image, flip_seed)
   image = _maybe(jitter_p, 0.8, lambda x: color_jitter(x, jitter_seed, color_strength), image)
   image = _maybe(gray_p, 0.2, to_grayscale, image)
@@ -128,9 +128,9 @@ def pretrain_view_and_blur_sigma(image, seed, size, color_strength=1.0):
   return tf.clip_by_value(image, 0.0, 1.0), sigma
 
 
-def pretrain_view(image, seed, size, color_strength=1.0, use_blur=True):
+def pretrain_view(image, seed, size, color_strength=1.0, use_blur=True, crop_min_area=0.08):
   """One SimCLR view: crop+resize, flip, colour jitter (p .8), greyscale (p .2), blur (p .5)."""
-  image, sigma = pretrain_view_and_blur_sigma(image, seed, size, color_strength)
+  image, sigma = pretrain_view_and_blur_sigma(image, seed, size, color_strength, crop_min_area)
   if use_blur:
     image = tf.cond(sigma > 0, lambda: gaussian_blur(image, sigma, size), lambda: image)
   return tf.clip_by_value(image, 0.0, 1.0)

@@ -33,6 +33,14 @@ class Source:
   records: Callable[[int, int], tf.data.Dataset]  # (pipeline_id, num_pipelines) -> records in a fixed order
   decode: Callable[[tf.Tensor], tf.Tensor]  # record['image'] -> uint8 HWC image
   records_are_paths: bool = False  # small records: the whole split can be permuted at once
+  ids: Optional[Callable[[], list]] = None  # -> a name of each record, in record order (file paths; default: positions)
+  class_names: tuple = ()
+
+  def example_ids(self) -> list:
+    """A name of each example, in record order: its file path for image folders, `split[i]` otherwise."""
+    if self.ids is not None:
+      return list(self.ids())
+    return [f'{self.split}[{i}]' for i in range(self.num_examples)]
 
   @property
   def labeled(self) -> bool:
@@ -90,7 +98,7 @@ def image_folder_source(root: str, split: str) -> Source:
     return decode_image(tf.io.read_file(path))
 
   return Source(f'image_folder:{root}', split, len(paths), len(class_names), records, decode,
-                records_are_paths=True)
+                records_are_paths=True, ids=lambda: paths, class_names=tuple(class_names))
 
 
 # ---- tfds ------------------------------------------------------------------------------------------------------
@@ -126,7 +134,8 @@ def tfds_source(name: str, split: str, data_dir: str) -> Source:
     num_examples = splits[split].num_examples
   else:  # only datasets without metadata (tfds.testing.mock_data) get here: count once
     num_examples = int(records(0, 1).reduce(0, lambda n, _: n + 1))
-  return Source(f'tfds:{name}', split, num_examples, num_classes, records, decode_image)
+  names = tuple(getattr(label_feature, 'names', None) or ()) if num_classes else ()
+  return Source(f'tfds:{name}', split, num_examples, num_classes, records, decode_image, class_names=names)
 
 
 def make_source(config: Config, split: str) -> Source:
@@ -169,8 +178,14 @@ def subset(source: Source, indices: np.ndarray) -> Source:
     ds = base(0, 1).enumerate().filter(lambda i, r: keep[i]).map(lambda i, r: r)
     return ds.shard(num_pipelines, pipeline_id) if num_pipelines > 1 else ds
 
+  chosen = np.flatnonzero(keep.numpy())
+
+  def ids():
+    every = source.example_ids()
+    return [every[i] for i in chosen]
+
   return dataclasses.replace(source, split=f'{source.split} ({len(indices)} chosen)', num_examples=len(indices),
-                             records=records)
+                             records=records, ids=ids)
 
 
 def label_fraction_source(source: Source, fraction: float, seed: int):
@@ -254,8 +269,10 @@ def pretrain_view_fn(config: Config):
   ('blur_sigma': [2], 0 = not blurred) when --use_blur: train_dataset blurs whole batches (blur_views)."""
   def views(image, seed):
     s1, s2 = augment.split_seed(seed, 2)
-    v1, sigma1 = augment.pretrain_view_and_blur_sigma(image, s1, config.image_size, config.color_jitter_strength)
-    v2, sigma2 = augment.pretrain_view_and_blur_sigma(image, s2, config.image_size, config.color_jitter_strength)
+    v1, sigma1 = augment.pretrain_view_and_blur_sigma(image, s1, config.image_size, config.color_jitter_strength,
+                                                      config.crop_min_area)
+    v2, sigma2 = augment.pretrain_view_and_blur_sigma(image, s2, config.image_size, config.color_jitter_strength,
+                                                      config.crop_min_area)
     views = {'image': tf.concat([v1, v2], axis=-1)}
     if config.use_blur:
       views['blur_sigma'] = tf.stack([sigma1, sigma2])

@@ -37,6 +37,8 @@ MODES: Mapping[str, ModuleType] = _Registry({
     'distill': 'simclr_tf.modes.distill',
     'eval': 'simclr_tf.modes.evaluate',
     'export': 'simclr_tf.modes.export',
+    'embed': 'simclr_tf.modes.embed',
+    'knn': 'simclr_tf.modes.knn',
 })
 
 

@@ -73,6 +73,14 @@ def labelled_train_source(config: Config, strategy) -> inputs.Source:
   return source
 
 
+def knn_source(config: Config, split: str, role: str) -> inputs.Source:
+  """The source of `split`, which kNN needs labelled (`role` names the flag it comes from)."""
+  source = inputs.make_source(config, split)
+  if not source.labeled:
+    raise UserError(f'kNN needs labels in its {role} split, and {split!r} of {source.name} has none.')
+  return source
+
+
 def initialise_from_checkpoint(config: Config, model, without_checkpoint: str) -> None:
   """Loads the encoder and the projection-head layers the model has (up to --ft_proj_selector) from
   --checkpoint; the checkpoint's other layers and its supervised head are ignored. Nothing happens when model_dir

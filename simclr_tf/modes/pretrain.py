@@ -9,16 +9,35 @@ import tensorflow as tf
 from simclr_tf import losses, metrics
 from simclr_tf.config import Config
 from simclr_tf.data import inputs
+from simclr_tf.evaluation import knn_evaluate
 from simclr_tf.models.simclr import build_model
 from simclr_tf.modes import common
-from simclr_tf.optim.build import learning_rate_schedule, make_optimizer, weight_decay_loss
-from simclr_tf.training.loop import Task, fit
+from simclr_tf.optim.build import learning_rate_schedule, make_optimizer, steps_per_epoch, weight_decay_loss
+from simclr_tf.training.loop import Measurement, Task, fit
 
 log = logging.getLogger('simclr_tf')
 
 
 def validate(config: Config) -> None:
   common.validate_training(config)
+  common.require(not config.knn_every_epochs or config.eval_split,
+                 f'--knn_every_epochs={config.knn_every_epochs} needs --eval_split (the split whose kNN accuracy '
+                 f'is measured against --train_split).')
+
+
+def knn_monitor(config: Config, model, source: inputs.Source) -> Optional[Measurement]:
+  """kNN top-1/top-5 of --eval_split against the (labelled) training split every --knn_every_epochs epochs, with
+  the model in inference mode (its weights, statistics and the training data stream are untouched)."""
+  if not config.knn_every_epochs:
+    return None
+  memory = common.knn_source(config, config.train_split, 'memory (--train_split)')
+  queries = common.knn_source(config, config.eval_split, '--eval_split')
+
+  def measure():
+    result = knn_evaluate(model, config, memory, queries, 'final_avg_pool', progress=False)
+    return {'knn_top1': result['top1'], 'knn_top5': result['top5']}
+
+  return Measurement(config.knn_every_epochs * steps_per_epoch(config, source.num_examples), measure)
 
 
 def contrastive_replica_step(model, config: Config, num_classes: int):
@@ -35,7 +54,11 @@ def contrastive_replica_step(model, config: Config, num_classes: int):
     values = {'contrast_loss': con_loss, 'contrast_acc': accuracy, 'contrast_entropy': entropy}
     if num_classes:
       sup_labels = tf.concat([batch['label'], batch['label']], axis=0)
-      sup_loss = losses.supervised_loss(sup_labels, outputs['logits_sup'])
+      logits = outputs['logits_sup']
+      if config.lineareval_lr_scale != 1:  # the same logits; their gradient (to the head alone) scaled
+        scale = config.lineareval_lr_scale
+        logits = scale * logits + (1 - scale) * tf.stop_gradient(logits)
+      sup_loss = losses.supervised_loss(sup_labels, logits)
       loss += sup_loss
       values.update(sup_loss=sup_loss, sup_acc=metrics.accuracy(sup_labels, outputs['logits_sup']))
     return loss, {'loss': loss, **values}
@@ -65,7 +88,15 @@ def run(config: Config, strategy: tf.distribute.Strategy) -> Dict[str, float]:
     else:
       log.info('%s has no labels: linear evaluation while pretraining is off', source.name)
   task = make_task(config, strategy, source, num_classes)
-  step = fit(config, strategy, task)
+  monitor = knn_monitor(config, task.model, source)
+  step = fit(config, strategy, task, [monitor] if monitor else [])
   common.export_at_end(config, strategy, task.model)
-  result = common.evaluate_and_record(config, strategy, task.model, step) if num_classes else None
-  return result or {'step': step}
+  knn = {}
+  if monitor and monitor.last:
+    knn = {'knn_top1': monitor.last['knn_top1'], 'knn_top5': monitor.last['knn_top5'], 'knn_step': monitor.last['step'],
+           'knn_k': config.knn_k, 'chance': 1 / max(source.num_classes, 1)}
+  result = common.evaluate_and_record(config, strategy, task.model, step, **knn) if num_classes else None
+  if knn:
+    log.info('on %s after %d steps: kNN top-1 %.4f%s; chance %.4f', config.eval_split, knn['knn_step'],
+             knn['knn_top1'], f', linear head top-1 {result["top1"]:.4f}' if result else '', knn['chance'])
+  return result or dict(knn, step=step)

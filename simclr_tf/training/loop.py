@@ -8,7 +8,8 @@ changes after the update: an EMA copy of the network, a queue of negatives); `fi
     .run()       loops of --steps_per_loop steps in one tf.function call each (make_train_loop), metrics averaged
                  over each logging window on the device, checkpoints every N steps, summaries, a progress line,
                  SIGTERM/Ctrl-C -> checkpoint and stop; resumed exactly (the step counter is the optimizer's, and
-                 the data stream restarts at that step)
+                 the data stream restarts at that step); Measurements (e.g. a kNN monitor) every N steps, logged
+                 with the metrics, which must leave the training state alone
 """
 
 import contextlib
@@ -81,6 +82,15 @@ def make_replica_update(task: Task, num_replicas: int, jit: bool = False) -> Cal
 
 
 @dataclasses.dataclass
+class Measurement:
+  """Something measured every `every_steps` steps of a run and at its last step (e.g. kNN accuracy), logged with
+  the metrics of that step. measure() -> {name: value} must not change the training state (inference mode only)."""
+  every_steps: int
+  measure: Callable[[], Dict[str, float]]
+  last: Dict[str, float] = dataclasses.field(default_factory=dict)  # the latest values, with their 'step'
+
+
+@dataclasses.dataclass
 class LoopState:
   """What the training loop accumulates on the device between two visits of the host."""
   sums: Dict[str, tf.Variable]  # per metric, the sum over the steps since the last logging step (made when traced)
@@ -147,12 +157,12 @@ def checkpoint_every(config: Config, epoch_steps: int) -> int:
   return max(1, config.checkpoint_epochs * epoch_steps) if config.checkpoint_epochs else 0
 
 
-def next_boundary(step: int, steps: int, config: Config, save_every: int) -> int:
+def next_boundary(step: int, steps: int, config: Config, save_every: int, measure_every=()) -> int:
   """The first step after `step` at which the loop must hand back to the host: a logging step, a checkpoint step,
-  the end, or --steps_per_loop steps on."""
+  a measurement step, the end, or --steps_per_loop steps on."""
   candidates = [steps, step + config.steps_per_loop, (step // config.log_every_steps + 1) * config.log_every_steps]
-  if save_every:
-    candidates.append((step // save_every + 1) * save_every)
+  for every in ([save_every] if save_every else []) + list(measure_every):
+    candidates.append((step // every + 1) * every)
   return min(candidates)
 
 
@@ -199,8 +209,9 @@ def learning_rate_now(optimizer) -> float:
 class TrainingRun:
   """One training run of a task in model_dir: restore(), then run(). fit() does both."""
 
-  def __init__(self, config: Config, strategy: tf.distribute.Strategy, task: Task):
+  def __init__(self, config: Config, strategy: tf.distribute.Strategy, task: Task, measurements=()):
     self.config, self.strategy, self.task = config, strategy, task
+    self.measurements = [m for m in measurements if m.every_steps > 0]
     self.per_replica_batch = distribute.check_batch_divides(config.train_batch_size, strategy, 'train_batch_size')
     self.jit = jit_compile_step(config, strategy)
     self.steps = total_steps(config, task.source.num_examples)
@@ -275,14 +286,18 @@ class TrainingRun:
     reported_skips = 0
     with preemption.StopRequests() if handler is None else contextlib.nullcontext() as stop:
       while step < steps:
-        boundary = next_boundary(step, steps, config, save_every)
+        boundary = next_boundary(step, steps, config, save_every, [m.every_steps for m in self.measurements])
         self._run_loop(train_loop, iterator, boundary - step, boundary, handler)
         step = boundary
         if int(state.first_bad_step.numpy()) >= 0:
           _finite_or_raise(step, {}, int(state.first_bad_step.numpy()), keeper.latest)
-        if step % config.log_every_steps == 0 or step == steps:
+        due = [m for m in self.measurements if step % m.every_steps == 0 or step == steps]
+        if step % config.log_every_steps == 0 or step == steps or due:
           values = state.take_means()
           values['learning_rate'] = learning_rate_now(task.optimizer)
+          for measurement in due:
+            measurement.last = dict(measurement.measure(), step=step)
+            values.update({k: v for k, v in measurement.last.items() if k != 'step'})
           _finite_or_raise(step, values, int(state.first_bad_step.numpy()), keeper.latest)
           skipped = skipped_images(step)
           if skipped:
@@ -334,8 +349,9 @@ class TrainingRun:
         shutil.rmtree(self.out_dir, ignore_errors=True)
 
 
-def fit(config: Config, strategy: tf.distribute.Strategy, task: Task) -> int:
-  """Trains `task` to the configured number of steps, resuming from model_dir. Returns the final step."""
-  run = TrainingRun(config, strategy, task)
+def fit(config: Config, strategy: tf.distribute.Strategy, task: Task, measurements=()) -> int:
+  """Trains `task` to the configured number of steps, resuming from model_dir, with `measurements` (Measurement)
+  logged along. Returns the final step."""
+  run = TrainingRun(config, strategy, task, measurements)
   run.restore()
   return run.run()

@@ -1,0 +1,39 @@
+"""--mode=knn: weighted kNN classification of --eval_split (default: test) by the features (--embed_output,
+default final_avg_pool; cosine similarity) of --train_split, with --knn_k neighbours and votes
+exp(similarity / --knn_temperature) as in InstDisc and lightly; top-1/top-5 to model_dir/knn_<split>.json."""
+
+import logging
+import os
+from typing import Dict
+
+import tensorflow as tf
+
+from simclr_tf import checkpoints, distribute, files
+from simclr_tf.config import Config
+from simclr_tf.evaluation import knn_evaluate
+from simclr_tf.modes import common, embed
+
+log = logging.getLogger('simclr_tf')
+
+
+def validate(config: Config) -> None:
+  common.require(config.checkpoint, '--mode=knn needs --checkpoint (a model_dir, checkpoint or SavedModel).')
+  embed.validate(config)
+
+
+def run(config: Config, strategy: tf.distribute.Strategy) -> Dict[str, object]:
+  config = config.replace(eval_split=config.eval_split or 'test')
+  model, found, model_dir = embed.load_encoder(config, strategy)
+  memory = common.knn_source(config, config.train_split, 'memory (--train_split)')
+  queries = common.knn_source(config, config.eval_split, '--eval_split')
+  result = knn_evaluate(embed.Pooled(model, config.embed_output), config, memory, queries, config.embed_output)
+  result.update(split=config.eval_split, memory_split=config.train_split, k=config.knn_k,
+                temperature=config.knn_temperature, output=config.embed_output, checkpoint=found.prefix,
+                step=checkpoints.checkpoint_step(found.prefix))
+  log.info('kNN (k=%d, T=%g, %s) on %s: top1 %.4f  top5 %.4f  (%d examples, memory %d)', config.knn_k,
+           config.knn_temperature, config.embed_output, config.eval_split, result['top1'], result['top5'],
+           result['num_examples'], result['memory_examples'])
+  safe = ''.join(c if c.isalnum() or c in '-_.' else '_' for c in config.eval_split)
+  if distribute.is_chief(strategy):
+    result['path'] = files.write_json(os.path.join(model_dir, f'knn_{safe}.json'), result)
+  return result

@@ -1,0 +1,26 @@
+"""The quick start (flags/quickstart.cfg) as a newcomer runs it, shortened: the generated dataset, pretraining with
+the kNN monitor and the linear head, and the summary it ends with."""
+
+import json
+import os
+
+from conftest import run_cli
+from simclr_tf import monitor
+
+
+def test_quickstart_recipe_reduced(tmp_path):
+  data, model_dir = tmp_path / 'shapes', tmp_path / 'run'
+  proc = run_cli('--flagfile=flags/quickstart.cfg', f'--data_dir={data}', f'--model_dir={model_dir}',
+                 '--train_epochs=2', '--knn_every_epochs=1', '--width_multiplier=0.0625', timeout=900)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert os.path.exists(data / 'train' / 'circle' / '0399.png') and os.path.exists(data / '.complete-v2')
+  with open(model_dir / 'eval_test.json') as f:
+    result = json.load(f)
+  steps = 2 * 2000 // 128
+  assert result['num_examples'] == 500 and result['chance'] == 0.2 and result['step'] == steps
+  assert result['knn_step'] == steps and 0 <= result['knn_top1'] <= 1 and 0 <= result['top1'] <= 1
+  summary = proc.stdout.strip().splitlines()[-1]
+  assert 'kNN top-1' in summary and 'linear head top-1' in summary and 'chance 0.2000' in summary, summary
+  knn_steps = [r['step'] for r in monitor.read_metrics(str(model_dir)) if 'knn_top1' in r]
+  assert knn_steps == [15, 30, steps]
+  assert os.path.getsize(model_dir / 'curves.png') > 10000
