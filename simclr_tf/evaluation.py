@@ -137,6 +137,30 @@ def knn_classify(train_feats, train_labels, test_feats, test_labels, k: int = 20
   return {'top1': top1 / count, 'top5': top5 / count}
 
 
+def linear_probe(train_feats, train_labels, test_feats, test_labels, num_classes: int = 0, steps: int = 500,
+                 learning_rate: float = 0.05, weight_decay: float = 1e-4) -> float:
+  """Top-1 on the test set of a linear classifier fitted to frozen features (the linear evaluation protocol, without
+  augmentation): features standardised with the training set's mean and deviation, softmax regression with L2
+  weight decay fitted by full-batch Adam for `steps` steps from zero. Deterministic."""
+  num_classes = num_classes or int(max(train_labels.max(), test_labels.max())) + 1
+  mean, std = train_feats.mean(0), train_feats.std(0) + 1e-6
+  x, x_test = (train_feats - mean) / std, (test_feats - mean) / std
+  x = np.concatenate([x, np.ones([len(x), 1])], axis=1)  # bias as a constant feature
+  x_test = np.concatenate([x_test, np.ones([len(x_test), 1])], axis=1)
+  targets = np.eye(num_classes)[train_labels]
+  w = np.zeros([x.shape[1], num_classes])
+  m, v = np.zeros_like(w), np.zeros_like(w)
+  for t in range(1, steps + 1):
+    logits = x @ w
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    grad = x.T @ (p - targets) / len(x) + weight_decay * w
+    m = 0.9 * m + 0.1 * grad
+    v = 0.999 * v + 0.001 * grad ** 2
+    w -= learning_rate * (m / (1 - 0.9 ** t)) / (np.sqrt(v / (1 - 0.999 ** t)) + 1e-8)
+  return float(np.mean((x_test @ w).argmax(1) == test_labels))
+
+
 def knn_accuracy(train_feats, train_labels, test_feats, test_labels, k: int = 200, temperature: float = 0.1) -> float:
   """Weighted kNN top-1 (knn_classify)."""
   return knn_classify(train_feats, train_labels, test_feats, test_labels, k, temperature)['top1']
@@ -145,12 +169,15 @@ def knn_accuracy(train_feats, train_labels, test_feats, test_labels, k: int = 20
 def knn_evaluate(model, config: Config, memory: inputs.Source, queries: inputs.Source, key: str = 'final_avg_pool',
                  progress: bool = True) -> Dict[str, float]:
   """kNN top-1/top-5 (--knn_k, --knn_temperature) of `queries` against the features `key` of `memory`, the model
-  in inference mode; with the numbers of examples."""
+  in inference mode, and the top-1 of a linear probe fitted to the same (L2-normalised) features; with the
+  numbers of examples."""
   train_feats, train_labels = features(model, memory, config, config.eval_batch_size, key,
                                        progress=f'kNN memory {memory.split}' if progress else None)
   test_feats, test_labels = features(model, queries, config, config.eval_batch_size, key,
                                      progress=f'kNN queries {queries.split}' if progress else None)
+  num_classes = max(memory.num_classes, queries.num_classes)
   result = knn_classify(train_feats, train_labels, test_feats, test_labels, config.knn_k, config.knn_temperature,
-                        num_classes=max(memory.num_classes, queries.num_classes))
-  result.update(num_examples=len(test_labels), memory_examples=len(train_labels))
+                        num_classes=num_classes)
+  result.update(linear_probe_top1=linear_probe(train_feats, train_labels, test_feats, test_labels, num_classes),
+                num_examples=len(test_labels), memory_examples=len(train_labels))
   return result

@@ -30,9 +30,9 @@ def run(config: Config, strategy: tf.distribute.Strategy) -> Dict[str, object]:
   result.update(split=config.eval_split, memory_split=config.train_split, k=config.knn_k,
                 temperature=config.knn_temperature, output=config.embed_output, checkpoint=found.prefix,
                 step=checkpoints.checkpoint_step(found.prefix))
-  log.info('kNN (k=%d, T=%g, %s) on %s: top1 %.4f  top5 %.4f  (%d examples, memory %d)', config.knn_k,
-           config.knn_temperature, config.embed_output, config.eval_split, result['top1'], result['top5'],
-           result['num_examples'], result['memory_examples'])
+  log.info('kNN (k=%d, T=%g, %s) on %s: top1 %.4f  top5 %.4f  (%d examples, memory %d); linear probe top1 %.4f',
+           config.knn_k, config.knn_temperature, config.embed_output, config.eval_split, result['top1'],
+           result['top5'], result['num_examples'], result['memory_examples'], result['linear_probe_top1'])
   safe = ''.join(c if c.isalnum() or c in '-_.' else '_' for c in config.eval_split)
   if distribute.is_chief(strategy):
     result['path'] = files.write_json(os.path.join(model_dir, f'knn_{safe}.json'), result)

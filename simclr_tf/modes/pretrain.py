@@ -35,7 +35,7 @@ def knn_monitor(config: Config, model, source: inputs.Source) -> Optional[Measur
 
   def measure():
     result = knn_evaluate(model, config, memory, queries, 'final_avg_pool', progress=False)
-    return {'knn_top1': result['top1'], 'knn_top5': result['top5']}
+    return {'knn_top1': result['top1'], 'knn_top5': result['top5'], 'probe_top1': result['linear_probe_top1']}
 
   return Measurement(config.knn_every_epochs * steps_per_epoch(config, source.num_examples), measure)
 
@@ -93,10 +93,12 @@ def run(config: Config, strategy: tf.distribute.Strategy) -> Dict[str, float]:
   common.export_at_end(config, strategy, task.model)
   knn = {}
   if monitor and monitor.last:
-    knn = {'knn_top1': monitor.last['knn_top1'], 'knn_top5': monitor.last['knn_top5'], 'knn_step': monitor.last['step'],
-           'knn_k': config.knn_k, 'chance': 1 / max(source.num_classes, 1)}
+    knn = {'knn_top1': monitor.last['knn_top1'], 'knn_top5': monitor.last['knn_top5'],
+           'probe_top1': monitor.last['probe_top1'], 'knn_step': monitor.last['step'], 'knn_k': config.knn_k,
+           'chance': 1 / max(source.num_classes, 1)}
   result = common.evaluate_and_record(config, strategy, task.model, step, **knn) if num_classes else None
   if knn:
-    log.info('on %s after %d steps: kNN top-1 %.4f%s; chance %.4f', config.eval_split, knn['knn_step'],
-             knn['knn_top1'], f', linear head top-1 {result["top1"]:.4f}' if result else '', knn['chance'])
+    log.info('on %s after %d steps: kNN top-1 %.4f, linear probe top-1 %.4f%s; chance %.4f', config.eval_split,
+             knn['knn_step'], knn['knn_top1'], knn['probe_top1'],
+             f', linear head top-1 {result["top1"]:.4f}' if result else '', knn['chance'])
   return result or dict(knn, step=step)

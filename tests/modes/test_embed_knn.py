@@ -81,7 +81,22 @@ def test_knn_mode_against_a_direct_implementation(tmp_path, shapes_dir, pretrain
   top1, top5 = direct_knn(train['vectors'], train['labels'], test['vectors'], test['labels'], k, temperature, 5)
   assert result['top1'] == pytest.approx(top1, abs=1e-9) and result['top5'] == pytest.approx(top5, abs=1e-9)
   assert result['num_examples'] == 40 and result['memory_examples'] == 40 and result['split'] == 'test'
+  assert 0 <= result['linear_probe_top1'] <= 1
   assert os.path.exists(tmp_path / 'knn' / 'knn_test.json')
+
+
+def test_linear_probe_separates_what_is_separable_and_nothing_else():
+  from simclr_tf.evaluation import linear_probe
+  rng = np.random.default_rng(0)
+  centres = rng.normal(size=[5, 32]) * 2
+  train_labels, test_labels = rng.integers(0, 5, 2000), rng.integers(0, 5, 500)
+  train, test = centres[train_labels] + rng.normal(size=[2000, 32]), centres[test_labels] + rng.normal(size=[500, 32])
+  assert linear_probe(train, train_labels, test, test_labels) >= 0.99
+  # Labels that have nothing to do with the features: the test set is at chance (20%), whatever the fit did.
+  assert abs(linear_probe(rng.normal(size=[2000, 32]), train_labels, rng.normal(size=[500, 32]), test_labels)
+             - 0.2) < 0.06
+  # Shifted and scaled features give the same classifier (standardised with the training set's statistics).
+  assert linear_probe(train * 50 + 7, train_labels, test * 50 + 7, test_labels) >= 0.99
 
 
 def test_knn_monitor_is_logged_and_leaves_training_unchanged(tmp_path, shapes_dir):
@@ -98,7 +113,8 @@ def test_knn_monitor_is_logged_and_leaves_training_unchanged(tmp_path, shapes_di
   records = monitor.read_metrics(str(tmp_path / 'monitored'))
   knn_steps = [r['step'] for r in records if 'knn_top1' in r]
   assert knn_steps == [5, 10]  # every epoch, and the last step (here the same)
-  assert all(0 <= r['knn_top1'] <= r['knn_top5'] <= 1 for r in records if 'knn_top1' in r)
+  assert all(0 <= r['knn_top1'] <= r['knn_top5'] <= 1 and 0 <= r['probe_top1'] <= 1
+             for r in records if 'knn_top1' in r)
   assert [r['step'] for r in records] == [3, 5, 6, 9, 10]
   assert not any('knn_top1' in r for r in monitor.read_metrics(str(tmp_path / 'plain')))
 

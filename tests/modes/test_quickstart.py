@@ -20,7 +20,8 @@ def test_quickstart_recipe_reduced(tmp_path):
   assert result['num_examples'] == 500 and result['chance'] == 0.2 and result['step'] == steps
   assert result['knn_step'] == steps and 0 <= result['knn_top1'] <= 1 and 0 <= result['top1'] <= 1
   summary = proc.stdout.strip().splitlines()[-1]
-  assert 'kNN top-1' in summary and 'linear head top-1' in summary and 'chance 0.2000' in summary, summary
+  assert all(part in summary for part in ('kNN top-1', 'linear probe top-1', 'linear head top-1', 'chance 0.2000'))
+  assert 0 <= result['probe_top1'] <= 1
   knn_steps = [r['step'] for r in monitor.read_metrics(str(model_dir)) if 'knn_top1' in r]
   assert knn_steps == [15, 30, steps]
   assert os.path.getsize(model_dir / 'curves.png') > 10000
