@@ -110,17 +110,12 @@ def main():
 
 
 def knn(pretrain_dir, data, p):
-  """kNN top-1 on the test split with the pretrained encoder's final_avg_pool and all training images."""
-  import tensorflow as tf
-  from simclr_tf import Config, load_model
-  from simclr_tf.data.inputs import image_folder_source
-  from simclr_tf.evaluation import features, knn_accuracy
-  config = Config(mode='eval', dataset='image_folder', data_dir=data, image_size=32, resnet_depth=18,
-                  width_multiplier=p['width'])
-  model, _ = load_model(config, pretrain_dir, tf.distribute.get_strategy())
-  train_feats, train_labels = features(model, image_folder_source(data, 'train'), config)
-  test_feats, test_labels = features(model, image_folder_source(data, 'test'), config)
-  return knn_accuracy(train_feats, train_labels, test_feats, test_labels, k=p['knn_k'])
+  """kNN top-1 on the test split with the pretrained encoder's final_avg_pool and all training images
+  (--mode=knn, which writes knn_test.json beside the pretraining run)."""
+  from simclr_tf import Config, run
+  return run(Config(mode='knn', checkpoint=pretrain_dir, dataset='image_folder', data_dir=data, image_size=32,
+                    resnet_depth=18, width_multiplier=p['width'], knn_k=p['knn_k'], knn_temperature=0.1,
+                    eval_split='test'))['top1']
 
 
 def git_commit():
