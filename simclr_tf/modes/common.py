@@ -36,6 +36,15 @@ def require_model_dir(config: Config) -> None:
   require(config.model_dir, f'--mode={config.mode} needs --model_dir for its checkpoints and results.')
 
 
+def validate_encoder_use(config: Config) -> None:
+  """The rules of the modes that run a trained model over a split (embed, knn)."""
+  require(config.checkpoint, f'--mode={config.mode} needs --checkpoint (a model_dir, checkpoint or SavedModel).')
+  outputs = export.SAVED_OUTPUTS + ('logits_sup',)
+  require(config.embed_output in outputs, f'--embed_output={config.embed_output} is not an output of the model; '
+                                          f'use one of {", ".join(outputs)}.')
+  require_data(config)
+
+
 def validate_training(config: Config) -> None:
   """The rules every training mode shares."""
   require_data(config)
@@ -71,6 +80,28 @@ def labelled_train_source(config: Config, strategy) -> inputs.Source:
     log.info('label fraction %g: %d examples (%s per class)', config.label_fraction, source.num_examples,
              description['per_class'])
   return source
+
+
+def load_encoder(config: Config, strategy):
+  """The model of --checkpoint, and model_dir (default: the checkpoint's directory)."""
+  model_dir = config.model_dir or checkpoints.directory_of(config.checkpoint)
+  model, found = weights.load_model(config, config.checkpoint, strategy)
+  if config.embed_output == 'logits_sup' and model.supervised_head is None:
+    raise UserError(f'--embed_output=logits_sup: {config.checkpoint} has no supervised head; use final_avg_pool '
+                    f'or a fine-tuned model.')
+  return model, found, model_dir
+
+
+class Pooled(tf.Module):
+  """The model's output `key`, averaged over height and width when it is spatial."""
+
+  def __init__(self, model, key: str):
+    super().__init__()
+    self.model, self.key = model, key
+
+  def __call__(self, images, training=False):
+    value = self.model(images, training=training)[self.key]
+    return {self.key: tf.reduce_mean(value, axis=[1, 2]) if value.shape.rank == 4 else value}
 
 
 def knn_source(config: Config, split: str, role: str) -> inputs.Source:

@@ -11,46 +11,18 @@ from typing import Dict
 import numpy as np
 import tensorflow as tf
 
-from simclr_tf import checkpoints, distribute, files, weights
+from simclr_tf import distribute, files
 from simclr_tf.config import Config
 from simclr_tf.data import inputs
 from simclr_tf.errors import UserError
 from simclr_tf.evaluation import embed
-from simclr_tf.export import SAVED_OUTPUTS
 from simclr_tf.modes import common
 
 log = logging.getLogger('simclr_tf')
-OUTPUTS = SAVED_OUTPUTS + ('logits_sup',)
 
 
 def validate(config: Config) -> None:
-  common.require(config.checkpoint, '--mode=embed needs --checkpoint (a model_dir, checkpoint or SavedModel).')
-  common.require(config.embed_output in OUTPUTS,
-                 f'--embed_output={config.embed_output} is not an output of the model; use one of '
-                 f'{", ".join(OUTPUTS)}.')
-  common.require_data(config)
-
-
-def load_encoder(config: Config, strategy):
-  """The model of --checkpoint, and model_dir (default: the checkpoint's directory)."""
-  model_dir = config.model_dir or checkpoints.directory_of(config.checkpoint)
-  model, found = weights.load_model(config, config.checkpoint, strategy)
-  if config.embed_output == 'logits_sup' and model.supervised_head is None:
-    raise UserError(f'--embed_output=logits_sup: {config.checkpoint} has no supervised head; use final_avg_pool '
-                    f'or a fine-tuned model.')
-  return model, found, model_dir
-
-
-class Pooled(tf.Module):
-  """The model's output `key`, averaged over height and width when it is spatial."""
-
-  def __init__(self, model, key: str):
-    super().__init__()
-    self.model, self.key = model, key
-
-  def __call__(self, images, training=False):
-    value = self.model(images, training=training)[self.key]
-    return {self.key: tf.reduce_mean(value, axis=[1, 2]) if value.shape.rank == 4 else value}
+  common.validate_encoder_use(config)
 
 
 def pca_scatter(vectors: np.ndarray, labels: np.ndarray, class_names, title: str) -> bytes:
@@ -86,9 +58,9 @@ def pca_scatter(vectors: np.ndarray, labels: np.ndarray, class_names, title: str
 
 
 def run(config: Config, strategy: tf.distribute.Strategy) -> Dict[str, object]:
-  model, found, model_dir = load_encoder(config, strategy)
+  model, found, model_dir = common.load_encoder(config, strategy)
   source = inputs.make_source(config, config.embed_split)
-  result = embed(Pooled(model, config.embed_output), source, config, config.embed_output,
+  result = embed(common.Pooled(model, config.embed_output), source, config, config.embed_output,
                  progress=f'embedding {source.name} ({config.embed_split})')
   if not len(result['ids']):
     raise UserError(f'no image of {source.name} ({config.embed_split}) could be read.')

@@ -11,22 +11,21 @@ import tensorflow as tf
 from simclr_tf import checkpoints, distribute, files
 from simclr_tf.config import Config
 from simclr_tf.evaluation import knn_evaluate
-from simclr_tf.modes import common, embed
+from simclr_tf.modes import common
 
 log = logging.getLogger('simclr_tf')
 
 
 def validate(config: Config) -> None:
-  common.require(config.checkpoint, '--mode=knn needs --checkpoint (a model_dir, checkpoint or SavedModel).')
-  embed.validate(config)
+  common.validate_encoder_use(config)
 
 
 def run(config: Config, strategy: tf.distribute.Strategy) -> Dict[str, object]:
   config = config.replace(eval_split=config.eval_split or 'test')
-  model, found, model_dir = embed.load_encoder(config, strategy)
+  model, found, model_dir = common.load_encoder(config, strategy)
   memory = common.knn_source(config, config.train_split, 'memory (--train_split)')
   queries = common.knn_source(config, config.eval_split, '--eval_split')
-  result = knn_evaluate(embed.Pooled(model, config.embed_output), config, memory, queries, config.embed_output)
+  result = knn_evaluate(common.Pooled(model, config.embed_output), config, memory, queries, config.embed_output)
   result.update(split=config.eval_split, memory_split=config.train_split, k=config.knn_k,
                 temperature=config.knn_temperature, output=config.embed_output, checkpoint=found.prefix,
                 step=checkpoints.checkpoint_step(found.prefix))
