@@ -56,7 +56,7 @@ def test_after_update_hook_and_extra_state_resume_exactly(tmp_path, shapes_dir, 
 
 
 def test_every_mode_is_a_module_with_validate_and_run():
-  assert list(modes.MODES) == ['pretrain', 'finetune', 'distill', 'eval', 'export']
+  assert list(modes.MODES) == ['pretrain', 'finetune', 'distill', 'eval', 'export', 'embed', 'knn']
   for name, module in modes.MODES.items():
     assert callable(module.validate) and callable(module.run), name
   with pytest.raises(modes.UserError, match='--mode=nope is not one of pretrain'):
