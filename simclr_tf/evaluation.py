@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from simclr_tf import files, metrics, monitor
 from simclr_tf.config import Config
-from simclr_tf.data import augment, inputs
+from simclr_tf.data import inputs
 from simclr_tf.distribute import check_batch_divides
 from simclr_tf.errors import UserError
 
@@ -64,10 +64,10 @@ def evaluate(model, source: inputs.Source, config: Config, strategy: tf.distribu
   return result
 
 
-def write_result(model_dir: str, split: str, result: dict) -> str:
-  """Writes model_dir/eval_<split>.json (the split's characters that are unsafe in a file name become _)."""
+def write_result(model_dir: str, split: str, result: dict, kind: str = 'eval') -> str:
+  """Writes model_dir/<kind>_<split>.json (the split's characters that are unsafe in a file name become _)."""
   safe = ''.join(c if c.isalnum() or c in '-_.' else '_' for c in split)
-  return files.write_json(os.path.join(model_dir, f'eval_{safe}.json'), result)
+  return files.write_json(os.path.join(model_dir, f'{kind}_{safe}.json'), result)
 
 
 def embed(model, source: inputs.Source, config: Config, key: str = 'final_avg_pool', batch_size: int = 0,
@@ -79,8 +79,7 @@ def embed(model, source: inputs.Source, config: Config, key: str = 'final_avg_po
   records = source.records(0, 1).enumerate()
 
   def prepare(index, record):
-    image = augment.eval_view(augment.to_float(source.decode(record['image'])), config.image_size)
-    return {'image': image, 'label': record['label'], 'index': index}
+    return {'image': inputs.eval_image(source, config, record), 'label': record['label'], 'index': index}
 
   dataset = records.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
   if not config.strict_data:
@@ -159,11 +158,6 @@ def linear_probe(train_feats, train_labels, test_feats, test_labels, num_classes
     v = 0.999 * v + 0.001 * grad ** 2
     w -= learning_rate * (m / (1 - 0.9 ** t)) / (np.sqrt(v / (1 - 0.999 ** t)) + 1e-8)
   return float(np.mean((x_test @ w).argmax(1) == test_labels))
-
-
-def knn_accuracy(train_feats, train_labels, test_feats, test_labels, k: int = 200, temperature: float = 0.1) -> float:
-  """Weighted kNN top-1 (knn_classify)."""
-  return knn_classify(train_feats, train_labels, test_feats, test_labels, k, temperature)['top1']
 
 
 def knn_evaluate(model, config: Config, memory: inputs.Source, queries: inputs.Source, key: str = 'final_avg_pool',

@@ -299,6 +299,11 @@ def finetune_view_fn(config: Config):
   return lambda image, seed: augment.finetune_view(image, seed, config.image_size)
 
 
+def eval_image(source: Source, config: Config, record: dict) -> tf.Tensor:
+  """A record's image with evaluation preprocessing (decoded, float, centre crop and resize)."""
+  return augment.eval_view(augment.to_float(source.decode(record['image'])), config.image_size)
+
+
 def eval_dataset(source: Source, config: Config, batch_size: int,
                  input_context: Optional[tf.distribute.InputContext] = None):
   """One pass over the split with eval preprocessing, in per-replica batches of `batch_size`.
@@ -314,8 +319,7 @@ def eval_dataset(source: Source, config: Config, batch_size: int,
   num_batches = -(-most_per_pipeline // step_examples) * replicas_per_pipeline
 
   def prepare(record):
-    image = augment.eval_view(augment.to_float(source.decode(record['image'])), config.image_size)
-    return {'image': image, 'label': record['label'], 'mask': tf.constant(1.0)}
+    return {'image': eval_image(source, config, record), 'label': record['label'], 'mask': tf.constant(1.0)}
 
   ds = records.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
   if not config.strict_data:

@@ -3,14 +3,13 @@ default final_avg_pool; cosine similarity) of --train_split, with --knn_k neighb
 exp(similarity / --knn_temperature) as in InstDisc and lightly; top-1/top-5 to model_dir/knn_<split>.json."""
 
 import logging
-import os
 from typing import Dict
 
 import tensorflow as tf
 
-from simclr_tf import checkpoints, distribute, files
+from simclr_tf import checkpoints, distribute
 from simclr_tf.config import Config
-from simclr_tf.evaluation import knn_evaluate
+from simclr_tf.evaluation import knn_evaluate, write_result
 from simclr_tf.modes import common
 
 log = logging.getLogger('simclr_tf')
@@ -32,7 +31,6 @@ def run(config: Config, strategy: tf.distribute.Strategy) -> Dict[str, object]:
   log.info('kNN (k=%d, T=%g, %s) on %s: top1 %.4f  top5 %.4f  (%d examples, memory %d); linear probe top1 %.4f',
            config.knn_k, config.knn_temperature, config.embed_output, config.eval_split, result['top1'],
            result['top5'], result['num_examples'], result['memory_examples'], result['linear_probe_top1'])
-  safe = ''.join(c if c.isalnum() or c in '-_.' else '_' for c in config.eval_split)
   if distribute.is_chief(strategy):
-    result['path'] = files.write_json(os.path.join(model_dir, f'knn_{safe}.json'), result)
+    result['path'] = write_result(model_dir, config.eval_split, result, kind='knn')
   return result
