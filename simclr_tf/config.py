@@ -53,6 +53,10 @@ class Config:
   crop_min_area: float = _field(0.08, 'Smallest area (fraction of the image) of the random crops of pretraining '
                                 'views (SimCLR: 0.08).')
   use_blur: bool = _field(True, 'Apply Gaussian blur in the pretraining augmentation.')
+  augment_on: str = _field('host', 'Where the batched augmentation (colour jitter, greyscale, blur, conversion to '
+                           'float) runs: in the input pipeline (host) or inside the training step on the '
+                           'accelerator (device; the pipeline then ships uint8 crops). The views are the same.',
+                           ('host', 'device'))
   cache_dataset: bool = _field(False, 'Cache the decoded dataset in memory.')
   shuffle_buffer: int = _field(10000, 'Shuffle block size (examples) of tfds training input; image folders are '
                                'shuffled whole.')
@@ -249,7 +253,7 @@ RESUMABLE_CHANGES = frozenset({
     'keep_checkpoint_max', 'num_threads', 'cache_dataset', 'strategy', 'tpu', 'cpu_replicas', 'data_dir',
     'train_steps', 'train_epochs', 'checkpoint', 'teacher', 'strict_data', 'model_dir', 'export_dir',
     'export_at_end', 'worker_timeout', 'jit_compile', 'embed_split', 'embed_output', 'knn_k', 'knn_temperature',
-    'knn_every_epochs',
+    'knn_every_epochs', 'augment_on',
 })
 # Precisions whose checkpoints are interchangeable (same weights, same optimizer state); float16 adds a loss scale.
 INTERCHANGEABLE_PRECISIONS = frozenset({'float32', 'mixed_bfloat16'})

@@ -17,6 +17,7 @@ import tensorflow as tf
 from simclr_tf.config import Config
 from simclr_tf.errors import UserError
 from simclr_tf.data import augment
+from simclr_tf.data.views import Views
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ class Source:
   num_examples: int
   num_classes: int  # 0 when unlabeled
   records: Callable[[int, int], tf.data.Dataset]  # (pipeline_id, num_pipelines) -> records in a fixed order
-  decode: Callable[[tf.Tensor], tf.Tensor]  # record['image'] -> uint8 HWC image
+  read: Callable[[tf.Tensor], tf.Tensor]  # record['image'] -> the encoded image (bytes)
   records_are_paths: bool = False  # small records: the whole split can be permuted at once
   ids: Optional[Callable[[], list]] = None  # -> a name of each record, in record order (file paths; default: positions)
   class_names: tuple = ()
@@ -45,10 +46,6 @@ class Source:
   @property
   def labeled(self) -> bool:
     return self.num_classes > 0
-
-
-def decode_image(data: tf.Tensor) -> tf.Tensor:
-  return tf.io.decode_image(data, channels=3, expand_animations=False)
 
 
 # ---- image folder ----------------------------------------------------------------------------------------------
@@ -94,10 +91,7 @@ def image_folder_source(root: str, split: str) -> Source:
     ds = tf.data.Dataset.from_tensor_slices({'image': paths, 'label': tf.constant(labels, tf.int64)})
     return ds.shard(num_pipelines, pipeline_id) if num_pipelines > 1 else ds
 
-  def decode(path):
-    return decode_image(tf.io.read_file(path))
-
-  return Source(f'image_folder:{root}', split, len(paths), len(class_names), records, decode,
+  return Source(f'image_folder:{root}', split, len(paths), len(class_names), records, tf.io.read_file,
                 records_are_paths=True, ids=lambda: paths, class_names=tuple(class_names))
 
 
@@ -135,7 +129,7 @@ def tfds_source(name: str, split: str, data_dir: str) -> Source:
   else:  # only datasets without metadata (tfds.testing.mock_data) get here: count once
     num_examples = int(records(0, 1).reduce(0, lambda n, _: n + 1))
   names = tuple(getattr(label_feature, 'names', None) or ()) if num_classes else ()
-  return Source(f'tfds:{name}', split, num_examples, num_classes, records, decode_image, class_names=names)
+  return Source(f'tfds:{name}', split, num_examples, num_classes, records, tf.identity, class_names=names)
 
 
 def make_source(config: Config, split: str) -> Source:
@@ -233,13 +227,13 @@ def _epoch_stream(source: Source, config: Config, pipeline_id: int, num_pipeline
   return stream.skip(start_element - start_epoch * per_pipeline)
 
 
-def train_dataset(source: Source, config: Config, view_fn, per_replica_batch: int,
+def train_dataset(source: Source, config: Config, views: Views, per_replica_batch: int,
                   input_context: Optional[tf.distribute.InputContext] = None, start_step: int = 0):
   """Per-replica batches of {'image': [B,H,W,C'], 'label': [B], 'index': [B]} for one input pipeline ('index'
   is the element's position in this pipeline's stream; unreadable images are skipped unless --strict_data).
 
-  view_fn(image float [0,1], seed [2]) -> the augmented tensor, or a dict of tensors holding it as 'image'.
-  Starts at global step `start_step`.
+  views.example(encoded image, seed [2]) makes each example (finished, or left to the training step's
+  views.in_step with --augment_on=device). Starts at global step `start_step`.
   """
   pipeline_id = input_context.input_pipeline_id if input_context else 0
   num_pipelines = input_context.num_input_pipelines if input_context else 1
@@ -249,59 +243,18 @@ def train_dataset(source: Source, config: Config, view_fn, per_replica_batch: in
 
   def prepare(index, record):
     seed = tf.stack([tf.constant(config.seed, tf.int64), index * num_pipelines + pipeline_id])
-    image = augment.to_float(source.decode(record['image']))
-    views = view_fn(image, seed)
-    example = dict(views) if isinstance(views, dict) else {'image': views}
-    example.update(label=record['label'], index=index)
-    return example
+    return dict(views.example(source.read(record['image']), seed), label=record['label'], index=index)
 
   ds = stream.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   if not config.strict_data:
     ds = ds.ignore_errors()  # an unreadable image is skipped; the loop counts the gaps in 'index'
   ds = ds.batch(per_replica_batch, drop_remainder=True)
-  if 'blur_sigma' in ds.element_spec:
-    ds = ds.map(lambda batch: blur_views(batch, config.image_size), num_parallel_calls=tf.data.AUTOTUNE)
   return ds.prefetch(tf.data.AUTOTUNE)
-
-
-def pretrain_view_fn(config: Config):
-  """Two SimCLR views of an image, concatenated along channels ({'image': [H, W, 6]}), with their blur sigmas
-  ('blur_sigma': [2], 0 = not blurred) when --use_blur: train_dataset blurs whole batches (blur_views)."""
-  def views(image, seed):
-    s1, s2 = augment.split_seed(seed, 2)
-    v1, sigma1 = augment.pretrain_view_and_blur_sigma(image, s1, config.image_size, config.color_jitter_strength,
-                                                      config.crop_min_area)
-    v2, sigma2 = augment.pretrain_view_and_blur_sigma(image, s2, config.image_size, config.color_jitter_strength,
-                                                      config.crop_min_area)
-    views = {'image': tf.concat([v1, v2], axis=-1)}
-    if config.use_blur:
-      views['blur_sigma'] = tf.stack([sigma1, sigma2])
-    return views
-  return views
-
-
-def blur_views(batch: dict, image_size: int) -> dict:
-  """The batch with each of its two views blurred by its sigma (the same result as blurring one by one)."""
-  batch = dict(batch)
-  sigma = batch.pop('blur_sigma')  # [B, 2]
-  first, second = tf.split(batch['image'], 2, axis=-1)
-  views = tf.concat([first, second], axis=0)
-  sigmas = tf.concat([sigma[:, 0], sigma[:, 1]], axis=0)
-  chosen = tf.where(sigmas > 0)  # about half of the views: only those are convolved
-  blurred = augment.batch_gaussian_blur(tf.gather_nd(views, chosen), tf.gather_nd(sigmas, chosen), image_size)
-  views = tf.tensor_scatter_nd_update(views, chosen, blurred)
-  first, second = tf.split(views, 2, axis=0)
-  batch['image'] = tf.concat([first, second], axis=-1)
-  return batch
-
-
-def finetune_view_fn(config: Config):
-  return lambda image, seed: augment.finetune_view(image, seed, config.image_size)
 
 
 def eval_image(source: Source, config: Config, record: dict) -> tf.Tensor:
   """A record's image with evaluation preprocessing (decoded, float, centre crop and resize)."""
-  return augment.eval_view(augment.to_float(source.decode(record['image'])), config.image_size)
+  return augment.eval_view(augment.to_float(augment.decode_image(source.read(record['image']))), config.image_size)
 
 
 def eval_dataset(source: Source, config: Config, batch_size: int,

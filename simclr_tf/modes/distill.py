@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from simclr_tf import checkpoints, files, losses, metrics, weights
 from simclr_tf.config import ARCHITECTURE_FIELDS, Config
-from simclr_tf.data import inputs
+from simclr_tf.data import inputs, views
 from simclr_tf.errors import UserError
 from simclr_tf.models.simclr import build_model
 from simclr_tf.modes import common
@@ -84,7 +84,7 @@ def run(config: Config, strategy: tf.distribute.Strategy) -> Dict[str, float]:
   common.initialise_from_checkpoint(config, student, 'the student starts from random weights')
   log.info('distilling %s (teacher) into ResNet-%d %gx at T=%g%s', teacher_prefix, config.resnet_depth,
            config.width_multiplier, config.distill_temperature, f', label weight {alpha}' if alpha else '')
-  task = Task(student, optimizer, source, inputs.finetune_view_fn(config),
+  task = Task(student, optimizer, source, views.finetune_views(config),
               distillation_replica_step(student, teacher, config))
   step = fit(config, strategy, task)
   common.export_at_end(config, strategy, student)

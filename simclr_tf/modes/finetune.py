@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from simclr_tf import losses, metrics
 from simclr_tf.config import Config
-from simclr_tf.data import inputs
+from simclr_tf.data import inputs, views
 from simclr_tf.models.simclr import build_model
 from simclr_tf.modes import common
 from simclr_tf.optim.build import learning_rate_schedule, make_optimizer, weight_decay_loss
@@ -44,7 +44,7 @@ def run(config: Config, strategy: tf.distribute.Strategy) -> Dict[str, float]:
   if config.fine_tune_after_block >= 0:
     log.info('frozen: stem%s (weights and batch-norm statistics)',
              f' and block groups 1..{config.fine_tune_after_block}' if config.fine_tune_after_block else '')
-  task = Task(model, optimizer, source, inputs.finetune_view_fn(config), supervised_replica_step(model, config))
+  task = Task(model, optimizer, source, views.finetune_views(config), supervised_replica_step(model, config))
   step = fit(config, strategy, task)
   common.export_at_end(config, strategy, model)
   result = common.evaluate_and_record(config, strategy, model, step, initialised_from=config.checkpoint or 'random')

@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from simclr_tf import losses, metrics
 from simclr_tf.config import Config
-from simclr_tf.data import inputs
+from simclr_tf.data import inputs, views
 from simclr_tf.evaluation import knn_evaluate
 from simclr_tf.models.simclr import build_model
 from simclr_tf.modes import common
@@ -74,7 +74,7 @@ def make_task(config: Config, strategy: tf.distribute.Strategy, source: Optional
     model = build_model(config, num_classes=num_classes, pretraining=True)
     optimizer = make_optimizer(config, learning_rate_schedule(config, source.num_examples if source else
                                                               num_examples))
-  return Task(model, optimizer, source, inputs.pretrain_view_fn(config),
+  return Task(model, optimizer, source, views.pretrain_views(config),
               contrastive_replica_step(model, config, num_classes))
 
 

@@ -26,6 +26,7 @@ import tensorflow as tf
 from simclr_tf import checkpoints, distribute, files, monitor, precision, preemption, runlock
 from simclr_tf.config import Config, resume_conflicts
 from simclr_tf.data import inputs
+from simclr_tf.data.views import Views
 from simclr_tf.errors import Interrupted, UserError, tf_error_summary
 from simclr_tf.optim.build import steps_per_epoch, total_steps
 
@@ -36,7 +37,8 @@ log = logging.getLogger('simclr_tf')
 class Task:
   """What a mode trains.
 
-  replica_step(batch) -> (loss to minimise, {metric name: scalar}) or (loss, metrics, carry). The loop scales the
+  views: how examples are made and batches finished (simclr_tf.data.views; the loop finishes a batch at the start of
+  the step when the augmentation runs on the device). replica_step(batch) -> (loss to minimise, {metric name: scalar}) or (loss, metrics, carry). The loop scales the
   loss by the number of replicas, takes the gradients of `trainable` (default: the model's trainable variables),
   applies them, then calls after_update(carry) in the same replica context (carry: whatever the step handed on,
   e.g. the momentum network's projections to enqueue; None when the step returns two values). The metrics must
@@ -46,7 +48,7 @@ class Task:
   model: keras.Model
   optimizer: keras.optimizers.Optimizer
   source: Optional[inputs.Source]
-  view_fn: Optional[Callable]
+  views: Optional[Views]
   replica_step: Callable
   trainable: Optional[list] = None
   after_update: Optional[Callable] = None
@@ -62,6 +64,8 @@ def make_replica_update(task: Task, num_replicas: int, jit: bool = False) -> Cal
   trainable = task.trainable_variables()
 
   def replica_gradients(batch):
+    if task.views is not None:
+      batch = task.views.in_step(batch)  # --augment_on=device: the augmentation is part of the step
     with tf.GradientTape() as tape:
       loss, metrics, *carry = task.replica_step(batch)
       scaled = precision.scale_loss(task.optimizer, loss / num_replicas)
@@ -247,7 +251,7 @@ class TrainingRun:
       log.info('already trained to step %d of %d', start, steps)
       return start
     dataset = strategy.distribute_datasets_from_function(
-        lambda ctx: inputs.train_dataset(task.source, config, task.view_fn, self.per_replica_batch, ctx,
+        lambda ctx: inputs.train_dataset(task.source, config, task.views, self.per_replica_batch, ctx,
                                          start_step=start))
     iterator = iter(dataset)
     train_loop, state = make_train_loop(strategy, task, self.jit)

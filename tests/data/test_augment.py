@@ -1,48 +1,165 @@
+import glob
+import os
+
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from simclr_tf.data import augment
+from simclr_tf.config import Config
+from simclr_tf.data import augment, views
+
+CIFAR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))),
+                     'shared', 'data', 'cifar10', 'train')
 
 
 def image(size=40, seed=0):
   return tf.constant(np.random.default_rng(seed).uniform(size=(size, size, 3)), tf.float32)
 
 
-@pytest.mark.parametrize('blur', [True, False])
-def test_pretrain_views_are_in_range_reproducible_and_seed_dependent(blur):
-  x = image()
-  views = [augment.pretrain_view(x, tf.constant([0, i], tf.int64), 32, 1.0, blur) for i in range(12)]
-  for v in views:
-    assert v.shape == (32, 32, 3)
-    assert float(tf.reduce_min(v)) >= 0.0 and float(tf.reduce_max(v)) <= 1.0
-  again = augment.pretrain_view(x, tf.constant([0, 3], tf.int64), 32, 1.0, blur)
-  np.testing.assert_array_equal(again.numpy(), views[3].numpy())
-  assert not np.allclose(views[0].numpy(), views[1].numpy())
+def encoded_images(count=6, size=(90, 120)):
+  """Real photos (CIFAR-10 JPEGs, read in place) upscaled and re-encoded as JPEG, as a list of bytes tensors; random
+  images when the data is not there."""
+  paths = sorted(glob.glob(os.path.join(CIFAR, '*', '*.jp*g')))[:count]
+  out = []
+  for i in range(count):
+    if i < len(paths):
+      pixels = tf.io.decode_jpeg(tf.io.read_file(paths[i]), channels=3)
+    else:
+      pixels = tf.cast(image(32, i) * 255, tf.uint8)
+    pixels = tf.cast(tf.clip_by_value(tf.image.resize(pixels[None], size, 'bicubic')[0], 0, 255), tf.uint8)
+    out.append(tf.io.encode_jpeg(pixels, quality=90))
+  return out
 
 
-def test_color_jitter_stays_in_range_and_greyscale_is_grey():
-  x = image()
-  for i in range(8):
-    y = augment.color_jitter(x, tf.constant([1, i], tf.int64), 1.0)
-    assert float(tf.reduce_min(y)) >= 0.0 and float(tf.reduce_max(y)) <= 1.0
-  g = augment.to_grayscale(x).numpy()
-  assert g.shape == (40, 40, 3)
+def seed(i, run=0):
+  return tf.constant([run, i], tf.int64)
+
+
+def test_colour_transforms_equal_tensorflows_own_kernels_image_by_image():
+  x = tf.concat([tf.random.uniform([5, 24, 24, 3], seed=1), tf.fill([1, 24, 24, 3], 0.4)], 0)  # and a grey image
+  factors = tf.constant([0.2, 0.7, 1.0, 1.3, 1.8, 1.5])
+  deltas = tf.constant([-0.2, -0.05, 0.0, 0.1, 0.2, 0.15])
+  pairs = [(augment.adjust_contrast, tf.image.adjust_contrast, factors),
+           (augment.adjust_saturation, tf.image.adjust_saturation, factors),
+           (augment.adjust_hue, tf.image.adjust_hue, deltas),
+           (augment.adjust_brightness, lambda im, f: im * f, factors)]
+  for ours, theirs, params in pairs:
+    got = ours(x, params).numpy()
+    want = np.stack([theirs(x[i], params[i]).numpy() for i in range(6)])
+    np.testing.assert_allclose(got, want, atol=2e-6, err_msg=ours.__name__)
+  g = augment.to_grayscale(x[0]).numpy()
   np.testing.assert_allclose(g[..., 0], g[..., 2])
 
 
-def test_random_crop_area_and_resize():
-  x = image(64)
-  for i in range(10):
-    y = augment.random_crop_resize(x, tf.constant([2, i], tf.int64), 24)
-    assert y.shape == (24, 24, 3)
+def test_crops_are_drawn_as_the_reference_draws_them():
+  """Crop areas and aspect ratios of our stateless draws against tf.image.sample_distorted_bounding_box, the op the
+  reference code calls (two-sample Kolmogorov-Smirnov distance over 2,000 draws each)."""
+  shape = tf.constant([375, 500, 3])
+  ours, reference = [], []
+  for i in range(2000):
+    _, size = augment.crop_window(shape, seed(i, 3))
+    ours.append(size.numpy()[:2])
+    _, size, _ = tf.image.sample_distorted_bounding_box(
+        shape, tf.constant([[[0.0, 0.0, 1.0, 1.0]]]), min_object_covered=0.1, aspect_ratio_range=(3 / 4, 4 / 3),
+        area_range=(0.08, 1.0), max_attempts=100, use_image_if_no_bounding_boxes=True, seed=i + 1)
+    reference.append(size.numpy()[:2])
+  ours, reference = np.array(ours, float), np.array(reference, float)
+
+  def ks(a, b):
+    grid = np.sort(np.concatenate([a, b]))
+    return np.max(np.abs(np.searchsorted(np.sort(a), grid, 'right') / len(a) -
+                         np.searchsorted(np.sort(b), grid, 'right') / len(b)))
+
+  area = lambda s: s[:, 0] * s[:, 1] / (375 * 500)
+  aspect = lambda s: s[:, 1] / s[:, 0]
+  assert ks(area(ours), area(reference)) < 0.05  # 1% critical value at n = m = 2000: 0.0515
+  assert ks(aspect(ours), aspect(reference)) < 0.05
+  assert 0.08 <= area(ours).min() and area(ours).max() <= 1.0
 
 
-def test_blur_kernel_size_and_normalisation():
+def test_a_jpeg_decodes_only_its_crop_window_with_the_pixels_of_a_whole_decode():
+  encoded = encoded_images(3)
+  for j, data in enumerate(encoded):
+    whole = tf.io.decode_jpeg(data, channels=3)
+    for i in range(8):
+      crop, = augment.decoded_crops(data, (seed(i, j),), (0.08, 1.0))
+      begin, size = augment.crop_window(tf.shape(whole), seed(i, j))
+      expected = tf.slice(whole, begin, size).numpy().astype(int)
+      assert crop.shape == expected.shape
+      difference = np.abs(crop.numpy().astype(int) - expected)
+      # Inside, the same pixels; on the window's outermost rows and columns the decoder's chroma upsampling sees
+      # no neighbours beyond the window, which moves a few pixels by a few levels.
+      np.testing.assert_array_equal(difference[1:-1, 1:-1], 0)
+      assert difference.max() <= 8 and difference.mean() < 0.1
+  png = tf.io.encode_png(tf.io.decode_jpeg(encoded[0], channels=3))  # other formats: decoded whole, then sliced
+  crop, = augment.decoded_crops(png, (seed(0),), (0.08, 1.0))
+  begin, size = augment.crop_window(tf.constant([90, 120, 3]), seed(0))
+  np.testing.assert_array_equal(crop.numpy(), tf.slice(tf.io.decode_png(png, channels=3), begin, size).numpy())
+
+
+@pytest.mark.parametrize('blur', [True, False])
+def test_host_and_device_augmentation_make_the_same_views(blur):
+  """The same seeds give the same views image by image, bit for bit, whether the input pipeline finishes each
+  example or the training step finishes the batch (also inside a step compiled with XLA); the device's input
+  pipeline ships uint8."""
+  encoded = encoded_images(6)
+  config = Config(image_size=32, use_blur=blur, color_jitter_strength=1.0)
+  finished = {}
+  for placement in ('host', 'device'):
+    v = views.pretrain_views(config.replace(augment_on=placement))
+    examples = [v.example(data, seed(i, 7)) for i, data in enumerate(encoded)]
+    batch = {k: tf.stack([e[k] for e in examples]) for k in examples[0]}
+    assert batch['image'].dtype == (tf.uint8 if placement == 'device' else tf.float32)
+    finished[placement] = v.in_step(batch)['image'].numpy()
+    if placement == 'device':
+      compiled = tf.function(v.in_step, jit_compile=True)(batch)['image'].numpy()
+  host, device = finished['host'], finished['device']
+  assert host.shape == (6, 32, 32, 6) and 0.0 <= host.min() and host.max() <= 1.0
+  np.testing.assert_array_equal(device, host)
+  np.testing.assert_array_equal(compiled, host)
+  assert not np.allclose(host[..., :3], host[..., 3:])  # two different views
+
+
+def test_views_are_reproducible_and_depend_on_the_seed():
+  data = encoded_images(1)[0]
+  v = views.pretrain_views(Config(image_size=32))
+  first = [v.example(data, seed(i))['image'].numpy() for i in range(4)]
+  np.testing.assert_array_equal(v.example(data, seed(2))['image'].numpy(), first[2])
+  assert not np.allclose(first[0], first[1])
+
+
+def test_the_drawn_parameters_cover_the_references_ranges():
+  """Over many views: jitter applied to 80%, greyscale to 20%, blur to 50%, flips to 50%; factors span
+  [1 - 0.8s, 1 + 0.8s] (hue +-0.2s) and each of the four transforms comes first about equally often."""
+  n = 4000
+  uniforms = tf.random.stateless_uniform([n, augment.NUM_UNIFORMS], seed(0, 11))
+  orders, params = zip(*[augment.jitter_parameters(uniforms[i], 0.5) for i in range(1000)])
+  orders, params = np.array(orders), np.array(params)
+  jittered = orders[:, 0] != augment.NO_OP
+  assert abs(jittered.mean() - 0.8) < 0.04
+  first = orders[jittered, 0]
+  assert set(first) == {0, 1, 2, 3} and np.bincount(first).min() > 0.8 * len(first) / 4
+  assert all(sorted(o) == [0, 1, 2, 3] for o in orders[jittered])  # a permutation
+  for t, (lo, hi) in enumerate([(0.6, 1.4)] * 3 + [(-0.1, 0.1)]):
+    assert lo <= params[:, t].min() < lo + 0.01 and hi - 0.01 < params[:, t].max() <= hi
+  u = uniforms.numpy()
+  assert abs((u[:, augment.GRAY] < 0.2).mean() - 0.2) < 0.02
+  assert abs((u[:, augment.FLIP] < 0.5).mean() - 0.5) < 0.03
+  sigmas = augment.blur_sigma(uniforms).numpy()
+  assert abs((sigmas > 0).mean() - 0.5) < 0.03 and 0.1 <= sigmas[sigmas > 0].min() and sigmas.max() < 2.0
+
+
+def test_blur_is_a_normalised_separable_gaussian_with_zero_padding():
   assert augment.blur_taps(224) == 23 and augment.blur_taps(32) == 3 and augment.blur_taps(10) == 1
   flat = tf.ones([32, 32, 3]) * 0.5
   blurred = augment.gaussian_blur(flat, tf.constant(1.0), 32).numpy()
-  np.testing.assert_allclose(blurred[1:-1, 1:-1], 0.5, rtol=1e-5)  # weights sum to 1 away from the zero border
+  np.testing.assert_allclose(blurred[1:-1, 1:-1], 0.5, rtol=1e-6)  # weights sum to 1 away from the zero border
+  assert (blurred[0, 1:-1] < 0.5).all()  # zero padding at the border
+  x = image(48, 3)
+  k = augment.gaussian_kernel(tf.constant(1.5), 224).numpy()  # 23 taps, as at 224 px
+  want = tf.nn.depthwise_conv2d(x[None], np.tile(k.reshape(1, -1, 1, 1), [1, 1, 3, 1]), [1] * 4, 'SAME')
+  want = tf.nn.depthwise_conv2d(want, np.tile(k.reshape(-1, 1, 1, 1), [1, 1, 3, 1]), [1] * 4, 'SAME')[0]
+  np.testing.assert_allclose(augment.gaussian_blur(x, tf.constant(1.5), 224).numpy(), want.numpy(), atol=1e-6)
 
 
 def test_eval_view_center_crops_big_images_only():
@@ -53,19 +170,12 @@ def test_eval_view_center_crops_big_images_only():
   np.testing.assert_allclose(out.numpy(), big[4:60, 4:60].numpy(), atol=1e-5)
 
 
-def test_the_pipeline_blurs_whole_batches_exactly_as_one_view_at_a_time():
-  from simclr_tf.config import Config
-  from simclr_tf.data import inputs
-  config = Config(image_size=32, use_blur=True, color_jitter_strength=0.5)
-  views = inputs.pretrain_view_fn(config)
-  images = tf.random.uniform([6, 40, 48, 3], seed=5)
-  seeds = [tf.constant([7, i], tf.int64) for i in range(6)]
-  batch = {k: tf.stack([views(im, s)[k] for im, s in zip(images, seeds)]) for k in ('image', 'blur_sigma')}
-  sigmas = batch['blur_sigma'].numpy()
-  assert (sigmas == 0).any() and (sigmas > 0).any()  # both kinds of view in the batch
-  batched = inputs.blur_views(batch, 32)['image'].numpy()
-  for i, (im, s) in enumerate(zip(images, seeds)):
-    s1, s2 = augment.split_seed(s, 2)
-    one_by_one = np.concatenate([augment.pretrain_view(im, s1, 32, 0.5, True),
-                                 augment.pretrain_view(im, s2, 32, 0.5, True)], axis=-1)
-    np.testing.assert_allclose(batched[i], one_by_one, atol=1e-6)
+def test_finetune_views_are_crops_and_flips_only():
+  data = encoded_images(1, (48, 48))[0]
+  for placement in ('host', 'device'):
+    v = views.finetune_views(Config(image_size=32, augment_on=placement))
+    example = v.example(data, seed(1))
+    assert set(example) == {'image'}
+    assert example['image'].dtype == (tf.uint8 if placement == 'device' else tf.float32)
+    out = v.in_step({'image': example['image'][None]})['image']
+    assert out.dtype == tf.float32 and out.shape == (1, 32, 32, 3)

@@ -11,7 +11,7 @@ import tensorflow as tf
 
 import run as run_py
 from conftest import ROOT, tiny_config
-from simclr_tf import monitor
+from simclr_tf import monitor, weights
 
 
 def checkpoint_values(model_dir):
@@ -108,3 +108,15 @@ def test_resume_continues_exactly(tmp_path, shapes_dir, monkeypatch):
     np.testing.assert_allclose(a[k], b[k], atol=1e-6, err_msg=k)
   steps = [r['step'] for r in monitor.read_metrics(str(interrupted))]
   assert steps == [1, 2, 3, 3, 4, 5, 6]  # step 3 ran again from the step-2 checkpoint; none skipped
+
+
+def test_augmentation_on_the_device_trains_exactly_as_on_the_host(tmp_path, shapes_dir):
+  """--augment_on=device ships uint8 crops and augments inside the step: the same views, so the same weights."""
+  base = tiny_config(dataset='image_folder', data_dir=shapes_dir, train_steps=3, use_blur=True)
+  run_py.run(base.replace(model_dir=str(tmp_path / 'host')))
+  run_py.run(base.replace(model_dir=str(tmp_path / 'device'), augment_on='device'))
+  host = weights.WeightFile(str(tmp_path / 'host')).model_values()
+  device = weights.WeightFile(str(tmp_path / 'device')).model_values()
+  assert host.keys() == device.keys()
+  for key in host:
+    np.testing.assert_array_equal(host[key], device[key], err_msg=key)
