@@ -1,10 +1,13 @@
-"""The pretraining input pipeline alone (JPEG decode + two augmented views, batched) against a straightforward
-tf.data SimCLR pipeline, per core, at 32 and 224 px; and against the model's training step: pipeline/model.
+"""The pretraining input pipeline alone (decode + two augmented views, batched) against a straightforward tf.data
+SimCLR pipeline, in host CPU-seconds per image (one core), at 32 and 224 px: ours with the augmentation in the
+pipeline (--augment_on=host) and with only its geometric half there (device: the colour jitter, greyscale and blur
+run in the training step); and what the device half adds to the model's training step.
 
-  python bench/input_pipeline.py          # about 3 minutes on 2 cores
+  python bench/input_pipeline.py          # about 5 minutes on 2 cores
 
 Images: real CIFAR-10 JPEGs from ../shared/data/cifar10 (32 px) and, for 224 px, the same images upscaled to
-500x375 and re-encoded (ImageNet's typical size), held in memory so that disk speed does not count.
+500x375 and re-encoded (ImageNet's typical size), held in memory so that disk speed does not count. Every ratio
+compares settings measured interleaved in this process.
 """
 
 import argparse
@@ -18,7 +21,7 @@ import tensorflow as tf
 
 from simclr_tf import files
 from simclr_tf.config import Config
-from simclr_tf.data import inputs
+from simclr_tf.data import inputs, views
 
 DATA = os.path.join(os.path.dirname(common.ROOT), 'shared', 'data', 'cifar10', 'train')
 
@@ -89,12 +92,16 @@ def straightforward_dataset(data, size, batch, blur):
 
 # ---- ours ------------------------------------------------------------------------------------------------------
 
-def our_dataset(data, size, batch, blur):
-  config = Config(image_size=size, use_blur=blur, color_jitter_strength=1.0, shuffle_buffer=len(data))
+def our_config(size, blur, augment_on='host'):
+  return Config(image_size=size, use_blur=blur, color_jitter_strength=1.0, augment_on=augment_on)
+
+
+def our_dataset(data, size, batch, blur, augment_on='host'):
+  config = our_config(size, blur, augment_on).replace(shuffle_buffer=len(data))
   records = tf.data.Dataset.from_tensor_slices({'image': data, 'label': np.zeros(len(data), np.int64)})
   source = inputs.Source(name='bench', split='train', num_examples=len(data), num_classes=1,
-                         records=lambda pipeline, pipelines: records, decode=inputs.decode_image)
-  return inputs.train_dataset(source, config, inputs.pretrain_view_fn(config), batch)
+                         records=lambda pipeline, pipelines: records, read=tf.identity)
+  return inputs.train_dataset(source, config, views.pretrain_views(config), batch)
 
 
 def images_per_second(dataset, batch, batches, threads):
@@ -108,39 +115,77 @@ def images_per_second(dataset, batch, batches, threads):
   return batch / common.timed(lambda: next(iterator), warmup=3, repeats=batches, clock=clock)
 
 
+def step_seconds(model, size, batch, blur, data, steps):
+  """(seconds per training step on float views made by the pipeline, the same with the uint8 batch of
+  --augment_on=device finished inside the step, and that finishing alone), interleaved; the best of each. Step
+  times move by several percent from run to run here; the finishing alone measures the cost without that noise."""
+  from step_speed import model_config
+  from simclr_tf.modes import pretrain
+  from simclr_tf.training import make_replica_update
+  device_batch = next(iter(our_dataset(data, size, batch, blur, 'device')))
+  host_batch = next(iter(our_dataset(data, size, batch, blur, 'host')))
+  steps_of = {}
+  for placement, batch_in in (('host', host_batch), ('device', device_batch)):
+    config = model_config(model, 'mixed_bfloat16').replace(augment_on=placement, use_blur=blur)
+    task = pretrain.make_task(config, tf.distribute.get_strategy(), None, num_classes=10, num_examples=50000)
+    task.optimizer.build(task.model.trainable_variables)
+    update = make_replica_update(task, 1)
+    feed = {k: v for k, v in batch_in.items() if k != 'index'}
+    feed['label'] = feed['label'] % 10
+    steps_of[placement] = tf.function(lambda update=update, feed=feed: update(feed)['loss'])
+    steps_of[placement]().numpy()  # traced and warmed up
+  finish = tf.function(pretrain.views.pretrain_views(our_config(size, blur, 'device')).in_step)
+  device_feed = {k: v for k, v in device_batch.items() if k != 'index'}
+  finish_only = lambda: finish(device_feed)['image'].numpy()
+  finish_only()
+  best = {}
+  for _ in range(steps):
+    for placement, step in steps_of.items():
+      best[placement] = min(best.get(placement, float('inf')), common.timed(lambda: step().numpy(), 0, 1))
+    best['finish'] = min(best.get('finish', float('inf')), common.timed(finish_only, 0, 3))
+  return best['host'], best['device'], best['finish']
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--batches', type=int, default=0,
                       help='timed batches per setting (default 20 at 32 px, 6 at 224)')
   parser.add_argument('--images', type=int, default=256)
-  parser.add_argument('--model_steps', type=int, default=2)
+  parser.add_argument('--model_steps', type=int, default=3)
   parser.add_argument('--out', default=os.path.join(common.ROOT, 'bench', 'results', 'input_pipeline.json'))
   options = parser.parse_args()
   rows, records = [], []
+  settings = (('straightforward', straightforward_dataset), ('ours_host', our_dataset),
+              ('ours_device', lambda *args: our_dataset(*args, augment_on='device')))
   for size, batch, shape, blur, model in ((32, 64, None, False, 'r18_cifar'), (224, 16, (375, 500), True, 'r50_224')):
     data = jpegs(options.images, shape)
     batches = options.batches or (20 if size == 32 else 6)
     speeds = {}
     for round_ in range(2):  # interleaved; the best of two rounds each
-      for name, make in (('straightforward', straightforward_dataset), ('ours', our_dataset)):
+      for name, make in settings:
         speed = images_per_second(make(data, size, batch, blur), batch, batches, threads=1)
         speeds[name] = max(speeds.get(name, 0), speed)
-    ours_all_cores = images_per_second(our_dataset(data, size, batch, blur), batch, batches, threads=0)
-    from step_speed import images_per_second as step_images_per_second, model_config
-    model_speed = step_images_per_second(model_config(model, 'mixed_bfloat16'), options.model_steps)
-    ratio = speeds['ours'] / speeds['straightforward']
-    record = dict(image_size=size, blur=blur, batch=batch, straightforward_per_core=round(speeds['straightforward'], 1),
-                  ours_per_core=round(speeds['ours'], 1), ours_vs_straightforward=round(ratio, 2),
-                  ours_all_cores=round(ours_all_cores, 1), model=model, model_step_bf16=round(model_speed, 1),
-                  pipeline_over_model=round(ours_all_cores / model_speed, 2))
+    host_step, device_step, finish = step_seconds(model, size, batch, blur, data, options.model_steps)
+    ratio = lambda name: speeds[name] / speeds['straightforward']
+    record = dict(image_size=size, blur=blur, batch=batch, model=model,
+                  straightforward_images_per_cpu_second=round(speeds['straightforward'], 1),
+                  host_images_per_cpu_second=round(speeds['ours_host'], 1),
+                  device_images_per_cpu_second=round(speeds['ours_device'], 1),
+                  host_augment_vs_straightforward=round(ratio('ours_host'), 2),
+                  device_augment_host_work_vs_straightforward=round(ratio('ours_device'), 2),
+                  step_seconds_bf16=round(host_step, 4), step_seconds_bf16_with_device_augment=round(device_step, 4),
+                  device_augment_seconds=round(finish, 4), device_augment_vs_step=round(finish / host_step, 3),
+                  step_with_device_augment_vs_without=round(device_step / host_step, 3))
     records.append(record)
     rows.append([f'{size} px{" (+blur)" if blur else ""}', f'{speeds["straightforward"]:.0f}',
-                 f'{speeds["ours"]:.0f}', f'{ratio:.2f}x', f'{ours_all_cores:.0f}', f'{model_speed:.1f} ({model})',
-                 f'{ours_all_cores / model_speed:.1f}x'])
+                 f'{speeds["ours_host"]:.0f} ({ratio("ours_host"):.2f}x)',
+                 f'{speeds["ours_device"]:.0f} ({ratio("ours_device"):.2f}x)',
+                 f'{model}: {host_step:.3f} s; augmentation alone {1000 * finish:.0f} ms ({100 * finish / host_step:.1f}%); '
+                 f'step with it {device_step:.3f} s ({100 * (device_step / host_step - 1):+.1f}%)'])
     print(rows[-1], flush=True)
-  text = common.table(['images', 'straightforward, 1 core (img/s)', 'ours, 1 core (img/s)', 'ours / straightforward',
-                       f'ours, {os.cpu_count()} cores (img/s)', 'model step, bf16 (img/s)', 'pipeline / model'], rows)
-  print(f'\nMachine: {common.machine()}. Each image = JPEG decode + two augmented views.\n')
+  text = common.table(['images', 'straightforward (img per CPU-s)', 'ours, --augment_on=host',
+                       'ours, --augment_on=device (host part)', 'training step (bf16) and device augmentation'], rows)
+  print(f'\nMachine: {common.machine()}. Each image = decode + two augmented views; one core.\n')
   print(text)
   files.write_json(options.out, dict(machine=common.machine(), results=records, table=text))
 
