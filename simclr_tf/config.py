@@ -53,10 +53,10 @@ class Config:
   crop_min_area: float = _field(0.08, 'Smallest area (fraction of the image) of the random crops of pretraining '
                                 'views (SimCLR: 0.08).')
   use_blur: bool = _field(True, 'Apply Gaussian blur in the pretraining augmentation.')
-  augment_on: str = _field('host', 'Where the batched augmentation (colour jitter, greyscale, blur, conversion to '
-                           'float) runs: in the input pipeline (host) or inside the training step on the '
-                           'accelerator (device; the pipeline then ships uint8 crops). The views are the same.',
-                           ('host', 'device'))
+  augment_on: str = _field('host', 'Where the augmentation after the crops (flip, colour jitter, greyscale, blur, '
+                           'conversion to float) runs: in the input pipeline, per example (host), or inside the '
+                           'training step, over the batch (device; the pipeline then ships uint8 crops). The views '
+                           'are the same, bit for bit.', ('host', 'device'))
   cache_dataset: bool = _field(False, 'Cache the decoded dataset in memory.')
   shuffle_buffer: int = _field(10000, 'Shuffle block size (examples) of tfds training input; image folders are '
                                'shuffled whole.')

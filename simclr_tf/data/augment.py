@@ -50,7 +50,8 @@ def decode_image(encoded: tf.Tensor) -> tf.Tensor:
 
 def decoded_crops(encoded: tf.Tensor, seeds, area_range):
   """The crops of one image for each seed, as uint8 HWC. A JPEG larger than 64x64 decodes only each crop's window
-  (drawn on the shape read from its header; pixels within 2/255 of the whole image's at the window's edges); other
+  (drawn on the shape read from its header): the pixels of a whole decode, except on the window's outermost rows
+  and columns, where the decoder's chroma upsampling lacks neighbours and moves a few pixels by a few levels. Other
   images decode once and are sliced."""
   def windows():
     shape = tf.image.extract_jpeg_shape(encoded)
@@ -66,7 +67,7 @@ def decoded_crops(encoded: tf.Tensor, seeds, area_range):
     image = decode_image(encoded)
     return [tf.slice(image, *crop_window(tf.shape(image), seed, area_range)) for seed in seeds]
 
-  # Small JPEGs (CIFAR's 32x32) decode whole once: cheaper than a decoder set up per window.
+  # Small JPEGs (CIFAR's 32x32) decode whole: one decode serves both views.
   big_jpeg = tf.cond(tf.io.is_jpeg(encoded),
                      lambda: tf.reduce_prod(tf.image.extract_jpeg_shape(encoded)[:2]) > WINDOW_DECODE_MIN_PIXELS,
                      lambda: tf.constant(False))

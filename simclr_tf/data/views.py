@@ -17,7 +17,7 @@ from simclr_tf.data import augment
 
 @dataclasses.dataclass(frozen=True)
 class Views:
-  example: Callable[[tf.Tensor, tf.Tensor], dict]  # (encoded image, seed [2]) -> {'image': uint8, ...}
+  example: Callable[[tf.Tensor, tf.Tensor], dict]  # (encoded image, seed [2]) -> {'image': float32 or uint8, ...}
   finish: Callable[[dict], dict]  # a batch of examples -> the batch with 'image' float32 in [0, 1]
   on_device: bool = False
 
