@@ -26,7 +26,7 @@ def main():
            f'{step["matmul_peak_gflops"]["float32"]} GFLOP/s, bfloat16 {step["matmul_peak_gflops"]["bfloat16"]} '
            f'GFLOP/s. All benchmarks together: {(time.time() - start) / 60:.1f} minutes.', '',
            '**Pretraining step** (`bench/step_speed.py`: the real update, fixed input)', '', step['table'], '',
-           '**Input pipeline** (`bench/input_pipeline.py`: JPEG decode + two augmented views)', '',
+           '**Input pipeline** (`bench/input_pipeline.py`: decode + two augmented views, host CPU-seconds per image)', '',
            results['input_pipeline']['table'], '',
            '**Replicas** (`bench/replicas.py`: same global batch)', '', results['replicas']['table'], '',
            '**Steps per call** (`bench/steps_per_loop.py`: the training loop of simclr_tf.training.fit)', '',
