@@ -53,9 +53,8 @@ def decoded_crops(encoded: tf.Tensor, seeds, area_range):
   (drawn on the shape read from its header): the pixels of a whole decode, except on the window's outermost rows
   and columns, where the decoder's chroma upsampling lacks neighbours and moves a few pixels by a few levels. Other
   images decode once and are sliced."""
-  def windows():
-    shape = tf.image.extract_jpeg_shape(encoded)
-    shape = tf.stack([shape[0], shape[1], 3])
+  def windows(header):
+    shape = tf.stack([header[0], header[1], 3])
     crops = []
     for seed in seeds:
       begin, size = crop_window(shape, seed, area_range)
@@ -67,11 +66,12 @@ def decoded_crops(encoded: tf.Tensor, seeds, area_range):
     image = decode_image(encoded)
     return [tf.slice(image, *crop_window(tf.shape(image), seed, area_range)) for seed in seeds]
 
-  # Small JPEGs (CIFAR's 32x32) decode whole: one decode serves both views.
-  big_jpeg = tf.cond(tf.io.is_jpeg(encoded),
-                     lambda: tf.reduce_prod(tf.image.extract_jpeg_shape(encoded)[:2]) > WINDOW_DECODE_MIN_PIXELS,
-                     lambda: tf.constant(False))
-  crops = tf.cond(big_jpeg, windows, whole)
+  def jpeg():
+    header = tf.image.extract_jpeg_shape(encoded)  # read once, for the size test and the windows
+    # Small JPEGs (CIFAR's 32x32) decode whole: one decode serves both views.
+    return tf.cond(header[0] * header[1] > WINDOW_DECODE_MIN_PIXELS, lambda: windows(header), whole)
+
+  crops = tf.cond(tf.io.is_jpeg(encoded), jpeg, whole)
   crops = crops if isinstance(crops, (list, tuple)) else [crops]
   for crop in crops:
     crop.set_shape([None, None, 3])
@@ -79,7 +79,7 @@ def decoded_crops(encoded: tf.Tensor, seeds, area_range):
 
 
 def resize_to_uint8(image, size):
-  """Bicubic resize of a uint8 crop to size x size, rounded back to uint8 (what travels to the batched stage)."""
+  """Bicubic resize of a uint8 crop to size x size, rounded back to uint8 (what travels to finish_view)."""
   image = tf.image.resize(image[None], [size, size], method='bicubic')[0]
   return tf.cast(tf.round(tf.clip_by_value(image, 0.0, 255.0)), tf.uint8)
 
@@ -105,7 +105,7 @@ def finetune_example(encoded, seed, size):
   return {'image': flip_if(resize_to_uint8(crop, size), flip)}
 
 
-# ---- stage 2: photometric, per batch ----------------------------------------------------------------------------
+# ---- stage 2: after the crops, per view ----------------------------------------------------------------------------
 
 def to_float(image):
   """uint8 (or float) image(s) -> float32 in [0, 1]."""
@@ -146,7 +146,7 @@ def adjust_hue(images, deltas):
   safe = tf.where(spread > 0, spread, 1.0)
   # Hue in sextants, in [-1, 5), turned by 6 delta (|delta| <= 0.5) and brought back into [0, 6).
   hue = tf.where(high == r, (g - b) / safe, tf.where(high == g, (b - r) / safe + 2.0, (r - g) / safe + 4.0))
-  hue = hue + 6.0 * tf.reshape(deltas, [-1] + [1] * (len(hue.shape) - 1))
+  hue = hue + 6.0 * _per_image(deltas, hue)
   hue = tf.where(hue < 0.0, hue + 6.0, tf.where(hue >= 6.0, hue - 6.0, hue))
   hue = tf.where(hue < 0.0, hue + 6.0, hue)
   channels = []
@@ -215,7 +215,7 @@ def finish_view(image, uniforms, strength, image_size, use_blur):
   """A view [H, W, 3] in [0, 1] after its crop: flip, colour jitter (p 0.8; brightness, contrast, saturation, hue
   in a random order, clipped after each), greyscale (p 0.2), blur (p 0.5, when use_blur), from its uniforms
   [NUM_UNIFORMS]; only what is drawn is computed."""
-  image = tf.cond(uniforms[FLIP] < 0.5, lambda: tf.reverse(image, [1]), lambda: image)
+  image = flip_if(image, uniforms[FLIP] < 0.5)
   order, params = jitter_parameters(uniforms, strength)
   one = lambda transform, i: lambda x: transform(x[None], params[i:i + 1])[0]
   branches = [one(adjust_brightness, 0), one(adjust_contrast, 1), one(adjust_saturation, 2), one(adjust_hue, 3),
