@@ -52,6 +52,10 @@ class Config:
   color_jitter_strength: float = _field(1.0, 'Strength s of the colour jitter (0.5 for CIFAR-10).')
   crop_min_area: float = _field(0.08, 'Smallest area (fraction of the image) of the random crops of pretraining '
                                 'views (SimCLR: 0.08).')
+  finetune_crop_min_area: float = _field(0.08, 'Smallest area (fraction of the image) of the random crops of '
+                                         'fine-tuning and distillation (0.08, the ImageNet recipe; on small images '
+                                         'with few labels a larger one, e.g. 0.35, can be better: tune it on a '
+                                         'validation split).')
   use_blur: bool = _field(True, 'Apply Gaussian blur in the pretraining augmentation.')
   augment_on: str = _field('host', 'Where the augmentation after the crops (flip, colour jitter, greyscale, blur, '
                            'conversion to float) runs: in the input pipeline, per example (host), or inside the '
@@ -207,6 +211,8 @@ class Config:
         (self.image_size >= 8, f'--image_size={self.image_size} is too small; the ResNet needs at least 8 pixels.'),
         (0 <= self.color_jitter_strength, '--color_jitter_strength must not be negative.'),
         (0 < self.crop_min_area <= 1, f'--crop_min_area must be in (0, 1], got {self.crop_min_area}.'),
+        (0 < self.finetune_crop_min_area <= 1,
+         f'--finetune_crop_min_area must be in (0, 1], got {self.finetune_crop_min_area}.'),
         (0 < self.batch_norm_decay < 1, f'--batch_norm_decay must be in (0, 1), got {self.batch_norm_decay}.'),
         (self.cpu_replicas >= 1, f'--cpu_replicas must be at least 1, got {self.cpu_replicas}.'),
         (self.checkpoint_steps >= 0 and self.checkpoint_epochs >= 0,

@@ -97,11 +97,12 @@ def pretrain_example(encoded, seed, size, crop_min_area=0.08):
           'augment': tf.random.stateless_uniform([2, NUM_UNIFORMS], draw_seed)}
 
 
-def finetune_example(encoded, seed, size):
-  """The fine-tuning / distillation view (crop + flip): {'image': uint8 [size, size, 3]}."""
+def finetune_example(encoded, seed, size, crop_min_area=0.08):
+  """The fine-tuning / distillation view (crop of at least `crop_min_area` of the image, then flip):
+  {'image': uint8 [size, size, 3]}."""
   crop_seed, draw_seed = split_seed(seed, 2)
   flip = tf.random.stateless_uniform([], draw_seed) < 0.5
-  crop, = decoded_crops(encoded, (crop_seed,), (0.08, 1.0))
+  crop, = decoded_crops(encoded, (crop_seed,), (crop_min_area, 1.0))
   return {'image': flip_if(resize_to_uint8(crop, size), flip)}
 
 

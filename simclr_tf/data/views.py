@@ -54,7 +54,7 @@ def finetune_views(config: Config) -> Views:
   on_device = config.augment_on == 'device'
 
   def example(encoded, seed):
-    example = augment.finetune_example(encoded, seed, config.image_size)
+    example = augment.finetune_example(encoded, seed, config.image_size, config.finetune_crop_min_area)
     return example if on_device else _to_float(example)
 
   return Views(example, _to_float, on_device)

@@ -179,3 +179,25 @@ def test_finetune_views_are_crops_and_flips_only():
     assert example['image'].dtype == (tf.uint8 if placement == 'device' else tf.float32)
     out = v.in_step({'image': example['image'][None]})['image']
     assert out.dtype == tf.float32 and out.shape == (1, 32, 32, 3)
+
+
+@pytest.mark.parametrize('min_area', [0.08, 0.5])
+def test_finetune_crops_honour_their_minimum_area(min_area):
+  # A lossless image whose red channel is 4·x and green channel 4·y: the value ranges of a view tell the size of the
+  # window it was cropped from, so the areas are measured on the views themselves.
+  ys, xs = np.meshgrid(np.arange(64), np.arange(64), indexing='ij')
+  pixels = np.stack([4 * xs, 4 * ys, np.zeros_like(xs)], -1).astype(np.uint8)
+  encoded = tf.io.encode_png(pixels)
+  v = views.finetune_views(Config(image_size=32, finetune_crop_min_area=min_area))
+  areas = []
+  for i in range(300):
+    image = np.round(v.example(encoded, seed(i))['image'].numpy() * 255)
+    width = (image[..., 0].max() - image[..., 0].min()) / 4 + 1
+    height = (image[..., 1].max() - image[..., 1].min()) / 4 + 1
+    areas.append(width * height / 64 ** 2)
+  areas = np.array(areas)
+  # Resizing pulls a window's outer pixels in by up to half an input pixel on each side: 1 pixel in 64 per axis.
+  assert areas.min() >= min_area * (1 - 1 / 64) ** 2 - 1e-6
+  assert areas.max() > 0.9
+  if min_area < 0.1:
+    assert (areas < 0.3).mean() > 0.1  # small crops do occur
