@@ -1,16 +1,26 @@
-"""SimCLRv2 on real CIFAR-10 images at a CPU budget: supervised baselines, pretraining, fine-tuning on 1% and 10%
-of the labels, distillation, linear evaluation and kNN, then a results table (markdown + JSON) and PNG plots.
+"""SimCLRv2 on real CIFAR-10 images at a CPU budget, against a tuned supervised baseline: pretraining with and
+without a memory of negatives, fine-tuning on 1% and 10% of the labels, distillation, linear evaluation and kNN,
+then a results table (markdown + JSON) and PNG plots.
 
-  python experiments/cifar10_semisup.py                       # the full run (65-80 minutes on 2 CPU cores)
+  python experiments/cifar10_semisup.py                       # the full run (many hours on 2 CPU cores; resumable)
   python experiments/cifar10_semisup.py --preset=fast          # a few minutes: the CI smoke test of the chain
 
-Data: --data_dir (default ../shared/data/cifar10: ROOT/{train,test}/<class>/*.jpg), read in place. The fast preset
-links a few images per class into OUT/data instead. Every stage is a run.py command (printed before it runs) with
-its own model_dir under --out, so the chain can be inspected, resumed or rerun stage by stage; evaluation is on the
-test split only.
+Stages, in order (each a run.py command, printed before it runs, with its own model_dir under --out; a stage whose
+result is there is not run again, so an interrupted chain continues where it stopped):
+  1. tuning split: OUT/tuning_data/{train,val}/<class>/ links --val_fraction of each class's training images into
+     `val`, the rest into `train` (nothing copied). Hyper-parameters are chosen on `val`, never on the test split.
+  2. supervised-only grid on the tuning split (learning rate × fine-tuning crop's minimum area at the first epoch
+     count, then longer at the best pair while validation accuracy improves), per label fraction.
+  3. pretraining on all training images without labels, once per --memory_sizes entry (0 = no memory).
+  4. the same grid for fine-tuning each pretrained network.
+  5. final runs with the chosen settings on the whole training split, evaluated on the test split: supervised-only,
+     fine-tuning, distillation of the 10% model, linear evaluation, kNN.
+Data: --data_dir (default ../shared/data/cifar10: ROOT/{train,test}/<class>/*.jpg), read in place; any image folder
+of that layout works. The fast preset links a few images per class into OUT/data first.
 """
 
 import argparse
+import itertools
 import json
 import os
 import subprocess
@@ -18,15 +28,23 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)  # the simclr_tf next to this script, whatever is installed
 
 PRESETS = {
-    # Budget: about 70 minutes on a 2-core CPU (the issue allows 90). Pretraining gets most of it.
-    'full': dict(width=0.25, pretrain_epochs=12, pretrain_batch=128, finetune_epochs_1pct=60, finetune_epochs_10pct=20,
-                 distill_epochs=2, linear_epochs=3, batch=64, knn_k=200),
-    # A few minutes: every stage runs a handful of steps on a few images per class.
-    'fast': dict(width=0.125, pretrain_epochs=2, pretrain_batch=32, finetune_epochs_1pct=2, finetune_epochs_10pct=2,
-                 distill_epochs=1, linear_epochs=1, batch=16, knn_k=5, per_class=(40, 10)),
+    # Pretraining 12 epochs at batch 128 (about 45 minutes each in bfloat16 on a 2-core CPU); the grids and the
+    # final runs take the rest.
+    'full': dict(width=0.25, pretrain_epochs=12, pretrain_batch=128, memory_sizes=(0, 4096), batch=64,
+                 lrs=(0.05, 0.2, 0.8), crop_min_areas=(0.08, 0.35, 0.7),
+                 epochs={'1pct': (100, 300, 900), '10pct': (20, 60, 180)},
+                 finetune_epochs={'1pct': (30, 100, 300), '10pct': (10, 30, 90)},
+                 distill_epochs=6, linear_epochs=3, knn_k=200, val_fraction=0.1, precision='mixed_bfloat16'),
+    # A few minutes: every stage runs a handful of steps on a few images per class (one grid point per side).
+    'fast': dict(width=0.125, pretrain_epochs=2, pretrain_batch=32, memory_sizes=(64,), batch=16,
+                 lrs=(0.2,), crop_min_areas=(0.35,), epochs={'1pct': (1,), '10pct': (1,)},
+                 finetune_epochs={'1pct': (1,), '10pct': (1,)}, distill_epochs=1, linear_epochs=1, knn_k=5,
+                 val_fraction=0.25, precision='float32', per_class=(40, 10)),
 }
+FRACTIONS = {'1pct': 0.01, '10pct': 0.1}
 
 
 def link_subset(data_dir, out_dir, train_per_class, test_per_class):
@@ -34,24 +52,83 @@ def link_subset(data_dir, out_dir, train_per_class, test_per_class):
   target = os.path.join(out_dir, 'data')
   for split, count in (('train', train_per_class), ('test', test_per_class)):
     for cls in sorted(os.listdir(os.path.join(data_dir, split))):
-      folder = os.path.join(target, split, cls)
-      os.makedirs(folder, exist_ok=True)
-      for name in sorted(os.listdir(os.path.join(data_dir, split, cls)))[:count]:
-        link = os.path.join(folder, name)
-        if not os.path.lexists(link):
-          os.symlink(os.path.abspath(os.path.join(data_dir, split, cls, name)), link)
+      link_files(os.path.join(data_dir, split, cls), sorted(os.listdir(os.path.join(data_dir, split, cls)))[:count],
+                 os.path.join(target, split, cls))
   return target
 
 
-def run_stage(name, out, args, timings):
-  model_dir = os.path.join(out, name)
-  cmd = [sys.executable, os.path.join(ROOT, 'run.py'), f'--model_dir={model_dir}', *args]
-  print('\n$ ' + ' '.join(cmd[1:]), flush=True)
-  start = time.time()
-  subprocess.run(cmd, check=True, cwd=ROOT)
-  timings[name] = round(time.time() - start, 1)
-  result_path = os.path.join(model_dir, 'eval_test.json')
-  return json.load(open(result_path)) if os.path.exists(result_path) else {}
+def link_files(source_dir, names, target_dir):
+  os.makedirs(target_dir, exist_ok=True)
+  for name in names:
+    link = os.path.join(target_dir, name)
+    if not os.path.lexists(link):
+      os.symlink(os.path.abspath(os.path.join(source_dir, name)), link)
+
+
+def tuning_split(data_dir, out, val_fraction):
+  """OUT/tuning_data/{train,val}/<class>/: the last `val_fraction` of each class's training images (in name order)
+  are the validation split, the others its training split (links, nothing copied)."""
+  target = os.path.join(out, 'tuning_data')
+  for cls in sorted(os.listdir(os.path.join(data_dir, 'train'))):
+    folder = os.path.join(data_dir, 'train', cls)
+    names = sorted(os.listdir(folder))
+    cut = len(names) - max(1, int(round(len(names) * val_fraction)))
+    link_files(folder, names[:cut], os.path.join(target, 'train', cls))
+    link_files(folder, names[cut:], os.path.join(target, 'val', cls))
+  return target
+
+
+class Chain:
+  """Runs stages as run.py commands under `out`, skipping those already done; keeps their timings."""
+
+  def __init__(self, out, commit):
+    self.out = out
+    self.commit = commit
+    self.timings = {}
+
+  def run(self, name, args, result=None):
+    """Runs `run.py --model_dir=OUT/name args` unless OUT/name/stage.json says it finished; returns the result file
+    (model_dir/`result`) as a dict, or {}."""
+    model_dir = os.path.join(self.out, name)
+    done = os.path.join(model_dir, 'stage.json')
+    if not os.path.exists(done):
+      cmd = [sys.executable, os.path.join(ROOT, 'run.py'), f'--model_dir={model_dir}', *args]
+      print('\n$ ' + ' '.join(cmd[1:]), flush=True)
+      start = time.time()
+      subprocess.run(cmd, check=True, cwd=ROOT)
+      os.makedirs(model_dir, exist_ok=True)
+      with open(done, 'w') as f:
+        json.dump({'seconds': round(time.time() - start, 1), 'commit': self.commit, 'args': args}, f, indent=1)
+    self.timings[name] = json.load(open(done))['seconds']
+    path = os.path.join(model_dir, result) if result else None
+    return json.load(open(path)) if path and os.path.exists(path) else {}
+
+
+def tag_of(lr, crop, epochs):
+  return f'lr{lr:g}_crop{crop:g}_ep{epochs}'
+
+
+def grid_search(chain, prefix, base_args, lrs, crops, epoch_list):
+  """Validation top-1 of every run, and the chosen (lr, crop, epochs): first lr × crop at epoch_list[0], then the
+  best pair at each longer epoch count while validation accuracy still improves. Ties go to the earlier setting."""
+  scores = {}
+
+  def score(lr, crop, epochs):
+    tag = tag_of(lr, crop, epochs)
+    result = chain.run(f'{prefix}_{tag}', base_args + [f'--learning_rate={lr}', f'--finetune_crop_min_area={crop}',
+                                                       f'--train_epochs={epochs}'], 'eval_val.json')
+    scores[tag] = result['top1']
+    return result['top1']
+
+  best = max(itertools.product(lrs, crops), key=lambda p: (score(p[0], p[1], epoch_list[0]), -lrs.index(p[0])))
+  chosen, best_score = epoch_list[0], scores[tag_of(*best, epoch_list[0])]
+  for epochs in epoch_list[1:]:
+    value = score(*best, epochs)
+    if value <= best_score:
+      break
+    chosen, best_score = epochs, value
+  return {'scores': scores, 'learning_rate': best[0], 'crop_min_area': best[1], 'epochs': chosen,
+          'val_top1': best_score}
 
 
 def main():
@@ -59,6 +136,8 @@ def main():
   parser.add_argument('--preset', choices=sorted(PRESETS), default='full')
   parser.add_argument('--data_dir', default=os.path.join(os.path.dirname(ROOT), 'shared', 'data', 'cifar10'))
   parser.add_argument('--out', default=None, help='default: runs/cifar10_semisup_<preset>')
+  parser.add_argument('--until', default='report', choices=('tuning', 'pretrain', 'finetune_tuning', 'report'),
+                      help='stop after this stage (the chain can be continued later with the same --out)')
   options = parser.parse_args()
   p = PRESETS[options.preset]
   out = os.path.abspath(options.out or os.path.join(ROOT, 'runs', f'cifar10_semisup_{options.preset}'))
@@ -66,56 +145,87 @@ def main():
   if not os.path.isdir(os.path.join(options.data_dir, 'train')):
     sys.exit(f'error: --data_dir={options.data_dir} has no train/ split (expected ROOT/train/<class>/*.jpg).')
   data = link_subset(options.data_dir, out, *p['per_class']) if 'per_class' in p else options.data_dir
+  tuning_data = tuning_split(data, out, p['val_fraction'])
   commit = git_commit()
+  chain = Chain(out, commit)
 
-  common = ['--dataset=image_folder', f'--data_dir={data}', '--image_size=32', '--resnet_depth=18',
-            f'--width_multiplier={p["width"]}', '--eval_split=test', '--seed=0', '--export_at_end=false',
-            '--log_every_steps=50', '--proj_out_dim=128', '--num_proj_layers=3']
-  # Fine-tuning and the supervised baselines share everything but their start: same optimizer, schedule and
-  # augmentation (crop + flip), so the difference is what pretraining gives.
+  common = ['--dataset=image_folder', '--image_size=32', '--resnet_depth=18', f'--width_multiplier={p["width"]}',
+            '--seed=0', '--export_at_end=false', '--log_every_steps=50', '--proj_out_dim=128', '--num_proj_layers=3',
+            f'--precision={p["precision"]}']
+  final = common + [f'--data_dir={data}', '--eval_split=test']
+  tuning = common + [f'--data_dir={tuning_data}', '--eval_split=val']
+  # Fine-tuning and supervised-only training share everything but their start (and the grid picks the learning
+  # rate, the crop's minimum area and the epochs of each): momentum SGD, cosine schedule, crop + flip.
   supervised = ['--mode=finetune', f'--train_batch_size={p["batch"]}', '--optimizer=momentum',
-                '--learning_rate=0.2', '--learning_rate_scaling=linear', '--weight_decay=1e-4', '--warmup_epochs=0',
+                '--learning_rate_scaling=linear', '--weight_decay=1e-4', '--warmup_epochs=0',
                 '--checkpoint_epochs=0', '--checkpoint_steps=0']
-  timings, results = {}, {}
-  pre = os.path.join(out, 'pretrain')
-  for fraction, epochs in ((0.01, p['finetune_epochs_1pct']), (0.1, p['finetune_epochs_10pct'])):
-    tag = f'{int(fraction * 100)}pct'
-    results[f'supervised_{tag}'] = run_stage(f'supervised_{tag}', out, common + supervised + [
-        f'--label_fraction={fraction}', f'--train_epochs={epochs}', '--ft_proj_selector=0'], timings)
-  results['pretrain'] = run_stage('pretrain', out, common + [
-      '--mode=pretrain', f'--train_batch_size={p["pretrain_batch"]}', f'--train_epochs={p["pretrain_epochs"]}',
-      '--optimizer=lars', '--learning_rate=1.0', '--learning_rate_scaling=linear', '--weight_decay=1e-4',
-      '--temperature=0.5', '--color_jitter_strength=0.5', '--use_blur=false', '--warmup_epochs=1',
-      '--checkpoint_epochs=1'], timings)
-  for fraction, epochs in ((0.01, p['finetune_epochs_1pct']), (0.1, p['finetune_epochs_10pct'])):
-    tag = f'{int(fraction * 100)}pct'
-    results[f'finetune_{tag}'] = run_stage(f'finetune_{tag}', out, common + supervised + [
-        f'--label_fraction={fraction}', f'--train_epochs={epochs}', f'--checkpoint={pre}', '--ft_proj_selector=1',
-        '--zero_init_logits_layer'], timings)
-  teacher = os.path.join(out, 'finetune_10pct')
-  results['distill_10pct'] = run_stage('distill_10pct', out, common + [
-      '--mode=distill', f'--teacher={teacher}', f'--checkpoint={pre}', '--ft_proj_selector=1',
-      f'--train_batch_size={p["batch"]}', f'--train_epochs={p["distill_epochs"]}', '--optimizer=momentum',
-      '--learning_rate=0.2', '--learning_rate_scaling=linear', '--weight_decay=1e-4', '--warmup_epochs=0',
-      '--distill_temperature=1.0', '--checkpoint_epochs=1'], timings)
-  results['linear_eval'] = run_stage('linear_eval', out, common + [
-      '--mode=finetune', f'--checkpoint={pre}', '--fine_tune_after_block=4', '--ft_proj_selector=0',
-      '--train_batch_size=256', f'--train_epochs={p["linear_epochs"]}', '--optimizer=momentum',
-      '--learning_rate=0.4', '--learning_rate_scaling=linear', '--weight_decay=0', '--warmup_epochs=0',
-      '--zero_init_logits_layer', '--checkpoint_epochs=1'], timings)
-  start = time.time()
-  results['knn'] = {'top1': knn(pre, data, p), 'k': p['knn_k']}
-  timings['knn'] = round(time.time() - start, 1)
-  write_report(out, options, p, results, timings, commit)
+  from_scratch = ['--ft_proj_selector=0']
 
+  def from_pretrained(pre):
+    return [f'--checkpoint={pre}', '--ft_proj_selector=1', '--zero_init_logits_layer']
 
-def knn(pretrain_dir, data, p):
-  """kNN top-1 on the test split with the pretrained encoder's final_avg_pool and all training images
-  (--mode=knn, which writes knn_test.json beside the pretraining run)."""
-  from simclr_tf import Config, run
-  return run(Config(mode='knn', checkpoint=pretrain_dir, dataset='image_folder', data_dir=data, image_size=32,
-                    resnet_depth=18, width_multiplier=p['width'], knn_k=p['knn_k'], knn_temperature=0.1,
-                    eval_split='test'))['top1']
+  report = {'tuning': {}, 'results': {}}
+  for frac, fraction in FRACTIONS.items():
+    report['tuning'][f'supervised_{frac}'] = grid_search(
+        chain, f'tune/supervised_{frac}', tuning + supervised + from_scratch + [f'--label_fraction={fraction}'],
+        p['lrs'], p['crop_min_areas'], p['epochs'][frac])
+  if options.until == 'tuning':
+    return print(json.dumps(report['tuning'], indent=1))
+
+  pretrained = {}
+  for memory in p['memory_sizes']:
+    name = f'pretrain_m{memory}'
+    memory_args = [f'--memory_size={memory}'] if memory else []
+    chain.run(name, common + [f'--data_dir={data}', '--mode=pretrain', f'--train_batch_size={p["pretrain_batch"]}',
+                              f'--train_epochs={p["pretrain_epochs"]}', '--optimizer=lars', '--learning_rate=1.0',
+                              '--learning_rate_scaling=linear', '--weight_decay=1e-4', '--temperature=0.5',
+                              '--color_jitter_strength=0.5', '--use_blur=false', '--warmup_epochs=1',
+                              '--checkpoint_epochs=1', *memory_args])
+    pretrained[memory] = os.path.join(out, name)
+  if options.until == 'pretrain':
+    return
+
+  for memory, pre in pretrained.items():
+    for frac, fraction in FRACTIONS.items():
+      report['tuning'][f'finetune_m{memory}_{frac}'] = grid_search(
+          chain, f'tune/finetune_m{memory}_{frac}',
+          tuning + supervised + from_pretrained(pre) + [f'--label_fraction={fraction}'],
+          p['lrs'], p['crop_min_areas'], p['finetune_epochs'][frac])
+  if options.until == 'finetune_tuning':
+    return print(json.dumps(report['tuning'], indent=1))
+
+  results = report['results']
+
+  def chosen(key):
+    t = report['tuning'][key]
+    return [f'--learning_rate={t["learning_rate"]}', f'--finetune_crop_min_area={t["crop_min_area"]}',
+            f'--train_epochs={t["epochs"]}']
+
+  for frac, fraction in FRACTIONS.items():
+    results[f'supervised_{frac}'] = chain.run(
+        f'supervised_{frac}', final + supervised + from_scratch + [f'--label_fraction={fraction}'] +
+        chosen(f'supervised_{frac}'), 'eval_test.json')
+  for memory, pre in pretrained.items():
+    for frac, fraction in FRACTIONS.items():
+      results[f'finetune_m{memory}_{frac}'] = chain.run(
+          f'finetune_m{memory}_{frac}', final + supervised + from_pretrained(pre) + [f'--label_fraction={fraction}'] +
+          chosen(f'finetune_m{memory}_{frac}'), 'eval_test.json')
+    teacher = chosen(f'finetune_m{memory}_10pct')
+    results[f'distill_m{memory}_10pct'] = chain.run(f'distill_m{memory}_10pct', final + [
+        '--mode=distill', f'--teacher={os.path.join(out, f"finetune_m{memory}_10pct")}', f'--checkpoint={pre}',
+        '--ft_proj_selector=1', f'--train_batch_size={p["batch"]}', f'--train_epochs={p["distill_epochs"]}',
+        '--optimizer=momentum', teacher[0], teacher[1], '--learning_rate_scaling=linear', '--weight_decay=1e-4',
+        '--warmup_epochs=0', '--distill_temperature=1.0', '--checkpoint_epochs=1'], 'eval_test.json')
+    results[f'linear_m{memory}'] = chain.run(f'linear_m{memory}', final + [
+        '--mode=finetune', f'--checkpoint={pre}', '--fine_tune_after_block=4', '--ft_proj_selector=0',
+        '--train_batch_size=256', f'--train_epochs={p["linear_epochs"]}', '--optimizer=momentum',
+        '--learning_rate=0.4', '--learning_rate_scaling=linear', '--weight_decay=0', '--warmup_epochs=0',
+        '--zero_init_logits_layer', '--checkpoint_epochs=1'], 'eval_test.json')
+    results[f'knn_m{memory}'] = chain.run(f'knn_m{memory}', [
+        '--mode=knn', f'--checkpoint={pre}', '--dataset=image_folder', f'--data_dir={data}', '--image_size=32',
+        '--resnet_depth=18', f'--width_multiplier={p["width"]}', f'--knn_k={p["knn_k"]}', '--knn_temperature=0.1',
+        '--eval_split=test'], 'knn_test.json')
+  write_report(out, options, p, report, chain.timings, commit)
 
 
 def git_commit():
@@ -130,65 +240,71 @@ def git_commit():
     return 'unknown'
 
 
-def write_report(out, options, preset, results, timings, commit):
+def write_report(out, options, preset, report, timings, commit):
   from simclr_tf import files
+  results, tuning = report['results'], report['tuning']
   top1 = lambda key: results[key].get('top1')
-  rows = [
-      ('Supervised from scratch', top1('supervised_1pct'), top1('supervised_10pct')),
-      ('SimCLRv2 pretrain → fine-tune (head layer 1)', top1('finetune_1pct'), top1('finetune_10pct')),
-      ('SimCLRv2 + self-distillation (teacher: 10% fine-tune)', None, top1('distill_10pct')),
-  ]
+  memories = preset['memory_sizes']
+  name = lambda m: f'memory of {m:,} negatives' if m else 'no memory'
+  rows = [('Supervised only (tuned)', top1('supervised_1pct'), top1('supervised_10pct'))]
+  for m in memories:
+    rows.append((f'SimCLRv2, {name(m)}: pretrain → fine-tune', top1(f'finetune_m{m}_1pct'),
+                 top1(f'finetune_m{m}_10pct')))
+    rows.append((f'SimCLRv2, {name(m)}: + self-distillation', None, top1(f'distill_m{m}_10pct')))
   summary = dict(preset=options.preset, settings=preset, commit=commit, data_dir=options.data_dir,
-                 results={k: v for k, v in results.items()}, seconds=timings,
-                 total_minutes=round(sum(timings.values()) / 60, 1))
+                 tuning=tuning, results=results, seconds=timings, total_minutes=round(sum(timings.values()) / 60, 1))
   files.write_json(os.path.join(out, 'results.json'), summary)
   pct = lambda v: '–' if v is None else f'{100 * v:.1f}'
   lines = ['| method | 1% labels | 10% labels |', '| --- | ---: | ---: |']
-  lines += [f'| {name} | {pct(a)} | {pct(b)} |' for name, a, b in rows]
-  lines += ['', '| pretrained encoder, all labels | top-1 |', '| --- | ---: |',
-            f'| linear evaluation (frozen encoder) | {pct(top1("linear_eval"))} |',
-            f'| kNN (k={results["knn"]["k"]}, cosine) | {pct(results["knn"]["top1"])} |']
-  examples = results['finetune_10pct'].get('num_examples', 0)
-  lines += ['', f'CIFAR-10 test split ({examples:,} images). ResNet-18 at width {preset["width"]} with the CIFAR stem, '
-            f'{preset["pretrain_epochs"]} pretraining epochs; commit {summary["commit"]}; '
+  lines += [f'| {label} | {pct(a)} | {pct(b)} |' for label, a, b in rows]
+  lines += ['', '| pretrained encoder, all labels | linear evaluation | kNN (k={}, cosine) |'.format(preset['knn_k']),
+            '| --- | ---: | ---: |']
+  lines += [f'| {name(m)} | {pct(top1(f"linear_m{m}"))} | {pct(top1(f"knn_m{m}"))} |' for m in memories]
+  lines += ['', '| chosen on the validation split | learning rate | crop min. area | epochs | val top-1 |',
+            '| --- | ---: | ---: | ---: | ---: |']
+  lines += [f'| {key} | {t["learning_rate"]:g} | {t["crop_min_area"]:g} | {t["epochs"]} | {pct(t["val_top1"])} |'
+            for key, t in tuning.items()]
+  examples = results['supervised_10pct'].get('num_examples', 0)
+  lines += ['', f'Test split ({examples:,} images). ResNet-18 at width {preset["width"]} with the CIFAR stem, '
+            f'{preset["pretrain_epochs"]} pretraining epochs at batch {preset["pretrain_batch"]}; commit {commit}; '
             f'{summary["total_minutes"]} minutes in all.']
   with open(os.path.join(out, 'results.md'), 'w') as f:
     f.write('\n'.join(lines) + '\n')
-  plot(out, rows, results)
+  plot(out, rows, tuning, memories)
   print('\n'.join(lines))
 
 
-def plot(out, rows, results):
+def plot(out, rows, tuning, memories):
   import matplotlib
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
   from simclr_tf.monitor import read_metrics
-  fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+  fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
   ax = axes[0]
-  for i, (name, a, b) in enumerate(rows):
+  width = 0.8 / len(rows)
+  for i, (label, a, b) in enumerate(rows):
     values = [100 * v if v is not None else 0 for v in (a, b)]
-    ax.bar([x + 0.27 * (i - 1) for x in (0, 1)], values, width=0.27, label=name)
+    ax.bar([x + width * (i - (len(rows) - 1) / 2) for x in (0, 1)], values, width=width, label=label)
   ax.set_xticks([0, 1], ['1% labels', '10% labels'])
   ax.set_ylabel('test top-1 (%)')
-  ax.set_title('CIFAR-10: accuracy by method and label fraction')
-  ax.legend(fontsize=7)
-  pre = read_metrics(os.path.join(out, 'pretrain'))
-  axes[1].plot([r['step'] for r in pre], [r['contrast_loss'] for r in pre], '.-', label='contrastive loss')
-  twin = axes[1].twinx()
-  twin.plot([r['step'] for r in pre], [r['contrast_acc'] for r in pre], '.-', color='tab:orange',
-           label='contrastive acc')
-  axes[1].set_title('pretraining')
+  ax.set_title('accuracy by method and label fraction')
+  ax.legend(fontsize=6)
+  for m in memories:
+    pre = read_metrics(os.path.join(out, f'pretrain_m{m}'))
+    axes[1].plot([r['step'] for r in pre], [r['contrast_acc'] for r in pre], '.-', label=f'memory {m}')
+  axes[1].set_title('pretraining: contrastive accuracy')
   axes[1].set_xlabel('step')
-  axes[1].legend(loc='upper left', fontsize=7)
-  twin.legend(loc='upper right', fontsize=7)
-  for stage in ('supervised_10pct', 'finetune_10pct', 'distill_10pct'):
-    records = read_metrics(os.path.join(out, stage))
-    key = 'loss'
-    axes[2].plot([r['step'] for r in records], [r[key] for r in records], '.-', label=stage)
-  axes[2].set_title('training loss, 10% labels')
-  axes[2].set_xlabel('step')
-  axes[2].set_yscale('log')
-  axes[2].legend(fontsize=7)
+  axes[1].legend(fontsize=7)
+  ax = axes[2]
+  for key, t in tuning.items():
+    runs = sorted((int(tag.rsplit('_ep', 1)[1]), score) for tag, score in t['scores'].items()
+                  if tag.startswith(tag_of(t['learning_rate'], t['crop_min_area'], 0)[:-1]))
+    ax.plot([e for e, _ in runs], [100 * s for _, s in runs], 'o-', label=key)
+  ax.set_xscale('log')
+  ax.set_xlabel('epochs (at the chosen learning rate and crop)')
+  ax.set_ylabel('validation top-1 (%)')
+  ax.set_title('tuning: longer training')
+  ax.legend(fontsize=6)
   fig.tight_layout()
   fig.savefig(os.path.join(out, 'results.png'), dpi=80)
   plt.close(fig)
