@@ -6,12 +6,12 @@ then a results table (markdown + JSON) and PNG plots.
   python experiments/cifar10_semisup.py --preset=fast          # a few minutes: the CI smoke test of the chain
 
 Stages, in order (each a run.py command, printed before it runs, with its own model_dir under --out; a stage whose
-result is there is not run again, so an interrupted chain continues where it stopped):
-  1. tuning split: OUT/tuning_data/{train,val}/<class>/ links --val_fraction of each class's training images into
-     `val`, the rest into `train` (nothing copied). Hyper-parameters are chosen on `val`, never on the test split.
-  2. supervised-only grid on the tuning split (learning rate × fine-tuning crop's minimum area at the first epoch
+result is there is not run again, so an interrupted chain continues where it stopped; --until stops early):
+  1. tuning split: OUT/tuning_data/{train,val}/<class>/ links the preset's val_fraction of each class's training
+     images into `val`, the rest into `train` (nothing copied). Settings are chosen on `val`, never on the test split.
+  2. pretraining on all training images without labels, once per memory size of the preset (0 = no memory).
+  3. supervised-only grid on the tuning split (learning rate × fine-tuning crop's minimum area at the first epoch
      count, then longer at the best pair while validation accuracy improves), per label fraction.
-  3. pretraining on all training images without labels, once per --memory_sizes entry (0 = no memory).
   4. the same grid for fine-tuning each pretrained network.
   5. final runs with the chosen settings on the whole training split, evaluated on the test split: supervised-only,
      fine-tuning, distillation of the 10% model, linear evaluation, kNN.
@@ -136,7 +136,7 @@ def main():
   parser.add_argument('--preset', choices=sorted(PRESETS), default='full')
   parser.add_argument('--data_dir', default=os.path.join(os.path.dirname(ROOT), 'shared', 'data', 'cifar10'))
   parser.add_argument('--out', default=None, help='default: runs/cifar10_semisup_<preset>')
-  parser.add_argument('--until', default='report', choices=('tuning', 'pretrain', 'finetune_tuning', 'report'),
+  parser.add_argument('--until', default='report', choices=('pretrain', 'tuning', 'report'),
                       help='stop after this stage (the chain can be continued later with the same --out)')
   options = parser.parse_args()
   p = PRESETS[options.preset]
@@ -164,14 +164,6 @@ def main():
   def from_pretrained(pre):
     return [f'--checkpoint={pre}', '--ft_proj_selector=1', '--zero_init_logits_layer']
 
-  report = {'tuning': {}, 'results': {}}
-  for frac, fraction in FRACTIONS.items():
-    report['tuning'][f'supervised_{frac}'] = grid_search(
-        chain, f'tune/supervised_{frac}', tuning + supervised + from_scratch + [f'--label_fraction={fraction}'],
-        p['lrs'], p['crop_min_areas'], p['epochs'][frac])
-  if options.until == 'tuning':
-    return print(json.dumps(report['tuning'], indent=1))
-
   pretrained = {}
   for memory in p['memory_sizes']:
     name = f'pretrain_m{memory}'
@@ -185,13 +177,19 @@ def main():
   if options.until == 'pretrain':
     return
 
+  report = {'tuning': {}, 'results': {}}
+  for frac, fraction in FRACTIONS.items():
+    report['tuning'][f'supervised_{frac}'] = grid_search(
+        chain, f'tune/supervised_{frac}', tuning + supervised + from_scratch + [f'--label_fraction={fraction}'],
+        p['lrs'], p['crop_min_areas'], p['epochs'][frac])
+
   for memory, pre in pretrained.items():
     for frac, fraction in FRACTIONS.items():
       report['tuning'][f'finetune_m{memory}_{frac}'] = grid_search(
           chain, f'tune/finetune_m{memory}_{frac}',
           tuning + supervised + from_pretrained(pre) + [f'--label_fraction={fraction}'],
           p['lrs'], p['crop_min_areas'], p['finetune_epochs'][frac])
-  if options.until == 'finetune_tuning':
+  if options.until == 'tuning':
     return print(json.dumps(report['tuning'], indent=1))
 
   results = report['results']

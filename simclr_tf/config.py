@@ -83,6 +83,14 @@ class Config:
   # Contrastive loss and heads.
   temperature: float = _field(0.1, 'NT-Xent temperature (0.1 ImageNet, 0.5 CIFAR-10).')
   hidden_norm: bool = _field(True, 'L2-normalise the projections before the contrastive loss.')
+  memory_size: int = _field(0, 'Pretraining: size K of the memory of negatives, a queue of a momentum network\'s '
+                            'projections of past batches used as extra negatives (SimCLRv2 after MoCo; 65536 in the '
+                            'paper, 0 = no memory). Each step enqueues both views of the global batch, so K must be '
+                            'at least 2 x --train_batch_size.')
+  memory_momentum: float = _field(0.999, 'Momentum m of the memory\'s network: after every step its weights become '
+                                  'm * its weights + (1 - m) * the trained network\'s.')
+  export_momentum_network: bool = _field(False, 'With --memory_size: export the momentum network at the end of '
+                                         'pretraining instead of the trained (online) one.')
   proj_out_dim: int = _field(128, 'Output dimension of the projection head.')
   num_proj_layers: int = _field(3, 'Number of layers of the projection head (3 in SimCLRv2).')
   ft_proj_selector: int = _field(0, 'Which projection-head layer feeds the supervised head: 0 = its input, '
@@ -196,6 +204,8 @@ class Config:
         (self.weight_decay >= 0, f'--weight_decay must not be negative, got {self.weight_decay}.'),
         (0 <= self.momentum < 1, f'--momentum must be in [0, 1), got {self.momentum}.'),
         (self.temperature > 0, f'--temperature must be positive, got {self.temperature}.'),
+        (self.memory_size >= 0, f'--memory_size must not be negative, got {self.memory_size}.'),
+        (0 <= self.memory_momentum < 1, f'--memory_momentum must be in [0, 1), got {self.memory_momentum}.'),
         (self.width_multiplier > 0 and int(64 * self.width_multiplier) >= 1,
          f'--width_multiplier={self.width_multiplier} gives layers without channels; use at least 1/64.'),
         (self.sk_ratio >= 0, f'--sk_ratio must not be negative, got {self.sk_ratio}.'),
@@ -259,7 +269,7 @@ RESUMABLE_CHANGES = frozenset({
     'keep_checkpoint_max', 'num_threads', 'cache_dataset', 'strategy', 'tpu', 'cpu_replicas', 'data_dir',
     'train_steps', 'train_epochs', 'checkpoint', 'teacher', 'strict_data', 'model_dir', 'export_dir',
     'export_at_end', 'worker_timeout', 'jit_compile', 'embed_split', 'embed_output', 'knn_k', 'knn_temperature',
-    'knn_every_epochs', 'augment_on',
+    'knn_every_epochs', 'augment_on', 'export_momentum_network',
 })
 # Precisions whose checkpoints are interchangeable (same weights, same optimizer state); float16 adds a loss scale.
 INTERCHANGEABLE_PRECISIONS = frozenset({'float32', 'mixed_bfloat16'})

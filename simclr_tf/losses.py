@@ -4,6 +4,8 @@ Each loss is the mean over the local (per-replica) batch; the training step divi
 and Keras sums the gradients across replicas, so the update equals that of one device on the global batch.
 """
 
+from typing import Optional
+
 import tensorflow as tf
 
 LARGE_NUM = 1e9
@@ -34,11 +36,18 @@ def replica_offset(local_batch) -> tf.Tensor:
   return tf.cast(context.replica_id_in_sync_group, tf.int32) * local_batch
 
 
-def nt_xent(z1: tf.Tensor, z2: tf.Tensor, temperature: float, hidden_norm: bool = True):
+def nt_xent(z1: tf.Tensor, z2: tf.Tensor, temperature: float, hidden_norm: bool = True,
+            memory: Optional[tf.Tensor] = None, memory_valid: Optional[tf.Tensor] = None):
   """SimCLR contrastive loss of two views' projections [B, D] (local batch).
 
-  Returns (loss, logits_ab, labels): the loss is CE([ab|aa]) + CE([ba|bb]) averaged over the local batch, where
-  each view's negatives are all other examples of both views across the global batch.
+  Returns (loss, logits, labels): the loss is CE([ab|aa]) + CE([ba|bb]) averaged over the local batch, where
+  each view's negatives are all other examples of both views across the global batch. `logits` are the first view's
+  logits against the second view's (logits_ab, [B, global batch]), for the contrastive accuracy and entropy.
+
+  With a memory of negatives (`memory` [K, D], keys as they will be compared, i.e. already normalised with
+  hidden_norm, and `memory_valid` [K] bool, the slots that hold a key), each view's logits also hold its similarity
+  to every valid key, as negatives: CE([ab|aa|am]) + CE([ba|bb|bm]); `logits` and `labels` then cover
+  [ab|am], so the accuracy and entropy are measured against the enlarged set of negatives.
   """
   z1 = tf.cast(z1, tf.float32)
   z2 = tf.cast(z2, tf.float32)
@@ -57,9 +66,23 @@ def nt_xent(z1: tf.Tensor, z2: tf.Tensor, temperature: float, hidden_norm: bool 
   logits_bb = tf.matmul(z2, z2_all, transpose_b=True) / temperature - self_mask * LARGE_NUM
   logits_ab = tf.matmul(z1, z2_all, transpose_b=True) / temperature
   logits_ba = tf.matmul(z2, z1_all, transpose_b=True) / temperature
-  loss_a = tf.nn.softmax_cross_entropy_with_logits(labels, tf.concat([logits_ab, logits_aa], axis=1))
-  loss_b = tf.nn.softmax_cross_entropy_with_logits(labels, tf.concat([logits_ba, logits_bb], axis=1))
-  return tf.reduce_mean(loss_a + loss_b), logits_ab, labels[:, :global_batch]
+  logits_a = [logits_ab, logits_aa]
+  logits_b = [logits_ba, logits_bb]
+  metric_logits, metric_labels = logits_ab, labels[:, :global_batch]
+  if memory is not None:
+    memory = tf.cast(memory, tf.float32)
+    empty = (1 - tf.cast(memory_valid, tf.float32)) * LARGE_NUM  # slots not yet written are never negatives
+    logits_am = tf.matmul(z1, memory, transpose_b=True) / temperature - empty
+    logits_bm = tf.matmul(z2, memory, transpose_b=True) / temperature - empty
+    logits_a.append(logits_am)
+    logits_b.append(logits_bm)
+    no_positive = tf.zeros([local_batch, tf.shape(memory)[0]])
+    labels = tf.concat([labels, no_positive], axis=1)
+    metric_logits = tf.concat([logits_ab, logits_am], axis=1)
+    metric_labels = tf.concat([metric_labels, no_positive], axis=1)
+  loss_a = tf.nn.softmax_cross_entropy_with_logits(labels, tf.concat(logits_a, axis=1))
+  loss_b = tf.nn.softmax_cross_entropy_with_logits(labels, tf.concat(logits_b, axis=1))
+  return tf.reduce_mean(loss_a + loss_b), metric_logits, metric_labels
 
 
 def contrastive_metrics(logits_ab: tf.Tensor, labels: tf.Tensor):

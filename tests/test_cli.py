@@ -16,6 +16,10 @@ TINY = tiny_flags(train_steps=1)
     (['--optimizer=sgd'], 'optimizer'),
     (['--train_batch_size=abc'], 'train_batch_size'),
     (['--ft_proj_selector=5'], '--ft_proj_selector=5 must be between 0 and'),
+    (['--memory_size=-1'], '--memory_size must not be negative'),
+    (['--memory_momentum=1'], '--memory_momentum must be in [0, 1)'),
+    (['--memory_size=8'], '--memory_size=8 cannot hold the 16 keys a step enqueues'),
+    (['--export_momentum_network'], '--export_momentum_network needs a memory of negatives'),
 ])
 def test_bad_flags_give_one_line(args, expected, tmp_path):
   model_dir = [] if '--mode=pretrain' in args else [f'--model_dir={tmp_path}']

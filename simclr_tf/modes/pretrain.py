@@ -1,12 +1,13 @@
-"""--mode=pretrain: contrastive pretraining (NT-Xent with negatives from all replicas, LARS), with linear evaluation
-of a stop-gradient supervised head while pretraining when the data has labels."""
+"""--mode=pretrain: contrastive pretraining (NT-Xent with negatives from all replicas, LARS, optionally a memory of
+negatives from a momentum network), with linear evaluation of a stop-gradient supervised head while pretraining
+when the data has labels."""
 
 import logging
 from typing import Dict, Optional
 
 import tensorflow as tf
 
-from simclr_tf import losses, metrics
+from simclr_tf import losses, memory, metrics
 from simclr_tf.config import Config
 from simclr_tf.data import inputs, views
 from simclr_tf.evaluation import knn_evaluate
@@ -23,6 +24,12 @@ def validate(config: Config) -> None:
   common.require(not config.knn_every_epochs or config.eval_split,
                  f'--knn_every_epochs={config.knn_every_epochs} needs --eval_split (the split whose kNN accuracy '
                  f'is measured against --train_split).')
+  common.require(not config.memory_size or config.memory_size >= 2 * config.train_batch_size,
+                 f'--memory_size={config.memory_size} cannot hold the {2 * config.train_batch_size} keys a step '
+                 f'enqueues (both views of --train_batch_size={config.train_batch_size}); use at least that, or 0 '
+                 f'for no memory.')
+  common.require(not config.export_momentum_network or config.memory_size,
+                 '--export_momentum_network needs a memory of negatives (--memory_size > 0).')
 
 
 def knn_monitor(config: Config, model, source: inputs.Source) -> Optional[Measurement]:
@@ -40,18 +47,23 @@ def knn_monitor(config: Config, model, source: inputs.Source) -> Optional[Measur
   return Measurement(config.knn_every_epochs * steps_per_epoch(config, source.num_examples), measure)
 
 
-def contrastive_replica_step(model, config: Config, num_classes: int):
+def contrastive_replica_step(model, config: Config, num_classes: int,
+                             negatives: Optional[memory.NegativesMemory] = None):
   """The per-replica step of pretraining: NT-Xent of the two views (stacked along channels in batch['image']) +
-  weight decay, plus the linear head's cross-entropy on a stop-gradient when num_classes > 0."""
+  weight decay, plus the linear head's cross-entropy on a stop-gradient when num_classes > 0. With a memory of
+  negatives, its keys join the negatives and the step hands its images on (carry) for the memory's update."""
 
   def replica_step(batch):
     images = tf.concat(tf.split(batch['image'], 2, axis=-1), axis=0)
     outputs = model(images, training=True)
     z1, z2 = tf.split(outputs['proj_head_output'], 2, axis=0)
-    con_loss, logits_ab, labels = losses.nt_xent(z1, z2, config.temperature, config.hidden_norm)
-    accuracy, entropy = losses.contrastive_metrics(logits_ab, labels)
+    keys, valid = negatives.negatives() if negatives else (None, None)
+    con_loss, logits, labels = losses.nt_xent(z1, z2, config.temperature, config.hidden_norm, keys, valid)
+    accuracy, entropy = losses.contrastive_metrics(logits, labels)
     loss = con_loss + weight_decay_loss(model, config)
     values = {'contrast_loss': con_loss, 'contrast_acc': accuracy, 'contrast_entropy': entropy}
+    if negatives:
+      values['memory_fill'] = negatives.fill()
     if num_classes:
       sup_labels = tf.concat([batch['label'], batch['label']], axis=0)
       logits = outputs['logits_sup']
@@ -61,6 +73,8 @@ def contrastive_replica_step(model, config: Config, num_classes: int):
       sup_loss = losses.supervised_loss(sup_labels, logits)
       loss += sup_loss
       values.update(sup_loss=sup_loss, sup_acc=metrics.accuracy(sup_labels, outputs['logits_sup']))
+    if negatives:
+      return loss, {'loss': loss, **values}, batch['image']
     return loss, {'loss': loss, **values}
 
   return replica_step
@@ -74,8 +88,14 @@ def make_task(config: Config, strategy: tf.distribute.Strategy, source: Optional
     model = build_model(config, num_classes=num_classes, pretraining=True)
     optimizer = make_optimizer(config, learning_rate_schedule(config, source.num_examples if source else
                                                               num_examples))
+    negatives = None
+    if config.memory_size:
+      negatives = memory.NegativesMemory(config, model, build_model(config, pretraining=True))
+      negatives.start_from_online()  # a resumed run then restores it
   return Task(model, optimizer, source, views.pretrain_views(config),
-              contrastive_replica_step(model, config, num_classes))
+              contrastive_replica_step(model, config, num_classes, negatives),
+              after_update=negatives.after_update if negatives else None,
+              extra_checkpoint=negatives.checkpoint_objects() if negatives else {})
 
 
 @common.training_mode
@@ -90,7 +110,8 @@ def run(config: Config, strategy: tf.distribute.Strategy) -> Dict[str, float]:
   task = make_task(config, strategy, source, num_classes)
   monitor = knn_monitor(config, task.model, source)
   step = fit(config, strategy, task, [monitor] if monitor else [])
-  common.export_at_end(config, strategy, task.model)
+  common.export_at_end(config, strategy, task.extra_checkpoint['momentum_network'] if config.export_momentum_network
+                       else task.model)
   knn = {}
   if monitor and monitor.last:
     knn = {'knn_top1': monitor.last['knn_top1'], 'knn_top5': monitor.last['knn_top5'],

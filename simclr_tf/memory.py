@@ -1,0 +1,113 @@
+"""The memory of negatives of SimCLRv2 (§2, after MoCo): a momentum copy of the encoder and projection head, and a
+queue of its projections of past batches that NT-Xent uses as extra negatives (--memory_size, --memory_momentum).
+
+The variant implemented, and why:
+- Positives and in-batch negatives come from the trained (online) network, exactly as without a memory: the memory
+  only adds negatives, as the paper describes it ("buffered as negative examples"), and --memory_size=0 is plain
+  SimCLR. (MoCo takes its positives from the momentum network instead; that would change the loss even with an
+  empty memory.)
+- After every step (the loop's after_update): first w_ema = m·w_ema + (1 − m)·w over the trainable weights of the
+  encoder and projection head, with w the weights the step just produced; then the momentum network projects both
+  views of the step's global batch (in training mode, batch statistics as the online network uses them; its own
+  moving statistics follow its own activations, as in MoCo); then those 2·B keys (normalised with --hidden_norm)
+  are written at the queue's position, oldest first out, wrapping around.
+- Slots not yet written are masked out of the loss, so the first steps see only the keys there are.
+- The momentum network starts as a copy of the online network. Queue, position, fill and the momentum weights are
+  checkpointed with the model (the checkpoint names 'momentum_network' and 'memory').
+- Under several replicas each replica projects its share of the batch; the keys are gathered in replica order, so
+  every replica writes the same global batch to its copy of the queue: two replicas give what one device gives.
+"""
+
+import keras
+import tensorflow as tf
+
+from simclr_tf import losses
+from simclr_tf.config import Config
+
+
+class KeyQueue(tf.Module):
+  """A first-in-first-out memory of `size` keys of dimension `dim`: keys [size, dim], the next slot to write
+  (position) and how many slots hold a key (filled)."""
+
+  def __init__(self, size: int, dim: int, name='memory'):
+    super().__init__(name=name)
+    self.size = size
+    self.keys = tf.Variable(tf.zeros([size, dim]), trainable=False, name='keys')
+    self.position = tf.Variable(0, dtype=tf.int64, trainable=False, name='position')
+    self.filled = tf.Variable(0, dtype=tf.int64, trainable=False, name='filled')
+
+  def valid(self) -> tf.Tensor:
+    """[size] bool: the slots that hold a key."""
+    return tf.range(self.size, dtype=tf.int64) < self.filled
+
+  def enqueued(self, keys: tf.Tensor):
+    """(keys, position, filled) after writing `keys` [n, dim] (n <= size) at the position, wrapping around."""
+    count = tf.cast(tf.shape(keys)[0], tf.int64)
+    slots = (self.position + tf.range(count)) % self.size
+    new_keys = tf.tensor_scatter_nd_update(self.keys, slots[:, None], tf.cast(keys, self.keys.dtype))
+    return new_keys, (self.position + count) % self.size, tf.minimum(self.filled + count, self.size)
+
+  def variables_in_order(self):
+    return [self.keys, self.position, self.filled]
+
+
+def assign_everywhere(variables, values) -> None:
+  """Assigns `values` to `variables` from a replica context (or none): every replica computes the same values,
+  and each writes them to its own copy of the variables (as Keras' optimizers update theirs)."""
+  variables = [v.value if isinstance(v, keras.Variable) else v for v in variables]
+
+  def update(strategy, values):
+    for variable, value in zip(variables, values):
+      strategy.extended.update(variable, lambda var, x: var.assign(x), args=(value,), group=False)
+
+  tf.__internal__.distribute.interim.maybe_merge_call(update, tf.distribute.get_strategy(), list(values))
+
+
+def encoder_and_head_weights(model, trainable_only: bool):
+  """The weights of the encoder and projection head, in a fixed order (the same for two models of one config)."""
+  layers = [model.resnet, model.projection_head]
+  return [w for layer in layers for w in (layer.trainable_weights if trainable_only else layer.weights)]
+
+
+class NegativesMemory:
+  """The momentum network and the queue of its keys, for one pretraining run (build it in the strategy's scope)."""
+
+  def __init__(self, config: Config, online, momentum_network):
+    self.config = config
+    self.online = online
+    self.momentum_network = momentum_network
+    self.queue = KeyQueue(config.memory_size, config.proj_out_dim)
+    self.pairs = list(zip(encoder_and_head_weights(momentum_network, True), encoder_and_head_weights(online, True)))
+    if len(encoder_and_head_weights(momentum_network, False)) != len(encoder_and_head_weights(online, False)):
+      raise ValueError('the momentum network does not have the online network\'s layers')
+
+  def start_from_online(self) -> None:
+    """The momentum network becomes a copy of the online network (every weight, moving statistics included)."""
+    for target, source in zip(encoder_and_head_weights(self.momentum_network, False),
+                              encoder_and_head_weights(self.online, False)):
+      target.assign(source)
+
+  def negatives(self):
+    """(keys [K, D], valid [K] bool) to pass to losses.nt_xent."""
+    return tf.convert_to_tensor(self.queue.keys), self.queue.valid()
+
+  def after_update(self, images: tf.Tensor) -> None:
+    """After the step: EMA of the weights, then the momentum network's keys of both views (the step's images, views
+    stacked along channels, local batch) enqueued for the global batch."""
+    m = self.config.memory_momentum
+    assign_everywhere([ema for ema, _ in self.pairs], [m * ema + (1 - m) * w for ema, w in self.pairs])
+    views = tf.concat(tf.split(images, 2, axis=-1), axis=0)
+    projections = self.momentum_network(views, training=True)['proj_head_output']
+    keys = tf.cast(projections, tf.float32)
+    if self.config.hidden_norm:
+      keys = tf.math.l2_normalize(keys, axis=-1)
+    k1, k2 = tf.split(keys, 2, axis=0)
+    keys = tf.concat([losses.cross_replica_concat(k1), losses.cross_replica_concat(k2)], axis=0)
+    assign_everywhere(self.queue.variables_in_order(), self.queue.enqueued(keys))
+
+  def checkpoint_objects(self) -> dict:
+    return {'momentum_network': self.momentum_network, 'memory': self.queue}
+
+  def fill(self) -> tf.Tensor:
+    """How full the queue is, in [0, 1]."""
+    return tf.cast(self.queue.filled, tf.float32) / self.queue.size
