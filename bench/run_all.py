@@ -11,7 +11,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, 'results')
-SCRIPTS = ('step_speed.py', 'input_pipeline.py', 'replicas.py', 'steps_per_loop.py')
+SCRIPTS = ('step_speed.py', 'input_pipeline.py', 'replicas.py', 'steps_per_loop.py', 'memory_cost.py')
 
 
 def main():
@@ -20,7 +20,7 @@ def main():
     print(f'\n$ python bench/{script}', flush=True)
     subprocess.run([sys.executable, os.path.join(HERE, script)], check=True)
   results = {name: json.load(open(os.path.join(RESULTS, name + '.json')))
-             for name in ('step_speed', 'input_pipeline', 'replicas', 'steps_per_loop')}
+             for name in ('step_speed', 'input_pipeline', 'replicas', 'steps_per_loop', 'memory_cost')}
   step = results['step_speed']
   lines = [f'Machine: {step["machine"]}; TF\'s matmul peak measured in the same process: float32 '
            f'{step["matmul_peak_gflops"]["float32"]} GFLOP/s, bfloat16 {step["matmul_peak_gflops"]["bfloat16"]} '
@@ -30,7 +30,9 @@ def main():
            results['input_pipeline']['table'], '',
            '**Replicas** (`bench/replicas.py`: same global batch)', '', results['replicas']['table'], '',
            '**Steps per call** (`bench/steps_per_loop.py`: the training loop of simclr_tf.training.fit)', '',
-           results['steps_per_loop']['table'], '']
+           results['steps_per_loop']['table'], '',
+           '**Memory of negatives** (`bench/memory_cost.py`: the update with and without --memory_size=4096)', '',
+           results['memory_cost']['table'], '']
   with open(os.path.join(RESULTS, 'summary.md'), 'w') as f:
     f.write('\n'.join(lines))
   print('\n'.join(lines))

@@ -1,5 +1,7 @@
-"""The CIFAR-10 semi-supervised chain (experiments/cifar10_semisup.py) end to end on a few real images."""
+"""The CIFAR-10 semi-supervised chain (experiments/cifar10_semisup.py) end to end on a few real images, and its
+choice of settings on the validation split."""
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -12,21 +14,72 @@ from conftest import ROOT
 CIFAR = os.path.join(os.path.dirname(ROOT), 'shared', 'data', 'cifar10')
 
 
+def driver():
+  spec = importlib.util.spec_from_file_location('cifar10_semisup', os.path.join(ROOT, 'experiments',
+                                                                                'cifar10_semisup.py'))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
 @pytest.mark.skipif(not os.path.isdir(os.path.join(CIFAR, 'train')), reason='../shared/data/cifar10 not present')
 def test_fast_chain_runs_every_stage(tmp_path):
-  proc = subprocess.run([sys.executable, os.path.join(ROOT, 'experiments', 'cifar10_semisup.py'), '--preset=fast',
-                         f'--out={tmp_path}'], capture_output=True, text=True, cwd=ROOT, timeout=900)
+  command = [sys.executable, os.path.join(ROOT, 'experiments', 'cifar10_semisup.py'), '--preset=fast',
+             f'--out={tmp_path}']
+  proc = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=1500)
   assert proc.returncode == 0, proc.stderr[-3000:]
   summary = json.load(open(tmp_path / 'results.json'))
-  stages = {'supervised_1pct', 'supervised_10pct', 'pretrain', 'finetune_1pct', 'finetune_10pct', 'distill_10pct',
-            'linear_eval', 'knn'}
-  assert stages <= set(summary['results'])
-  for stage in stages - {'knn'}:
+  stages = {'supervised_1pct', 'supervised_10pct', 'finetune_m64_1pct', 'finetune_m64_10pct', 'distill_m64_10pct',
+            'linear_m64', 'knn_m64'}
+  assert set(summary['results']) == stages
+  for stage in stages:
     assert 0 <= summary['results'][stage]['top1'] <= 1 and summary['results'][stage]['num_examples'] == 100
-  assert summary['results']['distill_10pct']['teacher'].startswith(str(tmp_path / 'finetune_10pct'))
-  assert json.load(open(tmp_path / 'finetune_1pct' / 'label_subset.json'))['num_examples'] == 10  # 1% of 400
+  assert summary['results']['distill_m64_10pct']['teacher'].startswith(str(tmp_path / 'finetune_m64_10pct'))
+  assert json.load(open(tmp_path / 'finetune_m64_1pct' / 'label_subset.json'))['num_examples'] == 10  # of 400
+  # Pretraining used the memory; the settings were chosen on the validation split carved from the training images.
+  pretrain_config = json.load(open(tmp_path / 'pretrain_m64' / 'config.json'))
+  assert pretrain_config['memory_size'] == 64
+  assert set(summary['tuning']) == {'supervised_1pct', 'supervised_10pct', 'finetune_m64_1pct', 'finetune_m64_10pct'}
+  tuned = tmp_path / 'tune' / 'supervised_10pct_lr0.2_crop0.35_ep1'
+  assert json.load(open(tuned / 'eval_val.json'))['num_examples'] == 100  # 10 of each class's 40 images
+  assert json.load(open(tuned / 'config.json'))['finetune_crop_min_area'] == 0.35
   assert (tmp_path / 'results.png').stat().st_size > 10000
-  assert '| SimCLRv2 pretrain → fine-tune' in (tmp_path / 'results.md').read_text()
-  # Nothing of the data is copied: the fast preset links into the shared folder.
-  assert all(os.path.islink(os.path.join(dirpath, f)) for dirpath, _, names in os.walk(tmp_path / 'data')
-             for f in names)
+  assert '| Supervised only (tuned)' in (tmp_path / 'results.md').read_text()
+  # Nothing of the data is copied: both the subset and the tuning split are links.
+  for folder in ('data', 'tuning_data'):
+    assert all(os.path.islink(os.path.join(dirpath, f)) for dirpath, _, names in os.walk(tmp_path / folder)
+               for f in names)
+  linked = lambda split: {os.path.realpath(os.path.join(dirpath, f))
+                          for dirpath, _, names in os.walk(tmp_path / 'tuning_data' / split) for f in names}
+  train, val = linked('train'), linked('val')
+  assert len(train) == 300 and len(val) == 100 and not train & val
+
+  # A second run finds every stage done and only writes the report again.
+  again = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=300)
+  assert again.returncode == 0 and '$ ' not in again.stdout, again.stdout[-2000:]
+
+
+class FakeChain:
+  """Validation accuracies by setting, instead of runs."""
+
+  def __init__(self, scores):
+    self.scores, self.ran = scores, []
+
+  def run(self, name, args, result=None):
+    values = dict(a[2:].split('=') for a in args if a.startswith('--'))
+    key = (float(values['learning_rate']), float(values['finetune_crop_min_area']), int(values['train_epochs']))
+    self.ran.append(key)
+    return {'top1': self.scores[key]}
+
+
+def test_the_grid_takes_the_best_pair_then_trains_longer_while_validation_improves():
+  grid = driver().grid_search
+  scores = {(lr, crop, 10): 0.1 for lr in (0.1, 0.4) for crop in (0.08, 0.35)}
+  scores.update({(0.4, 0.35, 10): 0.5, (0.4, 0.35, 30): 0.6, (0.4, 0.35, 90): 0.55, (0.4, 0.35, 270): 0.9})
+  chain = FakeChain(scores)
+  chosen = grid(chain, 'tune/x', [], (0.1, 0.4), (0.08, 0.35), (10, 30, 90, 270))
+  assert (chosen['learning_rate'], chosen['crop_min_area'], chosen['epochs']) == (0.4, 0.35, 30)
+  assert chosen['val_top1'] == 0.6 and (0.4, 0.35, 270) not in chain.ran  # stops at the first step that is worse
+  # Ties go to the smaller learning rate.
+  chain = FakeChain({(lr, 0.08, 5): 0.3 for lr in (0.1, 0.4)})
+  assert grid(chain, 'tune/y', [], (0.1, 0.4), (0.08,), (5,))['learning_rate'] == 0.1
