@@ -66,3 +66,31 @@ def run_cli(*args, timeout=300, env=None):
   full_env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', **(env or {}))
   return subprocess.run([sys.executable, os.path.join(ROOT, 'run.py'), *args], capture_output=True, text=True,
                         timeout=timeout, cwd=ROOT, env=full_env)
+
+
+def checkpoint_values(model_dir) -> dict:
+  """name -> value of every variable in the latest checkpoint of model_dir (model, optimizer and extra state)."""
+  path = tf.train.latest_checkpoint(str(model_dir))
+  reader = tf.train.load_checkpoint(path)
+  return {k: reader.get_tensor(k) for k, _ in tf.train.list_variables(path) if k != '_CHECKPOINTABLE_OBJECT_GRAPH'}
+
+
+def run_interrupted_then_resumed(config, monkeypatch, stop_after_step: int = 3):
+  """Runs `config` through run.run until the step after `stop_after_step` is reported (KeyboardInterrupt), then
+  runs it again in the same model_dir, which resumes from the last checkpoint."""
+  import run as run_py
+  from simclr_tf import monitor
+  original = monitor.Monitor.report
+
+  def stop(self, step, metrics):
+    original(self, step, metrics)
+    if step == stop_after_step:
+      raise KeyboardInterrupt
+
+  monkeypatch.setattr(monitor.Monitor, 'report', stop)
+  with pytest.raises(KeyboardInterrupt):
+    run_py.run(config)
+  checkpoint = tf.train.latest_checkpoint(config.model_dir)
+  monkeypatch.setattr(monitor.Monitor, 'report', original)
+  run_py.run(config)
+  return checkpoint

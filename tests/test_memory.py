@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 import run as run_py
-from conftest import tiny_config
+from conftest import checkpoint_values, run_interrupted_then_resumed, tiny_config
 from simclr_tf import losses, memory, monitor, weights
 from simclr_tf.modes import pretrain
 from simclr_tf.training import loop
@@ -93,12 +93,6 @@ def test_a_step_moves_the_momentum_network_by_its_ema_and_enqueues_its_keys(shap
   assert not queue.keys.numpy()[16:].any()
 
 
-def checkpoint_values(model_dir):
-  path = tf.train.latest_checkpoint(model_dir)
-  reader = tf.train.load_checkpoint(path)
-  return {k: reader.get_tensor(k) for k, _ in tf.train.list_variables(path) if k != '_CHECKPOINTABLE_OBJECT_GRAPH'}
-
-
 def test_memory_resumes_exactly_and_the_checkpoint_holds_all_of_it(tmp_path, shapes_dir, monkeypatch):
   # K = 24 with 16 keys a step: the queue wraps around on the second step.
   config = tiny_config(dataset='image_folder', data_dir=shapes_dir, train_steps=4, checkpoint_steps=2,
@@ -106,18 +100,7 @@ def test_memory_resumes_exactly_and_the_checkpoint_holds_all_of_it(tmp_path, sha
   straight = tmp_path / 'straight'
   run_py.run(config.replace(model_dir=str(straight), export_at_end=True, export_momentum_network=True))
   interrupted = tmp_path / 'interrupted'
-  original = monitor.Monitor.report
-
-  def stop_at_step_3(self, step, metrics):
-    original(self, step, metrics)
-    if step == 3:
-      raise KeyboardInterrupt
-
-  monkeypatch.setattr(monitor.Monitor, 'report', stop_at_step_3)
-  with pytest.raises(KeyboardInterrupt):
-    run_py.run(config.replace(model_dir=str(interrupted)))
-  monkeypatch.setattr(monitor.Monitor, 'report', original)
-  run_py.run(config.replace(model_dir=str(interrupted)))
+  assert run_interrupted_then_resumed(config.replace(model_dir=str(interrupted)), monkeypatch).endswith('ckpt-2')
 
   a, b = checkpoint_values(str(straight)), checkpoint_values(str(interrupted))
   assert a.keys() == b.keys()

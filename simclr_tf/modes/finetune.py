@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from simclr_tf import losses, metrics
 from simclr_tf.config import Config
-from simclr_tf.data import inputs, views
+from simclr_tf.data import views
 from simclr_tf.models.simclr import build_model
 from simclr_tf.modes import common
 from simclr_tf.optim.build import learning_rate_schedule, make_optimizer, weight_decay_loss

@@ -6,19 +6,11 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 import tensorflow as tf
 
 import run as run_py
-from conftest import ROOT, tiny_config
+from conftest import ROOT, checkpoint_values, run_interrupted_then_resumed, tiny_config
 from simclr_tf import monitor, weights
-
-
-def checkpoint_values(model_dir):
-  """name -> value of every variable in the latest checkpoint of model_dir (model and optimizer)."""
-  path = tf.train.latest_checkpoint(model_dir)
-  reader = tf.train.load_checkpoint(path)
-  return {k: reader.get_tensor(k) for k, _ in tf.train.list_variables(path) if k != '_CHECKPOINTABLE_OBJECT_GRAPH'}
 
 
 def test_pretrain_cli_on_mock_cifar10(tmp_path):
@@ -87,19 +79,8 @@ def test_resume_continues_exactly(tmp_path, shapes_dir, monkeypatch):
   run_py.run(config.replace(model_dir=str(straight)))
 
   interrupted = tmp_path / 'interrupted'
-  original = monitor.Monitor.report
-
-  def stop_at_step_3(self, step, metrics):
-    original(self, step, metrics)
-    if step == 3:
-      raise KeyboardInterrupt
-
-  monkeypatch.setattr(monitor.Monitor, 'report', stop_at_step_3)
-  with pytest.raises(KeyboardInterrupt):
-    run_py.run(config.replace(model_dir=str(interrupted)))
-  assert tf.train.latest_checkpoint(str(interrupted)).endswith('ckpt-2')
-  monkeypatch.setattr(monitor.Monitor, 'report', original)
-  run_py.run(config.replace(model_dir=str(interrupted)))
+  stopped_at = run_interrupted_then_resumed(config.replace(model_dir=str(interrupted)), monkeypatch)
+  assert stopped_at.endswith('ckpt-2')
 
   a, b = checkpoint_values(str(straight)), checkpoint_values(str(interrupted))
   assert a.keys() == b.keys()
