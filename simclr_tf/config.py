@@ -276,8 +276,11 @@ INTERCHANGEABLE_PRECISIONS = frozenset({'float32', 'mixed_bfloat16'})
 
 
 def resume_conflicts(recorded: dict, config: Config):
-  """[(field, recorded value, new value)] of the differences that make resuming `recorded` with `config` wrong."""
+  """[(field, recorded value, new value)] of the differences that make resuming `recorded` with `config` wrong.
+  A field the recorded config lacks (it was written before the field existed) had its default: new settings are
+  off by default, so the old run trained with them off (e.g. --memory_size=0)."""
   current = dataclasses.asdict(config)
+  recorded = dict(dataclasses.asdict(Config()), **recorded)
   return [(k, recorded[k], current[k]) for k in sorted(current)
-          if k in recorded and k not in RESUMABLE_CHANGES and recorded[k] != current[k]
+          if k not in RESUMABLE_CHANGES and recorded[k] != current[k]
           and not (k == 'precision' and {recorded[k], current[k]} <= INTERCHANGEABLE_PRECISIONS)]

@@ -2,6 +2,7 @@
 checkpoint and a SavedModel from commit 512c5fa, before the package was reorganised) are read by this one: the same
 outputs, and a run resumed from that checkpoint continues it, saving the same object paths."""
 
+import json
 import os
 import shutil
 
@@ -13,6 +14,7 @@ import run as run_py
 from conftest import ROOT
 from simclr_tf import files, weights
 from simclr_tf.config import from_dict
+from simclr_tf.errors import UserError
 
 BEFORE = os.path.join(ROOT, 'tests', 'resources', 'written_before_layout_change')
 
@@ -81,3 +83,15 @@ def test_run_written_before_resumes_with_the_same_object_paths(recorded, tmp_pat
   after = weights.WeightFile(os.path.join(model_dir, 'ckpt-3')).model_values()
   assert before.keys() == after.keys()
   assert any(not np.array_equal(before[k], after[k]) for k in before)  # it trained on from there
+
+
+def test_a_run_written_before_the_memory_existed_cannot_resume_with_one(recorded, tmp_path, shapes_dir):
+  """Its config.json has no memory_size: it trained without a memory, and adding one would not continue it."""
+  config, _ = recorded
+  assert 'memory_size' not in json.load(open(os.path.join(BEFORE, 'config.json')))
+  model_dir = str(tmp_path / 'run')
+  os.makedirs(model_dir)
+  for name in ('checkpoint', 'ckpt-2.index', 'ckpt-2.data-00000-of-00001', 'config.json'):
+    shutil.copy(os.path.join(BEFORE, name), model_dir)
+  with pytest.raises(UserError, match=r'--memory_size=16 \(was 0\)'):
+    run_py.run(config.replace(model_dir=model_dir, data_dir=shapes_dir, train_steps=3, memory_size=16))
