@@ -131,8 +131,9 @@ def test_memory_resumes_exactly_and_the_checkpoint_holds_all_of_it(tmp_path, sha
 
 def test_memory_two_replicas_equal_one_device(tmp_path, shapes_dir):
   def two_steps(name, replicas):
+    # The two-replica run also takes both steps in one call (--steps_per_loop), the loop's other path.
     config = tiny_config(dataset='image_folder', data_dir=shapes_dir, model_dir=str(tmp_path / name), train_steps=2,
-                         cpu_replicas=replicas, memory_size=32, memory_momentum=0.5)
+                         cpu_replicas=replicas, steps_per_loop=replicas, memory_size=32, memory_momentum=0.5)
     run_py.run(config.validate())
     return checkpoint_values(str(tmp_path / name))
 
