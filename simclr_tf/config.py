@@ -89,8 +89,9 @@ class Config:
                             'at least 2 x --train_batch_size.')
   memory_momentum: float = _field(0.999, 'Momentum m of the memory\'s network: after every step its weights become '
                                   'm * its weights + (1 - m) * the trained network\'s.')
-  export_momentum_network: bool = _field(False, 'With --memory_size: export the momentum network at the end of '
-                                         'pretraining instead of the trained (online) one.')
+  export_momentum_network: bool = _field(False, 'Export the memory\'s momentum network instead of the trained '
+                                         '(online) one: at the end of pretraining with --memory_size, or with '
+                                         '--mode=export from such a checkpoint.')
   proj_out_dim: int = _field(128, 'Output dimension of the projection head.')
   num_proj_layers: int = _field(3, 'Number of layers of the projection head (3 in SimCLRv2).')
   ft_proj_selector: int = _field(0, 'Which projection-head layer feeds the supervised head: 0 = its input, '

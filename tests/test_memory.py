@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 import run as run_py
-from conftest import checkpoint_values, run_interrupted_then_resumed, tiny_config
+from conftest import ROOT, checkpoint_values, run_cli, run_interrupted_then_resumed, tiny_config
 from simclr_tf import losses, memory, monitor, weights
 from simclr_tf.modes import pretrain
 from simclr_tf.training import loop
@@ -118,15 +118,28 @@ def test_memory_resumes_exactly_and_the_checkpoint_holds_all_of_it(tmp_path, sha
   assert [r['memory_fill'] for r in records] == pytest.approx([0, 16 / 24, 1, 1])
 
   # The export is the momentum network, all of it; the checkpoint's model (what fine-tuning loads) is the online one.
+  # --mode=export writes the same from the checkpoint.
   exported = weights.WeightFile(os.path.join(str(straight), 'saved_model')).model_values()
-  checkpoint = weights.WeightFile(str(straight))
-  momentum = {p[len('momentum_network/'):]: checkpoint.value(p) for p in checkpoint.keys
-              if p.startswith('momentum_network/')}
-  online = checkpoint.model_values()
+  momentum = weights.WeightFile(str(straight), network='momentum_network').model_values()
+  online = weights.WeightFile(str(straight)).model_values()
   assert set(exported) == set(momentum) and set(momentum) < set(online)  # online also has the linear head
   for k in momentum:
     np.testing.assert_array_equal(exported[k], momentum[k], err_msg=k)
   assert max(np.abs(online[k] - momentum[k]).max() for k in momentum) > 1e-4
+  later = str(tmp_path / 'later_export')
+  run_py.run(config.replace(mode='export', checkpoint=str(straight), export_dir=later, export_momentum_network=True))
+  for k, value in weights.WeightFile(later).model_values().items():
+    np.testing.assert_array_equal(value, momentum[k], err_msg=k)
+
+
+def test_exporting_the_momentum_network_of_a_run_without_a_memory_is_one_line(tmp_path):
+  before = os.path.join(ROOT, 'tests', 'resources', 'written_before_layout_change')
+  proc = run_cli('--mode=export', f'--checkpoint={before}', f'--export_dir={tmp_path / "out"}',
+                 '--export_momentum_network', '--resnet_depth=18', '--width_multiplier=0.125', timeout=120)
+  assert proc.returncode == 2
+  lines = proc.stderr.strip().splitlines()
+  assert len(lines) == 1 and 'holds no momentum_network' in lines[0], proc.stderr
+  assert not (tmp_path / 'out').exists()
 
 
 def test_memory_two_replicas_equal_one_device(tmp_path, shapes_dir):

@@ -1,5 +1,6 @@
 """--mode=export: a checkpoint or SavedModel of any supported layout (ours, or the paper's reference code's) ->
-this project's SavedModel at --export_dir (default: model_dir/saved_model)."""
+this project's SavedModel at --export_dir (default: model_dir/saved_model). With --export_momentum_network, the
+momentum network of a pretraining checkpoint with a memory of negatives."""
 
 import logging
 import os
@@ -21,7 +22,8 @@ def validate(config: Config) -> None:
 
 
 def run(config: Config, strategy: tf.distribute.Strategy) -> Dict[str, str]:
-  model, found = weights.load_model(config, config.checkpoint, strategy)
+  network = 'momentum_network' if config.export_momentum_network else 'model'
+  model, found = weights.load_model(config, config.checkpoint, strategy, network=network)
   path = config.export_dir or os.path.join(config.model_dir, 'saved_model')
   export.export_saved_model(model, path, config.to_json())
   log.info('exported %s (%s) to %s', config.checkpoint, found.layout, path)

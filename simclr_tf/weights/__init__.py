@@ -38,12 +38,14 @@ def restore(model, variables, path, flag: str = 'checkpoint') -> Tuple[int, str]
   return len(pairs), weights.layout
 
 
-def load_model(config, path: str, strategy: tf.distribute.Strategy = None, flag: str = 'checkpoint'):
+def load_model(config, path: str, strategy: tf.distribute.Strategy = None, flag: str = 'checkpoint',
+               network: str = 'model'):
   """A model with every variable of `path` (a checkpoint or SavedModel of this project, or of the paper's
   reference code): its projection-head depth and number of classes are read from the file, the rest of the
-  architecture from `config`. Returns (model, the file's WeightFile)."""
+  architecture from `config`. network='momentum_network' loads the memory's momentum copy instead (see
+  WeightFile). Returns (model, the file's WeightFile)."""
   from simclr_tf.models.simclr import build_model
-  weights = WeightFile(path, flag)
+  weights = WeightFile(path, flag, network)
   num_classes, proj_layers = describe_head(weights)
   with (strategy or tf.distribute.get_strategy()).scope():
     model = build_model(config, pretraining=False, num_classes=num_classes, proj_keep_layers=proj_layers)

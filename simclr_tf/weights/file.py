@@ -58,9 +58,12 @@ class WeightFile:
   """The variables of a checkpoint or SavedModel of any supported layout, addressable by object path (the file's
   index is opened once)."""
 
-  def __init__(self, path: str, flag: str = 'checkpoint'):
+  def __init__(self, path: str, flag: str = 'checkpoint', network: str = 'model'):
+    """network: which network of the file is 'the model' (model_paths): 'model', or 'momentum_network', the memory
+    of negatives' momentum copy in a checkpoint of pretraining with --memory_size."""
     self.path = path
     self.flag = flag
+    self.network = network
     self.saved_model = is_saved_model(path)
     if self.saved_model:
       self.prefix = os.path.join(path, 'variables', 'variables')
@@ -75,6 +78,9 @@ class WeightFile:
     except (tf.errors.OpError, ValueError) as e:
       raise UserError(f'{self.prefix} cannot be read as a checkpoint ({first_line(e)}).') from None
     self.layout = self._detect()
+    if network != 'model' and not (self.ours and any(p.startswith(network + '/') for p in self.keys)):
+      raise UserError(f'--{flag}={path} holds no {network} (a momentum network is in checkpoints of pretraining '
+                      f'with --memory_size only).')
 
   def _detect(self) -> str:
     if any(p.startswith('model/resnet/') for p in self.keys):
@@ -96,7 +102,8 @@ class WeightFile:
 
   def model_paths(self) -> Dict[str, str]:
     """{path below the model (e.g. 'resnet/stem/conv0/conv/conv/_kernel'): object path in the file}."""
-    return {p[len('model/'):]: p for p in self.keys if p.startswith('model/')}
+    root = self.network + '/'
+    return {p[len(root):]: p for p in self.keys if p.startswith(root)}
 
   def model_values(self) -> Dict[str, object]:
     """{path below the model: numpy value} of every model variable in the file."""
