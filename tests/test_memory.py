@@ -73,6 +73,8 @@ def test_a_step_moves_the_momentum_network_by_its_ema_and_enqueues_its_keys(shap
   negatives_network = task.extra_checkpoint['momentum_network']
   online_weights = memory.encoder_and_head_weights(task.model, False)
   momentum_weights = memory.encoder_and_head_weights(negatives_network, False)
+  # Pairs are matched by position: the two networks must list the same layers in the same order.
+  assert [w.path for w in online_weights] == [w.path for w in momentum_weights]
   for a, b in zip(online_weights, momentum_weights):
     np.testing.assert_array_equal(a.numpy(), b.numpy())  # it starts as a copy
   before = [w.numpy() for w in memory.encoder_and_head_weights(negatives_network, True)]
