@@ -66,12 +66,18 @@ def test_saved_model_written_before_still_serves(recorded):
   assert_outputs_match(outputs, expected, 'saved_model/')
 
 
-def test_run_written_before_resumes_with_the_same_object_paths(recorded, tmp_path, shapes_dir):
-  config, _ = recorded
+def copy_of_the_run_written_before(tmp_path) -> str:
+  """A model_dir holding the old run's checkpoint and config.json (copied: resuming writes to it)."""
   model_dir = str(tmp_path / 'run')
   os.makedirs(model_dir)
   for name in ('checkpoint', 'ckpt-2.index', 'ckpt-2.data-00000-of-00001', 'config.json'):
     shutil.copy(os.path.join(BEFORE, name), model_dir)
+  return model_dir
+
+
+def test_run_written_before_resumes_with_the_same_object_paths(recorded, tmp_path, shapes_dir):
+  config, _ = recorded
+  model_dir = copy_of_the_run_written_before(tmp_path)
   # Every object of the model and optimizer must be found in the old checkpoint (restore asserts it).
   result = run_py.run(config.replace(model_dir=model_dir, data_dir=shapes_dir, train_steps=3, export_at_end=False))
   assert result['step'] == 3
@@ -89,9 +95,6 @@ def test_a_run_written_before_the_memory_existed_cannot_resume_with_one(recorded
   """Its config.json has no memory_size: it trained without a memory, and adding one would not continue it."""
   config, _ = recorded
   assert 'memory_size' not in json.load(open(os.path.join(BEFORE, 'config.json')))
-  model_dir = str(tmp_path / 'run')
-  os.makedirs(model_dir)
-  for name in ('checkpoint', 'ckpt-2.index', 'ckpt-2.data-00000-of-00001', 'config.json'):
-    shutil.copy(os.path.join(BEFORE, name), model_dir)
+  model_dir = copy_of_the_run_written_before(tmp_path)
   with pytest.raises(UserError, match=r'--memory_size=16 \(was 0\)'):
     run_py.run(config.replace(model_dir=model_dir, data_dir=shapes_dir, train_steps=3, memory_size=16))
