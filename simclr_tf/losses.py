@@ -4,7 +4,7 @@ Each loss is the mean over the local (per-replica) batch; the training step divi
 and Keras sums the gradients across replicas, so the update equals that of one device on the global batch.
 """
 
-from typing import Optional
+from typing import Optional, Tuple
 
 import tensorflow as tf
 
@@ -37,7 +37,8 @@ def replica_offset(local_batch) -> tf.Tensor:
 
 
 def nt_xent(z1: tf.Tensor, z2: tf.Tensor, temperature: float, hidden_norm: bool = True,
-            memory: Optional[tf.Tensor] = None, memory_valid: Optional[tf.Tensor] = None):
+            memory: Optional[tf.Tensor] = None, memory_valid: Optional[tf.Tensor] = None,
+            keys: Optional[Tuple[tf.Tensor, tf.Tensor]] = None):
   """SimCLR contrastive loss of two views' projections [B, D] (local batch).
 
   Returns (loss, logits, labels): the loss is CE([ab|aa]) + CE([ba|bb]) averaged over the local batch, where
@@ -48,6 +49,11 @@ def nt_xent(z1: tf.Tensor, z2: tf.Tensor, temperature: float, hidden_norm: bool 
   hidden_norm, and `memory_valid` [K] bool, the slots that hold a key), each view's logits also hold its similarity
   to every valid key, as negatives: CE([ab|aa|am]) + CE([ba|bb|bm]); `logits` and `labels` then cover
   [ab|am], so the accuracy and entropy are measured against the enlarged set of negatives.
+
+  With `keys` (k1, k2) [B, D] (local batch, compared as given: a momentum network's normalised projections of the
+  two views), the anchors z1 and z2 are compared with the keys instead of with each other, as in MoCo: a[i]'s
+  positive is k2[i], its negatives k2[j] and k1[j] for every other j of the global batch (and the memory). No
+  gradient flows into the keys. Without keys, the keys are z1 and z2 themselves: SimCLR.
   """
   z1 = tf.cast(z1, tf.float32)
   z2 = tf.cast(z2, tf.float32)
@@ -55,17 +61,18 @@ def nt_xent(z1: tf.Tensor, z2: tf.Tensor, temperature: float, hidden_norm: bool 
     z1 = tf.math.l2_normalize(z1, axis=-1)
     z2 = tf.math.l2_normalize(z2, axis=-1)
   local_batch = tf.shape(z1)[0]
-  z1_all = cross_replica_concat(z1)
-  z2_all = cross_replica_concat(z2)
-  global_batch = tf.shape(z1_all)[0]
+  k1, k2 = (z1, z2) if keys is None else (tf.stop_gradient(tf.cast(k, tf.float32)) for k in keys)
+  k1_all = cross_replica_concat(k1)
+  k2_all = cross_replica_concat(k2)
+  global_batch = tf.shape(k1_all)[0]
   positives = replica_offset(local_batch) + tf.range(local_batch)
   labels = tf.one_hot(positives, global_batch * 2)
   self_mask = tf.one_hot(positives, global_batch)
 
-  logits_aa = tf.matmul(z1, z1_all, transpose_b=True) / temperature - self_mask * LARGE_NUM
-  logits_bb = tf.matmul(z2, z2_all, transpose_b=True) / temperature - self_mask * LARGE_NUM
-  logits_ab = tf.matmul(z1, z2_all, transpose_b=True) / temperature
-  logits_ba = tf.matmul(z2, z1_all, transpose_b=True) / temperature
+  logits_aa = tf.matmul(z1, k1_all, transpose_b=True) / temperature - self_mask * LARGE_NUM
+  logits_bb = tf.matmul(z2, k2_all, transpose_b=True) / temperature - self_mask * LARGE_NUM
+  logits_ab = tf.matmul(z1, k2_all, transpose_b=True) / temperature
+  logits_ba = tf.matmul(z2, k1_all, transpose_b=True) / temperature
   logits_a = [logits_ab, logits_aa]
   logits_b = [logits_ba, logits_bb]
   metric_logits, metric_labels = logits_ab, labels[:, :global_batch]

@@ -14,24 +14,27 @@ from simclr_tf.modes import pretrain
 from simclr_tf.training import loop
 
 
-def direct_loss_with_memory(z1, z2, keys, valid, tau):
-  """NT-Xent written out per anchor: the positive against the other view's examples, the own view's other examples
-  and every valid key of the memory. Also the accuracy of finding the positive among [other view | valid keys]."""
+def direct_loss_with_memory(z1, z2, keys, valid, tau, k1=None, k2=None):
+  """NT-Xent written out per anchor: the positive (the other view's key of the same image) against the other view's
+  keys of the other images, the own view's keys of the other images and every valid key of the memory. The views'
+  keys are k1, k2 (a momentum network's, compared as given) or, by default, the normalised views themselves. Also
+  the accuracy of finding the positive among [other view's keys | valid memory keys]."""
   norm = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)
   z1, z2, keys = norm(z1), norm(z2), norm(keys)[valid]
+  k1, k2 = (z1, z2) if k1 is None else (k1, k2)
   total, hits = 0.0, 0
-  for a, b in ((z1, z2), (z2, z1)):
+  for a, own, other in ((z1, k1, k2), (z2, k2, k1)):
     for i in range(len(a)):
-      others = [a[i] @ b[j] for j in range(len(b))] + [a[i] @ a[j] for j in range(len(a)) if j != i]
-      logits = np.array(others + [a[i] @ k for k in keys]) / tau
+      logits = [a[i] @ other[j] for j in range(len(other))] + [a[i] @ own[j] for j in range(len(own)) if j != i]
+      logits = np.array(logits + [a[i] @ k for k in keys]) / tau
       total += -logits[i] + np.log(np.sum(np.exp(logits)))
       if a is z1:
-        against = np.concatenate([logits[:len(b)], logits[len(b) + len(a) - 1:]])
+        against = np.concatenate([logits[:len(other)], logits[len(other) + len(own) - 1:]])
         hits += int(np.argmax(against) == i)
   return total / len(z1), hits / len(z1)
 
 
-def test_the_loss_with_a_memory_is_nt_xent_with_the_valid_keys_as_extra_negatives():
+def test_the_loss_with_a_memory_compares_the_views_with_the_keys_and_the_valid_queued_keys():
   rng = np.random.default_rng(0)
   z1, z2 = rng.normal(size=(6, 5)), rng.normal(size=(6, 5))
   keys = rng.normal(size=(10, 5))
@@ -39,18 +42,32 @@ def test_the_loss_with_a_memory_is_nt_xent_with_the_valid_keys_as_extra_negative
   keys = keys / np.linalg.norm(keys, axis=1, keepdims=True)
   valid = np.arange(10) < 7
   keys[2] = z1[4] / np.linalg.norm(z1[4])  # a valid key nearer to anchor 4 than its positive
-  loss, logits, labels = losses.nt_xent(tf.constant(z1, tf.float32), tf.constant(z2, tf.float32), 0.5,
-                                        memory=tf.constant(keys, tf.float32), memory_valid=tf.constant(valid))
+  t = lambda x: tf.constant(x, tf.float32)
+  loss, logits, labels = losses.nt_xent(t(z1), t(z2), 0.5, memory=t(keys), memory_valid=tf.constant(valid))
   expected_loss, expected_accuracy = direct_loss_with_memory(z1, z2, keys, valid, 0.5)
   np.testing.assert_allclose(loss.numpy(), expected_loss, rtol=1e-5)
   accuracy, _ = losses.contrastive_metrics(logits, labels)
   assert accuracy.numpy() == pytest.approx(expected_accuracy) and expected_accuracy < 1
   assert logits.shape == (6, 6 + 10)
   # An empty memory is plain NT-Xent.
-  empty, _, _ = losses.nt_xent(tf.constant(z1, tf.float32), tf.constant(z2, tf.float32), 0.5,
-                               memory=tf.constant(keys, tf.float32), memory_valid=tf.zeros([10], tf.bool))
-  plain, _, _ = losses.nt_xent(tf.constant(z1, tf.float32), tf.constant(z2, tf.float32), 0.5)
+  empty, _, _ = losses.nt_xent(t(z1), t(z2), 0.5, memory=t(keys), memory_valid=tf.zeros([10], tf.bool))
+  plain, _, _ = losses.nt_xent(t(z1), t(z2), 0.5)
   np.testing.assert_allclose(empty.numpy(), plain.numpy(), rtol=1e-6)
+
+  # With a momentum network's keys of the views (near the views, not equal), the views are compared with those
+  # keys, and the keys get no gradient.
+  k1, k2 = (x / np.linalg.norm(x, axis=1, keepdims=True) for x in (z1 + 0.3 * rng.normal(size=z1.shape),
+                                                                     z2 + 0.3 * rng.normal(size=z2.shape)))
+  a, b, ka, kb = t(z1), t(z2), t(k1), t(k2)
+  with tf.GradientTape(persistent=True) as tape:
+    tape.watch([a, ka, kb])
+    loss, logits, labels = losses.nt_xent(a, b, 0.5, memory=t(keys), memory_valid=tf.constant(valid), keys=(ka, kb))
+  expected_loss, expected_accuracy = direct_loss_with_memory(z1, z2, keys, valid, 0.5, k1, k2)
+  np.testing.assert_allclose(loss.numpy(), expected_loss, rtol=1e-5)
+  assert abs(expected_loss - direct_loss_with_memory(z1, z2, keys, valid, 0.5)[0]) > 0.01  # the keys matter
+  assert losses.contrastive_metrics(logits, labels)[0].numpy() == pytest.approx(expected_accuracy)
+  assert tape.gradient(loss, ka) is None and tape.gradient(loss, kb) is None
+  assert np.abs(tape.gradient(loss, a).numpy()).max() > 0
 
 
 def test_the_queue_keeps_the_newest_keys_in_order_and_wraps_around():
@@ -67,7 +84,7 @@ def test_the_queue_keeps_the_newest_keys_in_order_and_wraps_around():
   assert memory.KeyQueue(size=5, dim=1).valid().numpy().sum() == 0
 
 
-def test_a_step_moves_the_momentum_network_by_its_ema_and_enqueues_its_keys(shapes_dir):
+def test_a_step_compares_with_the_momentum_keys_enqueues_them_and_moves_the_momentum_network_by_its_ema(shapes_dir):
   config = tiny_config(dataset='image_folder', data_dir=shapes_dir, memory_size=40, memory_momentum=0.75)
   task = pretrain.make_task(config, tf.distribute.get_strategy(), None, num_examples=40)
   negatives_network = task.extra_checkpoint['momentum_network']
@@ -77,9 +94,20 @@ def test_a_step_moves_the_momentum_network_by_its_ema_and_enqueues_its_keys(shap
   assert [w.path for w in online_weights] == [w.path for w in momentum_weights]
   for a, b in zip(online_weights, momentum_weights):
     np.testing.assert_array_equal(a.numpy(), b.numpy())  # it starts as a copy
+  for w in memory.encoder_and_head_weights(negatives_network, True):  # as if it lagged: its keys differ from the views
+    w.assign(w + tf.random.stateless_normal(w.shape, [3, 4], stddev=0.05))
   before = [w.numpy() for w in memory.encoder_and_head_weights(negatives_network, True)]
   images = tf.random.stateless_uniform([8, 32, 32, 6], [1, 2])
-  loop.make_replica_update(task, 1)({'image': images})
+  views = tf.concat(tf.split(images, 2, axis=-1), axis=0)
+  # The step's keys: the momentum network's projections of both views with the weights it has before the step (in
+  # training mode, so its moving statistics, which this also moves, do not enter).
+  keys = tf.math.l2_normalize(negatives_network(views, training=True)['proj_head_output'], axis=-1)
+  z1, z2 = tf.split(task.model(views, training=True)['proj_head_output'], 2, axis=0)
+  expected_loss, _, _ = losses.nt_xent(z1, z2, config.temperature, keys=tuple(tf.split(keys, 2, axis=0)))
+  metrics = loop.make_replica_update(task, 1)({'image': images})
+  np.testing.assert_allclose(metrics['contrast_loss'].numpy(), expected_loss.numpy(), rtol=1e-5)
+  simclr_loss, _, _ = losses.nt_xent(z1, z2, config.temperature)
+  assert abs(simclr_loss.numpy() - expected_loss.numpy()) > 1e-3  # which keys are used is seen in the loss
 
   after_online = [w.numpy() for w in memory.encoder_and_head_weights(task.model, True)]
   after = [w.numpy() for w in memory.encoder_and_head_weights(negatives_network, True)]
@@ -89,9 +117,7 @@ def test_a_step_moves_the_momentum_network_by_its_ema_and_enqueues_its_keys(shap
 
   queue = task.extra_checkpoint['memory']
   assert int(queue.filled.numpy()) == 16 and int(queue.position.numpy()) == 16  # both views of 8 images
-  views = tf.concat(tf.split(images, 2, axis=-1), axis=0)
-  keys = tf.math.l2_normalize(negatives_network(views, training=True)['proj_head_output'], axis=-1).numpy()
-  np.testing.assert_allclose(queue.keys.numpy()[:16], keys, atol=2e-5)
+  np.testing.assert_allclose(queue.keys.numpy()[:16], keys.numpy(), atol=2e-5)
   assert not queue.keys.numpy()[16:].any()
 
 

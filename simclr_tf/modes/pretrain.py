@@ -51,14 +51,16 @@ def contrastive_replica_step(model, config: Config, num_classes: int,
                              negatives: Optional[memory.NegativesMemory] = None):
   """The per-replica step of pretraining: NT-Xent of the two views (stacked along channels in batch['image']) +
   weight decay, plus the linear head's cross-entropy on a stop-gradient when num_classes > 0. With a memory of
-  negatives, its keys join the negatives and the step hands its images on (carry) for the memory's update."""
+  negatives, the views are compared with the momentum network's keys and the queue's (simclr_tf.memory), and the
+  step hands its keys on (carry) to be enqueued after the update."""
 
   def replica_step(batch):
     images = tf.concat(tf.split(batch['image'], 2, axis=-1), axis=0)
     outputs = model(images, training=True)
     z1, z2 = tf.split(outputs['proj_head_output'], 2, axis=0)
-    keys, valid = negatives.negatives() if negatives else (None, None)
-    con_loss, logits, labels = losses.nt_xent(z1, z2, config.temperature, config.hidden_norm, keys, valid)
+    keys = negatives.keys(images) if negatives else None
+    queued, valid = negatives.negatives() if negatives else (None, None)
+    con_loss, logits, labels = losses.nt_xent(z1, z2, config.temperature, config.hidden_norm, queued, valid, keys)
     accuracy, entropy = losses.contrastive_metrics(logits, labels)
     loss = con_loss + weight_decay_loss(model, config)
     values = {'contrast_loss': con_loss, 'contrast_acc': accuracy, 'contrast_entropy': entropy}
@@ -74,7 +76,7 @@ def contrastive_replica_step(model, config: Config, num_classes: int,
       loss += sup_loss
       values.update(sup_loss=sup_loss, sup_acc=metrics.accuracy(sup_labels, outputs['logits_sup']))
     if negatives:
-      return loss, {'loss': loss, **values}, batch['image']
+      return loss, {'loss': loss, **values}, keys
     return loss, {'loss': loss, **values}
 
   return replica_step
