@@ -9,10 +9,10 @@ The variant implemented, and why:
 - Why not positives and in-batch negatives from the online network, with only the queue from the momentum network
   (the memory as "extra negatives" and nothing else)? That was our first version, and it did not learn on CIFAR-10
   (batch 128, K = 4096, m = 0.999, 12 epochs): kNN accuracy 28.8% after 4 epochs, then the projections died at
-  step ~2900 (loss exactly 2·ln(K + 2B − 1)). When the positive comes from one network and the queued negatives
-  from another, the anchor can tell a negative by its network alone, and the cheapest way to lower the loss is to
-  drift away from the lagging momentum copy of itself rather than to learn the images. With every key from one
-  slowly moving network, keys differ only by image.
+  step ~2900 (loss exactly 2·ln(K + 2B − 1)); this version learns (README). Our reading: when the positive comes
+  from one network and the queued negatives from another, the anchor can tell a negative by the network that made
+  it, and the loss falls by drifting away from the lagging momentum copy rather than by learning the images. With
+  every key from one slowly moving network, keys differ only by image.
 - Each step (inside it): the momentum network projects both views of the batch, in training mode (batch statistics,
   as the online network; its own moving statistics follow its activations, as in MoCo); its projections,
   normalised with --hidden_norm, are the step's keys. After the update (the loop's after_update): w_ema =
