@@ -41,7 +41,8 @@ PRESETS = {
                  finetune_epochs={'1pct': (30, 100, 300), '10pct': (10, 30, 90)},
                  distill_epochs=6, linear_epochs=3, knn_k=200, val_fraction=0.1, precision='mixed_bfloat16'),
     # A few minutes: every stage runs a handful of steps on a few images per class (one grid point per side).
-    'fast': dict(width=0.125, pretrain_epochs=2, pretrain_batch=32, memory_sizes=(64,), memory_momentum=0.99, batch=16,
+    'fast': dict(width=0.125, pretrain_epochs=2, pretrain_batch=32, memory_sizes=(64,), memory_momentum=0.99,
+                 batch=16,
                  lrs=(0.2,), crop_min_areas=(0.35,), epochs={'1pct': (1,), '10pct': (1,)},
                  finetune_epochs={'1pct': (1,), '10pct': (1,)}, distill_epochs=1, linear_epochs=1, knn_k=5,
                  val_fraction=0.25, precision='float32', per_class=(40, 10)),

@@ -41,9 +41,9 @@ class Task:
   the step when the augmentation runs on the device). replica_step(batch) -> (loss to minimise, {metric name: scalar})
   or (loss, metrics, carry). The loop scales the loss by the number of replicas, takes the gradients of `trainable`
   (default: the model's trainable variables), applies them, then calls after_update(carry) in the same replica context
-  (carry: whatever the step handed on, e.g. the keys the memory enqueues; None when the step
-  returns two values). The metrics must include 'loss'; their names are those of the dict. `extra_checkpoint` names more
-  objects (variables, layers, models) that change during training and must be saved and restored with the model and
+  (carry: whatever the step handed on, e.g. the keys the memory enqueues; None when the step returns two values).
+  The metrics must include 'loss'; their names are those of the dict. `extra_checkpoint` names more objects
+  (variables, layers, models) that change during training and must be saved and restored with the model and
   optimizer.
   """
   model: keras.Model
