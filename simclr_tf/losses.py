@@ -50,8 +50,8 @@ def nt_xent(z1: tf.Tensor, z2: tf.Tensor, temperature: float, hidden_norm: bool 
   to every valid key, as negatives: CE([ab|aa|am]) + CE([ba|bb|bm]); `logits` and `labels` then cover
   [ab|am], so the accuracy and entropy are measured against the enlarged set of negatives.
 
-  With `keys` (k1, k2) [B, D] (local batch, compared as given: a momentum network's normalised projections of the
-  two views), the anchors z1 and z2 are compared with the keys instead of with each other, as in MoCo: a[i]'s
+  With `keys` (k1, k2) [global batch, D] (already gathered across replicas in replica order, compared as given: a
+  momentum network's normalised projections of the two views), the anchors z1 and z2 are compared with the keys instead of with each other, as in MoCo: a[i]'s
   positive is k2[i], its negatives k2[j] and k1[j] for every other j of the global batch (and the memory). No
   gradient flows into the keys. Without keys, the keys are z1 and z2 themselves: SimCLR.
   """
@@ -61,9 +61,10 @@ def nt_xent(z1: tf.Tensor, z2: tf.Tensor, temperature: float, hidden_norm: bool 
     z1 = tf.math.l2_normalize(z1, axis=-1)
     z2 = tf.math.l2_normalize(z2, axis=-1)
   local_batch = tf.shape(z1)[0]
-  k1, k2 = (z1, z2) if keys is None else (tf.stop_gradient(tf.cast(k, tf.float32)) for k in keys)
-  k1_all = cross_replica_concat(k1)
-  k2_all = cross_replica_concat(k2)
+  if keys is None:
+    k1_all, k2_all = cross_replica_concat(z1), cross_replica_concat(z2)
+  else:
+    k1_all, k2_all = (tf.stop_gradient(tf.cast(k, tf.float32)) for k in keys)
   global_batch = tf.shape(k1_all)[0]
   positives = replica_offset(local_batch) + tf.range(local_batch)
   labels = tf.one_hot(positives, global_batch * 2)

@@ -99,22 +99,21 @@ class NegativesMemory:
     return tf.convert_to_tensor(self.queue.keys), self.queue.valid()
 
   def keys(self, images: tf.Tensor):
-    """(k1, k2): the momentum network's normalised projections [B, D] of the two views (`images`: the views stacked
-    along the batch axis, local batch), without gradient; the step's keys, for losses.nt_xent and then the queue."""
+    """(k1, k2): the momentum network's normalised projections of the two views (`images`: the views stacked along
+    the batch axis, local batch), without gradient, gathered across replicas ([global batch, D] each): the step's
+    keys, for losses.nt_xent and then the queue."""
     projections = self.momentum_network(images, training=True)['proj_head_output']
     keys = tf.stop_gradient(tf.cast(projections, tf.float32))
     if self.config.hidden_norm:
       keys = tf.math.l2_normalize(keys, axis=-1)
     k1, k2 = tf.split(keys, 2, axis=0)
-    return k1, k2
+    return losses.cross_replica_concat(k1), losses.cross_replica_concat(k2)
 
   def after_update(self, keys) -> None:
-    """After the step: EMA of the weights, then the step's keys (k1, k2) enqueued for the global batch."""
+    """After the step: EMA of the weights, then the step's keys (k1, k2, as keys() gathered them) enqueued."""
     m = self.config.memory_momentum
     assign_everywhere([ema for ema, _ in self.pairs], [m * ema + (1 - m) * w for ema, w in self.pairs])
-    k1, k2 = keys
-    gathered = tf.concat([losses.cross_replica_concat(k1), losses.cross_replica_concat(k2)], axis=0)
-    assign_everywhere(self.queue.variables_in_order(), self.queue.enqueued(gathered))
+    assign_everywhere(self.queue.variables_in_order(), self.queue.enqueued(tf.concat(keys, axis=0)))
 
   def checkpoint_objects(self) -> dict:
     return {'momentum_network': self.momentum_network, 'memory': self.queue}
