@@ -2,14 +2,14 @@
 
 import keras
 
-from simclr_tf.models.resnet import BatchNormRelu
+from simclr_tf.models.resnet import BatchNormRelu, Composite
 
 
 def dense_initializer():
   return keras.initializers.RandomNormal(stddev=0.01)
 
 
-class ProjectionLayer(keras.layers.Layer):
+class ProjectionLayer(Composite):
   """Dense without bias, then batch norm (+ ReLU except for the last layer, whose BN has no beta)."""
 
   def __init__(self, units, last, bn_args, **kwargs):
@@ -21,7 +21,7 @@ class ProjectionLayer(keras.layers.Layer):
     return self.bn(self.dense(x), training=training)
 
 
-class ProjectionHead(keras.layers.Layer):
+class ProjectionHead(Composite):
   """Layers 1..n-1 keep the input width; layer n maps to out_dim. call() returns [input, out_1, ..., out_k].
 
   `keep_layers` (default all n) builds only the first k layers: fine-tuning from layer k needs no more.
@@ -43,7 +43,7 @@ class ProjectionHead(keras.layers.Layer):
     return hiddens
 
 
-class SupervisedHead(keras.layers.Layer):
+class SupervisedHead(Composite):
   """One Dense(num_classes) with bias and no batch norm: `logits_sup`."""
 
   def __init__(self, num_classes, zero_init=False, **kwargs):

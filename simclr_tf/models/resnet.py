@@ -23,11 +23,20 @@ OUTPUT_KEYS = ('initial_conv', 'initial_max_pool', 'block_group1', 'block_group2
                'final_avg_pool')
 
 
+class Composite(keras.layers.Layer):
+  """A layer made of sublayers (created in __init__) and no variables of its own. It counts as built before its
+  first call, and each sublayer builds itself when the call reaches it. (Keras's default build would first trace
+  call() symbolically, and again at every level of nesting: 45 s for an R152 2x before its first real call.)"""
+
+  def build(self, input_shape):
+    del input_shape  # the sublayers build themselves, from what reaches them
+
+
 def conv_initializer():
   return keras.initializers.VarianceScaling(scale=1.0, mode='fan_in', distribution='truncated_normal')
 
 
-class BatchNormRelu(keras.layers.Layer):
+class BatchNormRelu(Composite):
   """Batch norm (optionally synchronised across replicas), optionally followed by ReLU."""
 
   def __init__(self, relu=True, init_zero=False, center=True, momentum=0.9, synchronized=True, **kwargs):
@@ -42,7 +51,7 @@ class BatchNormRelu(keras.layers.Layer):
     return tf.nn.relu(x) if self.relu else x
 
 
-class Conv2dFixedPadding(keras.layers.Layer):
+class Conv2dFixedPadding(Composite):
   """Convolution without bias; strided ones pad (k-1)//2 explicitly then run VALID, stride 1 runs SAME."""
 
   def __init__(self, filters, kernel_size, strides=1, **kwargs):
@@ -61,7 +70,7 @@ class Conv2dFixedPadding(keras.layers.Layer):
     return self.conv(x)
 
 
-class SelectiveKernel(keras.layers.Layer):
+class SelectiveKernel(Composite):
   """SK convolution: a 3x3 conv to 2 paths, mixed by a softmax attention computed from their sum."""
 
   def __init__(self, filters, strides, sk_ratio, bn_args, min_dim=32, **kwargs):
@@ -103,7 +112,7 @@ class SqueezeExcite(keras.layers.Layer):
     return x * tf.sigmoid(self.expand(tf.nn.relu(self.reduce(s))))
 
 
-class ConvBn(keras.layers.Layer):
+class ConvBn(Composite):
   """A 3x3 (or k x k) convolution followed by batch norm, or the SK layer in its place."""
 
   def __init__(self, filters, kernel_size, strides, bn_args, relu=True, init_zero=False, sk_ratio=0.0, **kwargs):
@@ -125,7 +134,7 @@ class ConvBn(keras.layers.Layer):
     return (conv, output) if with_conv_output else output
 
 
-class Shortcut(keras.layers.Layer):
+class Shortcut(Composite):
   """Projection shortcut: 1x1 strided conv + BN, or (ResNet-D) 2x2 average pool, 1x1 conv + BN.
 
   The ResNet-D pool is there at every stride, as in the reference code: at stride 1 (the first block of
@@ -152,7 +161,7 @@ class Shortcut(keras.layers.Layer):
     return self.bn(self.conv(x), training=training)
 
 
-class ResidualBlock(keras.layers.Layer):
+class ResidualBlock(Composite):
   """Basic (two 3x3) or bottleneck (1x1, 3x3 or SK, 1x1 x4) residual block."""
 
   def __init__(self, filters, strides, bottleneck, use_projection, sk_ratio, se_ratio, bn_args, **kwargs):
@@ -183,7 +192,7 @@ class ResidualBlock(keras.layers.Layer):
     return tf.nn.relu(x + shortcut)
 
 
-class BlockGroup(keras.layers.Layer):
+class BlockGroup(Composite):
   """Blocks of one stage; the first one strides and projects. Blocks are attributes block0, block1, ..."""
 
   def __init__(self, filters, num_blocks, strides, bottleneck, sk_ratio, se_ratio, bn_args, **kwargs):
@@ -202,7 +211,7 @@ class BlockGroup(keras.layers.Layer):
     return x
 
 
-class Stem(keras.layers.Layer):
+class Stem(Composite):
   """ImageNet stem (7x7/2 conv, max-pool), ResNet-D stem (three 3x3 convs, max-pool) or CIFAR stem (3x3/1)."""
 
   def __init__(self, width_multiplier, cifar_stem, resnet_d, bn_args, **kwargs):
@@ -232,7 +241,7 @@ class Stem(keras.layers.Layer):
     return conv, pooled
 
 
-class ResNet(keras.layers.Layer):
+class ResNet(Composite):
   """The encoder. call() returns a dict with OUTPUT_KEYS; `final_avg_pool` is the representation."""
 
   def __init__(self, depth, width_multiplier=1.0, sk_ratio=0.0, se_ratio=0.0, cifar_stem=False,

@@ -35,6 +35,9 @@ class SimCLRModel(keras.Model):
     self.supervised_head = (SupervisedHead(num_classes, zero_init_logits_layer, name='supervised_head',
                                            dtype='float32') if num_classes else None)
 
+  def build(self, input_shape):
+    del input_shape  # built on the first call, as a resnet.Composite is
+
   def call(self, images, training=False):
     outputs = self.resnet(images, training=training)
     hiddens = self.projection_head(outputs['final_avg_pool'], training=training)
