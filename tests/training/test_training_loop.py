@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import tiny_config
-from simclr_tf import modes, training
+from simclr_tf import distribute, modes, training
 from simclr_tf.data import inputs
 from simclr_tf.modes import pretrain
 
@@ -31,12 +31,14 @@ def counting_task(config, strategy):
   return task, seen
 
 
-@pytest.mark.parametrize('replicas', [1, 2])
-def test_after_update_hook_and_extra_state_resume_exactly(tmp_path, shapes_dir, replicas):
-  strategy = (tf.distribute.get_strategy() if replicas == 1 else
-              tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1'], cross_device_ops=tf.distribute.ReductionToOneDevice()))
+# Two steps per call on one device, one on two replicas (each step traced there costs seconds; tests/test_memory.py
+# runs the hook with two steps per call on two replicas).
+@pytest.mark.parametrize('replicas,steps_per_loop', [(1, 2), (2, 1)])
+def test_after_update_hook_and_extra_state_resume_exactly(tmp_path, shapes_dir, replicas, steps_per_loop):
   config = tiny_config(dataset='image_folder', data_dir=shapes_dir, model_dir=str(tmp_path), train_steps=3,
-                       checkpoint_steps=3, lineareval_while_pretraining=False, steps_per_loop=2, log_every_steps=3)
+                       checkpoint_steps=3, lineareval_while_pretraining=False, steps_per_loop=steps_per_loop,
+                       log_every_steps=3, strategy='mirrored' if replicas == 2 else 'default', cpu_replicas=replicas)
+  strategy = distribute.make_strategy(config)
   task, seen = counting_task(config, strategy)
   assert training.fit(config, strategy, task) == 3
   assert float(seen.numpy()) == 3 * 8  # 8 images per step in all, whatever the number of replicas
