@@ -3,8 +3,8 @@
 The layout follows the paper's reference code (google-research/simclr, tf2/resnet.py) to the last detail that
 changes outputs, as checked against files it wrote (tests/test_reference_files.py): explicit (k-1)//2 padding
 before strided convolutions, zero-initialised gamma of each block's last batch norm, BN epsilon 1e-5, SK with two
-paths from one 3x3 convolution (bottleneck blocks only), ResNet-D average-pool shortcuts at every stride. Every sublayer is held by a named attribute (Keras 3 leaves
-list-held layers out of tf.train.Checkpoint).
+paths from one 3x3 convolution (bottleneck blocks only), ResNet-D average-pool shortcuts at every stride.
+Every sublayer is held by a named attribute (Keras 3 leaves list-held layers out of tf.train.Checkpoint).
 """
 
 import keras
