@@ -48,6 +48,7 @@ def make_strategy(config: Config) -> tf.distribute.Strategy:
     else:
       name = 'default'
   if name == 'multi_worker':
+    linear_backward_walk()  # its all-reduces also go through merge_call, across the worker's own devices
     return multi_worker_strategy(config)
   if name == 'default':
     return tf.distribute.get_strategy()
@@ -65,11 +66,12 @@ def linear_backward_walk() -> bool:
   """Makes TF's backward walk over a graph (op_selector.get_backward_walk_ops) linear instead of quadratic in the
   ops it visits; same result, same order. Returns whether it is in place.
 
-  Why: under MirroredStrategy every all-reduce of a replica (each synchronized batch norm, forward and backward,
-  the optimizer's, the gathering of negatives) is a tf.custom_gradient, which walks back from the reduced values
-  to find the variables they depend on. The reduced values depend on the other replicas' graphs, so each walk
-  visits most of the step's graph, and TF checks each op against a list of those already seen: py-spy found 38% of
-  a two-replica test's time in this walk. tests/test_distribute.py compares this walk with TF's.
+  Why: under MirroredStrategy (and MultiWorkerMirroredStrategy, among a worker's own devices) every all-reduce of
+  a replica (each synchronized batch norm, forward and backward, the optimizer's, the gathering of negatives) is a
+  tf.custom_gradient, which walks back from the reduced values to find the variables they depend on. The reduced
+  values depend on the other replicas' graphs, so each walk visits most of the step's graph, and TF checks each op
+  against a list of those already seen: py-spy found 38% of a two-replica test's time in this walk.
+  tests/test_distribute.py compares this walk with TF's.
   """
   from tensorflow.python.ops import op_selector  # pylint: disable=g-direct-tensorflow-import
   if getattr(op_selector.get_backward_walk_ops, 'linear', False):
