@@ -11,7 +11,8 @@ result is there is not run again, so an interrupted chain continues where it sto
      images into `val`, the rest into `train` (nothing copied). Settings are chosen on `val`, never on the test split.
   2. pretraining on all training images without labels, once per memory size of the preset (0 = no memory).
   3. supervised-only grid on the tuning split (learning rate × fine-tuning crop's minimum area at the first epoch
-     count, then longer at the best pair while validation accuracy improves), per label fraction.
+     count, grown past its edge when the best pair is there, then longer at the best pair while validation accuracy
+     improves), per label fraction.
   4. the same grid for fine-tuning each pretrained network.
   5. final runs with the chosen settings on the whole training split, evaluated on the test split: supervised-only,
      fine-tuning, distillation of the 10% model, linear evaluation, kNN.
@@ -111,20 +112,44 @@ def tag_of(lr, crop, epochs):
   return f'lr{lr:g}_crop{crop:g}_ep{epochs}'
 
 
-def grid_search(chain, prefix, base_args, lrs, crops, epoch_list):
-  """Validation top-1 of every run, and the chosen (lr, crop, epochs): first lr × crop at epoch_list[0], then the
-  best pair at each longer epoch count while validation accuracy still improves. Ties go to the earlier setting."""
+def grid_search(chain, prefix, base_args, lrs, crops, epoch_list, max_steps_out=2):
+  """Validation top-1 of every run, and the chosen (lr, crop, epochs).
+
+  1. lr x crop at epoch_list[0].
+  2. When the best pair lies on the grid's edge, the grid grows there: at the best crop, a learning rate 4x beyond
+     the largest (or the smallest) one while that improves, up to `max_steps_out` times; then, at the best learning
+     rate, the crop's minimum area 1.0 (no crop, flips only) when the largest area was best. Only along an axis with
+     two or more values.
+  3. The best setting at each longer epoch count while validation accuracy still improves.
+  A setting must beat the best so far to be chosen: ties go to the earlier one."""
   scores = {}
 
   def score(lr, crop, epochs):
     tag = tag_of(lr, crop, epochs)
-    result = chain.run(f'{prefix}_{tag}', base_args + [f'--learning_rate={lr}', f'--finetune_crop_min_area={crop}',
-                                                       f'--train_epochs={epochs}'], 'eval_val.json')
-    scores[tag] = result['top1']
-    return result['top1']
+    if tag not in scores:
+      result = chain.run(f'{prefix}_{tag}', base_args + [f'--learning_rate={lr}', f'--finetune_crop_min_area={crop}',
+                                                         f'--train_epochs={epochs}'], 'eval_val.json')
+      scores[tag] = result['top1']
+    return scores[tag]
 
-  best = max(itertools.product(lrs, crops), key=lambda p: (score(p[0], p[1], epoch_list[0]), -lrs.index(p[0])))
-  chosen, best_score = epoch_list[0], scores[tag_of(*best, epoch_list[0])]
+  first = epoch_list[0]
+  best = max(itertools.product(lrs, crops), key=lambda p: (score(p[0], p[1], first), -lrs.index(p[0])))
+  best_score = score(*best, first)
+
+  def step_out(candidates):
+    nonlocal best, best_score
+    for candidate in candidates:
+      value = score(*candidate, first)
+      if value <= best_score:
+        return
+      best, best_score = candidate, value
+
+  if len(lrs) > 1 and best[0] in (min(lrs), max(lrs)):
+    factor = 4.0 if best[0] == max(lrs) else 0.25
+    step_out([(best[0] * factor ** k, best[1]) for k in range(1, max_steps_out + 1)])
+  if len(crops) > 1 and best[1] == max(crops) < 1.0:
+    step_out([(best[0], 1.0)])
+  chosen = first
   for epochs in epoch_list[1:]:
     value = score(*best, epochs)
     if value <= best_score:

@@ -76,10 +76,28 @@ def test_the_grid_takes_the_best_pair_then_trains_longer_while_validation_improv
   grid = driver().grid_search
   scores = {(lr, crop, 10): 0.1 for lr in (0.1, 0.4) for crop in (0.08, 0.35)}
   scores.update({(0.4, 0.35, 10): 0.5, (0.4, 0.35, 30): 0.6, (0.4, 0.35, 90): 0.55, (0.4, 0.35, 270): 0.9})
+  scores.update({(1.6, 0.35, 10): 0.45, (0.4, 1.0, 10): 0.5})  # past the edges: worse, then a tie
   chain = FakeChain(scores)
   chosen = grid(chain, 'tune/x', [], (0.1, 0.4), (0.08, 0.35), (10, 30, 90, 270))
   assert (chosen['learning_rate'], chosen['crop_min_area'], chosen['epochs']) == (0.4, 0.35, 30)
   assert chosen['val_top1'] == 0.6 and (0.4, 0.35, 270) not in chain.ran  # stops at the first step that is worse
-  # Ties go to the smaller learning rate.
-  chain = FakeChain({(lr, 0.08, 5): 0.3 for lr in (0.1, 0.4)})
+  assert (1.6, 0.35, 10) in chain.ran and (6.4, 0.35, 10) not in chain.ran  # one step out, worse: no second
+  assert len(chain.ran) == len(set(chain.ran))  # no setting runs twice
+  # Ties go to the smaller learning rate; the smallest one was best, so a 4x smaller one is tried (and ties).
+  chain = FakeChain({(lr, 0.08, 5): 0.3 for lr in (0.025, 0.1, 0.4)})
   assert grid(chain, 'tune/y', [], (0.1, 0.4), (0.08,), (5,))['learning_rate'] == 0.1
+  assert (0.025, 0.08, 5) in chain.ran
+
+
+def test_the_grid_grows_past_its_edge_while_that_improves():
+  grid = driver().grid_search
+  scores = {(lr, crop, 20): 0.2 for lr in (0.2, 0.8) for crop in (0.35, 0.7)}
+  scores.update({(0.8, 0.7, 20): 0.6, (3.2, 0.7, 20): 0.65, (12.8, 0.7, 20): 0.7, (12.8, 1.0, 20): 0.72,
+                 (12.8, 1.0, 60): 0.71})
+  chain = FakeChain(scores)
+  chosen = grid(chain, 'tune/z', [], (0.2, 0.8), (0.35, 0.7), (20, 60), max_steps_out=2)
+  assert (chosen['learning_rate'], chosen['crop_min_area'], chosen['epochs']) == (12.8, 1.0, 20)
+  assert chosen['val_top1'] == 0.72 and (51.2, 0.7, 20) not in chain.ran  # at most max_steps_out steps
+  # An axis with one value does not grow (the fast preset).
+  chain = FakeChain({(0.2, 0.35, 1): 0.5})
+  assert grid(chain, 'tune/w', [], (0.2,), (0.35,), (1,))['learning_rate'] == 0.2 and len(chain.ran) == 1
