@@ -90,20 +90,28 @@ class Chain:
     self.commit = commit
     self.timings = {}
 
-  def run(self, name, args, result=None):
+  def run(self, name, args, result=None, may_fail=False):
     """Runs `run.py --model_dir=OUT/name args` unless OUT/name/stage.json says it finished; returns the result file
-    (model_dir/`result`) as a dict, or {}."""
+    (model_dir/`result`) as a dict, or {}. With may_fail, a run that ends in one of run.py's one-line errors
+    (exit code 2: a learning rate past the grid's edge that diverges) is recorded as such and returns
+    {'failed': 2}; any other failure stops the chain (a killed run is run again next time)."""
     model_dir = os.path.join(self.out, name)
     done = os.path.join(model_dir, 'stage.json')
     if not os.path.exists(done):
       cmd = [sys.executable, os.path.join(ROOT, 'run.py'), f'--model_dir={model_dir}', *args]
       print('\n$ ' + ' '.join(cmd[1:]), flush=True)
       start = time.time()
-      subprocess.run(cmd, check=True, cwd=ROOT)
+      code = subprocess.run(cmd, cwd=ROOT).returncode
+      if code and not (may_fail and code == 2):  # 2: run.py's one-line errors, divergence among them
+        raise subprocess.CalledProcessError(code, cmd)
       os.makedirs(model_dir, exist_ok=True)
+      stage = {'seconds': round(time.time() - start, 1), 'commit': self.commit, 'args': args}
       with open(done, 'w') as f:
-        json.dump({'seconds': round(time.time() - start, 1), 'commit': self.commit, 'args': args}, f, indent=1)
-    self.timings[name] = json.load(open(done))['seconds']
+        json.dump(dict(stage, exit_code=code) if code else stage, f, indent=1)
+    stage = json.load(open(done))
+    self.timings[name] = stage['seconds']
+    if stage.get('exit_code'):
+      return {'failed': stage['exit_code']}
     path = os.path.join(model_dir, result) if result else None
     return json.load(open(path)) if path and os.path.exists(path) else {}
 
@@ -124,12 +132,12 @@ def grid_search(chain, prefix, base_args, lrs, crops, epoch_list, max_steps_out=
   A setting must beat the best so far to be chosen: ties go to the earlier one."""
   scores = {}
 
-  def score(lr, crop, epochs):
+  def score(lr, crop, epochs, may_fail=False):
     tag = tag_of(lr, crop, epochs)
     if tag not in scores:
       result = chain.run(f'{prefix}_{tag}', base_args + [f'--learning_rate={lr}', f'--finetune_crop_min_area={crop}',
-                                                         f'--train_epochs={epochs}'], 'eval_val.json')
-      scores[tag] = result['top1']
+                                                         f'--train_epochs={epochs}'], 'eval_val.json', may_fail)
+      scores[tag] = 0.0 if 'failed' in result else result['top1']  # failed: diverged
     return scores[tag]
 
   first = epoch_list[0]
@@ -139,7 +147,7 @@ def grid_search(chain, prefix, base_args, lrs, crops, epoch_list, max_steps_out=
   def step_out(candidates):
     nonlocal best, best_score
     for candidate in candidates:
-      value = score(*candidate, first)
+      value = score(*candidate, first, may_fail=True)
       if value <= best_score:
         return
       best, best_score = candidate, value

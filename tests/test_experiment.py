@@ -65,10 +65,13 @@ class FakeChain:
   def __init__(self, scores):
     self.scores, self.ran = scores, []
 
-  def run(self, name, args, result=None):
+  def run(self, name, args, result=None, may_fail=False):
     values = dict(a[2:].split('=') for a in args if a.startswith('--'))
     key = (float(values['learning_rate']), float(values['finetune_crop_min_area']), int(values['train_epochs']))
     self.ran.append(key)
+    if self.scores[key] == 'diverged':
+      assert may_fail
+      return {'failed': 2}
     return {'top1': self.scores[key]}
 
 
@@ -98,6 +101,24 @@ def test_the_grid_grows_past_its_edge_while_that_improves():
   chosen = grid(chain, 'tune/z', [], (0.2, 0.8), (0.35, 0.7), (20, 60), max_steps_out=2)
   assert (chosen['learning_rate'], chosen['crop_min_area'], chosen['epochs']) == (12.8, 1.0, 20)
   assert chosen['val_top1'] == 0.72 and (51.2, 0.7, 20) not in chain.ran  # at most max_steps_out steps
+  # A step out that diverges ends the growth; the best so far stays.
+  scores.update({(12.8, 0.7, 20): 'diverged', (3.2, 1.0, 20): 0.6})
+  chain = FakeChain(scores)
+  chosen = grid(chain, 'tune/v', [], (0.2, 0.8), (0.35, 0.7), (20,), max_steps_out=2)
+  assert (chosen['learning_rate'], chosen['crop_min_area']) == (3.2, 0.7)
+  assert chosen['scores']['lr12.8_crop0.7_ep20'] == 0
   # An axis with one value does not grow (the fast preset).
   chain = FakeChain({(0.2, 0.35, 1): 0.5})
   assert grid(chain, 'tune/w', [], (0.2,), (0.35,), (1,))['learning_rate'] == 0.2 and len(chain.ran) == 1
+
+
+def test_a_run_that_may_fail_is_recorded_as_failed_and_not_run_again(tmp_path):
+  module = driver()
+  chain = module.Chain(str(tmp_path), 'test')
+  bad = ['--image_size=4', '--train_steps=1']  # a one-line error of run.py (exit code 2)
+  with pytest.raises(subprocess.CalledProcessError):
+    chain.run('strict', bad)
+  assert not os.path.exists(tmp_path / 'strict' / 'stage.json')  # run again next time
+  assert chain.run('lenient', bad, may_fail=True) == {'failed': 2}
+  assert json.load(open(tmp_path / 'lenient' / 'stage.json'))['exit_code'] == 2
+  assert chain.run('lenient', ['--no_such_flag'], may_fail=True) == {'failed': 2}  # recorded: not run again
