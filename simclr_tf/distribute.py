@@ -73,14 +73,17 @@ def linear_backward_walk() -> bool:
   against a list of those already seen: py-spy found 38% of a two-replica test's time in this walk.
   tests/test_distribute.py compares this walk with TF's.
   """
-  from tensorflow.python.ops import op_selector  # pylint: disable=g-direct-tensorflow-import
+  try:  # TF's private modules: another TF may lack them, and then keeps its own walk
+    from tensorflow.python.framework import tensor as tensor_lib  # pylint: disable=g-direct-tensorflow-import
+    from tensorflow.python.ops import op_selector  # pylint: disable=g-direct-tensorflow-import
+    from tensorflow.python.util import object_identity  # pylint: disable=g-direct-tensorflow-import
+  except ImportError:
+    return False
   if getattr(op_selector.get_backward_walk_ops, 'linear', False):
     return True
   needed = ('make_list_of_op', 'make_list_of_t', 'get_generating_ops', 'is_iterable', '_get_inputs')
-  if not all(hasattr(op_selector, name) for name in needed):  # another TF: keep its own walk
+  if not all(hasattr(op_selector, name) for name in needed):
     return False
-  from tensorflow.python.framework import tensor as tensor_lib  # pylint: disable=g-direct-tensorflow-import
-  from tensorflow.python.util import object_identity  # pylint: disable=g-direct-tensorflow-import
 
   def get_backward_walk_ops(seed_ops, inclusive=True, within_ops=None, within_ops_fn=None, stop_at_ts=(),
                             control_inputs=False, only_differentiable=False):

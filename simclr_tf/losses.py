@@ -51,9 +51,10 @@ def nt_xent(z1: tf.Tensor, z2: tf.Tensor, temperature: float, hidden_norm: bool 
   [ab|am], so the accuracy and entropy are measured against the enlarged set of negatives.
 
   With `keys` (k1, k2) [global batch, D] (already gathered across replicas in replica order, compared as given: a
-  momentum network's normalised projections of the two views), the anchors z1 and z2 are compared with the keys instead of with each other, as in MoCo: a[i]'s
-  positive is k2[i], its negatives k2[j] and k1[j] for every other j of the global batch (and the memory). No
-  gradient flows into the keys. Without keys, the keys are z1 and z2 themselves: SimCLR.
+  momentum network's normalised projections of the two views), the anchors z1 and z2 are compared with the keys
+  instead of with each other, as in MoCo: a[i]'s positive is k2[global index of i], its negatives k2[j] and k1[j]
+  for every other j of the global batch (and the memory). No gradient flows into the keys. Without keys, the keys
+  are z1 and z2 themselves: SimCLR.
   """
   z1 = tf.cast(z1, tf.float32)
   z2 = tf.cast(z2, tf.float32)
