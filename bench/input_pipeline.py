@@ -7,7 +7,8 @@ run in the training step); and what the device half adds to the model's training
 
 Images: real CIFAR-10 JPEGs from ../shared/data/cifar10 (32 px) and, for 224 px, the same images upscaled to
 500x375 and re-encoded (ImageNet's typical size), held in memory so that disk speed does not count. Every ratio
-compares settings measured interleaved in this process.
+compares settings measured interleaved in this process: the median over rounds of each round's ratio (single
+rounds on this VM move by 10-20%).
 """
 
 import argparse
@@ -149,9 +150,10 @@ def step_seconds(model, size, batch, blur, data, steps):
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--batches', type=int, default=0,
-                      help='timed batches per setting (default 20 at 32 px, 6 at 224)')
+                      help='timed batches per setting and round (default 20 at 32 px, 10 at 224)')
+  parser.add_argument('--rounds', type=int, default=4, help='interleaved rounds; ratios are the median over rounds')
   parser.add_argument('--images', type=int, default=256)
-  parser.add_argument('--model_steps', type=int, default=3)
+  parser.add_argument('--model_steps', type=int, default=5)
   parser.add_argument('--out', default=os.path.join(common.ROOT, 'bench', 'results', 'input_pipeline.json'))
   options = parser.parse_args()
   rows, records = [], []
@@ -159,14 +161,17 @@ def main():
               ('ours_device', lambda *args: our_dataset(*args, augment_on='device')))
   for size, batch, shape, blur, model in ((32, 64, None, False, 'r18_cifar'), (224, 16, (375, 500), True, 'r50_224')):
     data = jpegs(options.images, shape)
-    batches = options.batches or (20 if size == 32 else 6)
-    speeds = {}
-    for round_ in range(2):  # interleaved; the best of two rounds each
+    batches = options.batches or (20 if size == 32 else 10)
+    rounds = {name: [] for name, _ in settings}
+    for round_ in range(options.rounds):  # interleaved, so that a slow spell of the machine hits every setting
       for name, make in settings:
-        speed = images_per_second(make(data, size, batch, blur), batch, batches, threads=1)
-        speeds[name] = max(speeds.get(name, 0), speed)
+        rounds[name].append(images_per_second(make(data, size, batch, blur), batch, batches, threads=1))
+    # Images per CPU-second of each (the median round), and each ratio as the median of the rounds' ratios.
+    speeds = {name: float(np.median(values)) for name, values in rounds.items()}
+    ratios = {name: float(np.median(np.array(values) / np.array(rounds['straightforward'])))
+              for name, values in rounds.items()}
     host_step, device_step, finish = step_seconds(model, size, batch, blur, data, options.model_steps)
-    ratio = lambda name: speeds[name] / speeds['straightforward']
+    ratio = lambda name: ratios[name]
     record = dict(image_size=size, blur=blur, batch=batch, model=model,
                   straightforward_images_per_cpu_second=round(speeds['straightforward'], 1),
                   host_images_per_cpu_second=round(speeds['ours_host'], 1),

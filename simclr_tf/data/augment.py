@@ -1,17 +1,18 @@
 """The SimCLR augmentations, in two stages that meet at uint8 crops.
 
-1. Per example, in the input pipeline (`pretrain_example`, `finetune_example`): the crop window is drawn on the
-   encoded image's shape, JPEGs decode only that window (tf.image.decode_and_crop_jpeg; small JPEGs and other
-   formats decode whole), and the crop is resized bicubically and rounded to uint8. All the other random choices of
+1. Per example, in the input pipeline (`pretrain_example`, `finetune_example`): each crop window is drawn on the
+   image's shape; a pretraining pair is sliced from one decode, a single small window of a JPEG decodes only itself
+   (`decodes_window`); the crops are resized bicubically and rounded to uint8. All the other random choices of
    a pretraining view (flip, colour jitter and its order, greyscale, blur) come from one stateless draw of
    NUM_UNIFORMS uniforms per view, shipped beside the crops.
-2. `finish_view`: flip, colour jitter in the view's random order, greyscale and blur, computing only what was drawn,
-   compiled with XLA (`pretrain_finisher`). It runs per example in the input pipeline (--augment_on=host) or over
-   the batch inside the training step (device): the same function of the same crops and uniforms either way.
+2. Per batch (`pretrain_finisher`, one XLA-compiled function over the batch): `finish_view` flips, colour-jitters
+   in the view's random order, greyscales and blurs each view, computing only what was drawn. The input pipeline
+   runs it on each batch (--augment_on=host) or the training step does (device): the same function of the same
+   crops and uniforms either way.
 
 Every random choice comes from a stateless op keyed by a [2] int seed, so an example's views depend only on (run
 seed, example index): the pipeline is reproducible and a resumed run sees exactly the data an uninterrupted one
-would. Float images are in [0, 1], HWC.
+would. Float images are in [0, 1], HWC (the colour transforms work on channel planes, see `to_planes`).
 """
 
 import math
@@ -24,7 +25,8 @@ CROP_PROPORTION = 0.875
 FLIP, JITTER, ORDER, BRIGHTNESS, CONTRAST, SATURATION, HUE, GRAY, BLUR, SIGMA = 0, 1, 2, 6, 7, 8, 9, 10, 11, 12
 NUM_UNIFORMS = 13
 NO_OP = 4  # the colour transform "position" of an image whose jitter is not applied
-WINDOW_DECODE_MIN_PIXELS = 64 * 64  # JPEGs with more pixels decode only their crop windows
+WINDOW_DECODE_MIN_PIXELS = 64 * 64  # a single crop of a JPEG with more pixels, and
+WINDOW_DECODE_MAX_AREA = 0.25  # a window under this fraction of it, decodes only the window (decodes_window)
 
 
 def split_seed(seed, n):
@@ -48,40 +50,54 @@ def decode_image(encoded: tf.Tensor) -> tf.Tensor:
   return tf.io.decode_image(encoded, channels=3, expand_animations=False)
 
 
-def decoded_crops(encoded: tf.Tensor, seeds, area_range):
-  """The crops of one image for each seed, as uint8 HWC. A JPEG larger than 64x64 decodes only each crop's window
-  (drawn on the shape read from its header): the pixels of a whole decode, except on the window's outermost rows
-  and columns, where the decoder's chroma upsampling lacks neighbours and moves a few pixels by a few levels. Other
-  images decode once and are sliced."""
-  def windows(header):
-    shape = tf.stack([header[0], header[1], 3])
-    crops = []
-    for seed in seeds:
-      begin, size = crop_window(shape, seed, area_range)
-      crops.append(tf.image.decode_and_crop_jpeg(encoded, tf.stack([begin[0], begin[1], size[0], size[1]]),
-                                                 channels=3))
-    return crops
+def decodes_window(image_pixels, window_pixels):
+  """Whether a single crop is decoded as its window only (tf.image.decode_and_crop_jpeg) rather than from a whole
+  decode: for JPEGs above 64x64 whose window is under a quarter of the image. Measured with libjpeg-turbo on this
+  project's CPU at 500x375: a window still entropy-decodes every row down to its bottom edge, so it costs about half
+  a whole decode at 8% of the area and as much as a whole decode from 25% up."""
+  return tf.logical_and(image_pixels > WINDOW_DECODE_MIN_PIXELS,
+                        tf.cast(window_pixels, tf.float32) < WINDOW_DECODE_MAX_AREA * tf.cast(image_pixels, tf.float32))
 
+
+def decoded_crops(encoded: tf.Tensor, seeds, area_range):
+  """The crops of one image for each seed, as uint8 HWC, each window drawn on the image's shape. Two or more crops
+  (a pretraining pair) decode the image once and slice it: two window decodes cost more than one whole decode (see
+  decodes_window). A single crop of a JPEG decodes only its window when decodes_window says so: the pixels of a
+  whole decode, except on the window's outermost rows and columns, where the decoder's chroma upsampling lacks
+  neighbours and moves a few pixels by a few levels."""
   def whole():
     image = decode_image(encoded)
     return [tf.slice(image, *crop_window(tf.shape(image), seed, area_range)) for seed in seeds]
 
-  def jpeg():
-    header = tf.image.extract_jpeg_shape(encoded)  # read once, for the size test and the windows
-    # Small JPEGs (CIFAR's 32x32) decode whole: one decode serves both views.
-    return tf.cond(header[0] * header[1] > WINDOW_DECODE_MIN_PIXELS, lambda: windows(header), whole)
+  if len(seeds) > 1:
+    crops = whole()
+  else:
+    def jpeg():
+      header = tf.image.extract_jpeg_shape(encoded)
+      begin, size = crop_window(tf.stack([header[0], header[1], 3]), seeds[0], area_range)
+      window = lambda: tf.image.decode_and_crop_jpeg(encoded, tf.stack([begin[0], begin[1], size[0], size[1]]),
+                                                     channels=3)
+      return tf.cond(decodes_window(header[0] * header[1], size[0] * size[1]), window,
+                     lambda: tf.slice(tf.io.decode_jpeg(encoded, channels=3), begin, size))
 
-  crops = tf.cond(tf.io.is_jpeg(encoded), jpeg, whole)
-  crops = crops if isinstance(crops, (list, tuple)) else [crops]
+    crops = [tf.cond(tf.io.is_jpeg(encoded), jpeg, lambda: whole()[0])]
   for crop in crops:
     crop.set_shape([None, None, 3])
   return crops
 
 
-def resize_to_uint8(image, size):
-  """Bicubic resize of a uint8 crop to size x size, rounded back to uint8 (what travels to finish_view)."""
-  image = tf.image.resize(image[None], [size, size], method='bicubic')[0]
+def resize_crop(crop, size):
+  """Bicubic resize of a crop [H, W, C] to float [size, size, C] (the reference's method)."""
+  return tf.image.resize(crop[None], [size, size], method='bicubic')[0]
+
+
+def to_uint8(image):
+  """Resized pixels rounded back to uint8 (what travels to finish_view)."""
   return tf.cast(tf.round(tf.clip_by_value(image, 0.0, 255.0)), tf.uint8)
+
+
+def resize_to_uint8(crop, size):
+  return to_uint8(resize_crop(crop, size))
 
 
 def flip_if(image, flip):
@@ -93,7 +109,7 @@ def pretrain_example(encoded, seed, size, crop_min_area=0.08):
   along channels, resized), 'augment': float32 [2, NUM_UNIFORMS] (each view's uniforms for finish_view)}."""
   crop1, crop2, draw_seed = split_seed(seed, 3)
   crops = decoded_crops(encoded, (crop1, crop2), (crop_min_area, 1.0))
-  return {'image': tf.concat([resize_to_uint8(crop, size) for crop in crops], axis=-1),
+  return {'image': to_uint8(tf.concat([resize_crop(crop, size) for crop in crops], axis=-1)),  # one rounding for both
           'augment': tf.random.stateless_uniform([2, NUM_UNIFORMS], draw_seed)}
 
 
@@ -117,33 +133,54 @@ def _per_image(values, images):
   return tf.reshape(values, [-1] + [1] * (len(images.shape) - 1))
 
 
-def adjust_brightness(images, factors):
+# The colour transforms, greyscale and blur work on channel planes, [..., 3, H, W] (`to_planes`): each channel is
+# contiguous, so a per-pixel formula over r, g and b vectorises (with channels last it reads three strided streams;
+# XLA's CPU code for hue and saturation was 4-6x slower that way). The values are the same in either layout.
+
+def to_planes(images):
+  """[..., H, W, 3] -> [..., 3, H, W]."""
+  rank = len(images.shape)
+  return tf.transpose(images, list(range(rank - 3)) + [rank - 1, rank - 3, rank - 2])
+
+
+def from_planes(planes):
+  """[..., 3, H, W] -> [..., H, W, 3]."""
+  rank = len(planes.shape)
+  return tf.transpose(planes, list(range(rank - 3)) + [rank - 2, rank - 1, rank - 3])
+
+
+def _channels(planes):
+  return tf.unstack(planes, num=3, axis=-3)
+
+
+def adjust_brightness(planes, factors):
   """Multiplicative brightness (SimCLRv2): x * f."""
-  return images * _per_image(factors, images)
+  return planes * _per_image(factors, planes)
 
 
-def adjust_contrast(images, factors):
+def adjust_contrast(planes, factors):
   """tf.image.adjust_contrast per image: (x - mean) * f + mean, with each channel's mean over the image."""
-  mean = tf.reduce_mean(images, axis=[-3, -2], keepdims=True)
-  return (images - mean) * _per_image(factors, images) + mean
+  mean = tf.reduce_mean(planes, axis=[-2, -1], keepdims=True)
+  return (planes - mean) * _per_image(factors, planes) + mean
 
 
-def adjust_saturation(images, factors):
+def adjust_saturation(planes, factors):
   """tf.image.adjust_saturation per image (HSV saturation scaled by f, clipped to 1, hue and value kept), without
   the HSV round trip: each channel keeps its place between the pixel's maximum and minimum, c' = max - (max - c) r
   with r = min(f, max / (max - min))."""
-  high = tf.reduce_max(images, axis=-1, keepdims=True)
-  spread = high - tf.reduce_min(images, axis=-1, keepdims=True)
-  ratio = tf.minimum(_per_image(factors, images), high / tf.where(spread > 0, spread, 1.0))
-  return tf.where(spread > 0, high - (high - images) * ratio, images)
+  r, g, b = _channels(planes)
+  high = tf.expand_dims(tf.maximum(tf.maximum(r, g), b), -3)
+  spread = high - tf.expand_dims(tf.minimum(tf.minimum(r, g), b), -3)
+  ratio = tf.minimum(_per_image(factors, planes), high / tf.where(spread > 0, spread, 1.0))
+  return tf.where(spread > 0, high - (high - planes) * ratio, planes)
 
 
-def adjust_hue(images, deltas):
+def adjust_hue(planes, deltas):
   """tf.image.adjust_hue per image (HSV hue rotated by delta, a fraction of the circle), computed on RGB: hue from
   the largest channel, then the channels rebuilt around the same maximum and minimum."""
-  r, g, b = tf.unstack(images, num=3, axis=-1)
-  high = tf.reduce_max(images, axis=-1)
-  spread = high - tf.reduce_min(images, axis=-1)
+  r, g, b = _channels(planes)
+  high = tf.maximum(tf.maximum(r, g), b)
+  spread = high - tf.minimum(tf.minimum(r, g), b)
   safe = tf.where(spread > 0, spread, 1.0)
   # Hue in sextants, in [-1, 5), turned by 6 delta (|delta| <= 0.5) and brought back into [0, 6).
   hue = tf.where(high == r, (g - b) / safe, tf.where(high == g, (b - r) / safe + 2.0, (r - g) / safe + 4.0))
@@ -155,11 +192,14 @@ def adjust_hue(images, deltas):
     k = hue + n
     k = tf.where(k >= 6.0, k - 6.0, k)
     channels.append(high - spread * tf.clip_by_value(tf.minimum(k, 4.0 - k), 0.0, 1.0))
-  return tf.stack(channels, axis=-1)
+  return tf.stack(channels, axis=-3)
 
 
-def to_grayscale(images):
-  return tf.tile(tf.image.rgb_to_grayscale(images), [1] * (len(images.shape) - 1) + [3])
+def to_grayscale(planes):
+  """Luma with tf.image.rgb_to_grayscale's weights, in all three planes."""
+  r, g, b = _channels(planes)
+  gray = 0.2989 * r + 0.5870 * g + 0.1140 * b
+  return tf.stack([gray, gray, gray], axis=-3)
 
 
 def jitter_parameters(uniforms, strength):
@@ -192,9 +232,9 @@ def gaussian_kernel(sigma, image_size):
   return kernel / tf.reduce_sum(kernel)
 
 
-def gaussian_blur(image, sigma, image_size):
-  """A view [H, W, 3] (static shape) blurred by a separable Gaussian, along the width then the height, with zero
-  padding; written as a weighted sum of shifted copies, which XLA fuses into one pass per direction."""
+def gaussian_blur(planes, sigma, image_size):
+  """A view's planes [3, H, W] (static shape) blurred by a separable Gaussian, along the width then the height, with
+  zero padding; written as a weighted sum of shifted copies, which XLA fuses into one pass per direction."""
   kernel = gaussian_kernel(sigma, image_size)
   radius = blur_taps(image_size) // 2
 
@@ -209,51 +249,72 @@ def gaussian_blur(image, sigma, image_size):
       total += kernel[i] * tf.slice(padded, begin, x.shape)
     return total
 
-  return along(along(image, 1), 0)
+  return along(along(planes, 2), 1)
 
 
-def finish_view(image, uniforms, strength, image_size, use_blur):
-  """A view [H, W, 3] in [0, 1] after its crop: flip, colour jitter (p 0.8; brightness, contrast, saturation, hue
-  in a random order, clipped after each), greyscale (p 0.2), blur (p 0.5, when use_blur), from its uniforms
-  [NUM_UNIFORMS]; only what is drawn is computed."""
-  image = flip_if(image, uniforms[FLIP] < 0.5)
+def finish_view(view, uniforms, strength, image_size, use_blur):
+  """A view [H, W, 3] (uint8, or float in [0, 1]) after its crop -> float32 [H, W, 3] in [0, 1]: flip, colour
+  jitter (p 0.8; brightness, contrast, saturation, hue in a random order, clipped after each), greyscale (p 0.2),
+  blur (p 0.5, when use_blur), from its uniforms [NUM_UNIFORMS]; only what is drawn is computed.
+
+  On a CPU this is bound by passes over memory (a 224 px view is 600 kB in float32), and a branch that leaves its
+  input as it is still copies it. So no branch is an identity: the flip rides on the conversion to float planes
+  (done in both branches of the jitter), greyscale is a select fused into the last pass, and the blur's branches both
+  end with the conversion back to [H, W, 3]."""
+  def start():
+    return to_planes(to_float(tf.where(uniforms[FLIP] < 0.5, tf.reverse(view, [1]), view)))
+
   order, params = jitter_parameters(uniforms, strength)
-  one = lambda transform, i: lambda x: transform(x[None], params[i:i + 1])[0]
-  branches = [one(adjust_brightness, 0), one(adjust_contrast, 1), one(adjust_saturation, 2), one(adjust_hue, 3),
-              lambda x: x]
-  for position in range(4):
-    image = tf.switch_case(order[position], [lambda b=b, x=image: b(x) for b in branches])
-    image = tf.clip_by_value(image, 0.0, 1.0)
-  image = tf.cond(uniforms[GRAY] < 0.2, lambda: to_grayscale(image), lambda: image)
-  if use_blur:
-    sigma = blur_sigma(uniforms)
-    image = tf.cond(sigma > 0, lambda: gaussian_blur(image, sigma, image_size), lambda: image)
-  return tf.clip_by_value(image, 0.0, 1.0)
+  clipped = lambda transform, i: lambda x: tf.clip_by_value(transform(x[None], params[i:i + 1])[0], 0.0, 1.0)
+  transforms = [clipped(adjust_brightness, 0), clipped(adjust_contrast, 1), clipped(adjust_saturation, 2),
+                clipped(adjust_hue, 3)]
+
+  def jittered():
+    planes = start()
+    for position in range(4):
+      planes = tf.switch_case(order[position], [lambda t=t, x=planes: t(x) for t in transforms])
+    return planes
+
+  planes = tf.cond(order[0] != NO_OP, jittered, start)
+  # Greyscale keeps values in [0, 1] (its weights sum to 0.9999); the blur's normalised kernel may round above 1.
+  gray = lambda: tf.where(uniforms[GRAY] < 0.2, to_grayscale(planes), planes)
+  if not use_blur:
+    return from_planes(gray())
+  sigma = blur_sigma(uniforms)
+  return tf.cond(sigma > 0, lambda: from_planes(tf.clip_by_value(gaussian_blur(gray(), sigma, image_size), 0.0, 1.0)),
+                 lambda: from_planes(gray()))
 
 
 _FINISHERS = {}
 
 
 def pretrain_finisher(strength: float, image_size: int, use_blur: bool):
-  """finish_view of both views of an example as one XLA-compiled function: (uint8 [H, W, 6], uniforms
-  [2, NUM_UNIFORMS]) -> float32 [H, W, 6]. In the input pipeline it runs per example on an image that stays in
-  cache (on a CPU core about 3x cheaper than TF's image kernels op by op); in the training step, over the batch."""
+  """finish_view of both views of every example of a batch, as one XLA-compiled function: (uint8 [B, H, W, 6],
+  uniforms [B, 2, NUM_UNIFORMS]) -> float32 [B, H, W, 6]. A loop over the examples, so that each computes only what
+  its draws ask for. The input pipeline calls it once per batch (--augment_on=host), or the training step does
+  (device): the same computation either way."""
   key = (strength, image_size, use_blur)
   if key not in _FINISHERS:
     def finish(image, uniforms):
-      views = tf.split(to_float(image), 2, axis=-1)
-      return tf.concat([finish_view(v, uniforms[i], strength, image_size, use_blur) for i, v in enumerate(views)],
-                       axis=-1)
-    _FINISHERS[key] = tf.function(finish, jit_compile=True, autograph=False)
+      return tf.concat([finish_view(image[..., 3 * i:3 * i + 3], uniforms[i], strength, image_size, use_blur)
+                        for i in range(2)], axis=-1)
+
+    def finish_batch(images, uniforms):
+      return tf.map_fn(lambda e: finish(e[0], e[1]), (images, uniforms), fn_output_signature=tf.float32)
+
+    _FINISHERS[key] = tf.function(finish_batch, jit_compile=True, autograph=False)
   return _FINISHERS[key]
 
 
 def finish_pretrain_batch(batch: dict, finisher) -> dict:
-  """A batch of pretrain_example outputs finished inside the training step: 'image' float [B, H, W, 6]."""
+  """A batch of pretrain_example outputs finished by `finisher` (pretrain_finisher): 'image' float [B, H, W, 6],
+  'augment' consumed."""
   batch = dict(batch)
   uniforms = batch.pop('augment')
-  batch['image'] = tf.map_fn(lambda e: finisher(e[0], e[1]), (batch['image'], uniforms),
-                             fn_output_signature=tf.float32)
+  # The static shape, also for Grappler: the output of an XLA-compiled call has none in the GraphDef, and without
+  # it Grappler's arithmetic optimizer rewrites the model's graph differently, so a step would round differently
+  # (by an ulp) from the same step fed by the input pipeline.
+  batch['image'] = tf.ensure_shape(finisher(batch['image'], uniforms), batch['image'].shape[:-1] + [6])
   return batch
 
 

@@ -232,8 +232,8 @@ def train_dataset(source: Source, config: Config, views: Views, per_replica_batc
   """Per-replica batches of {'image': [B,H,W,C'], 'label': [B], 'index': [B]} for one input pipeline ('index'
   is the element's position in this pipeline's stream; unreadable images are skipped unless --strict_data).
 
-  views.example(encoded image, seed [2]) makes each example (finished, or left to the training step's
-  views.in_step with --augment_on=device). Starts at global step `start_step`.
+  views.example(encoded image, seed [2]) makes each example; views.in_pipeline finishes each batch (unless
+  --augment_on=device leaves that to the training step's views.in_step). Starts at global step `start_step`.
   """
   pipeline_id = input_context.input_pipeline_id if input_context else 0
   num_pipelines = input_context.num_input_pipelines if input_context else 1
@@ -249,6 +249,8 @@ def train_dataset(source: Source, config: Config, views: Views, per_replica_batc
   if not config.strict_data:
     ds = ds.ignore_errors()  # an unreadable image is skipped; the loop counts the gaps in 'index'
   ds = ds.batch(per_replica_batch, drop_remainder=True)
+  if not views.on_device:
+    ds = ds.map(views.in_pipeline, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   return ds.prefetch(tf.data.AUTOTUNE)
 
 

@@ -1,9 +1,10 @@
 """What a training mode feeds its model, and where the work is done (--augment_on).
 
-A `Views` makes each example in the input pipeline (`example`). With --augment_on=host that is the finished view
-(float32); with device it is the uint8 crops and their random draws, and the training step finishes the batch
-(`in_step`: to float, and for pretraining flip, colour jitter, greyscale and blur; compiled into the step under
-XLA). The views are the same either way, bit for bit.
+A `Views` makes each example in the input pipeline (`example`: the uint8 crops, and for pretraining the random
+draws of the rest), then finishes a batch of them (`finish`: to float, and for pretraining flip, colour jitter,
+greyscale and blur). With --augment_on=host the input pipeline finishes each batch (`in_pipeline`); with device the
+training step does (`in_step`), compiled into it under XLA, and the pipeline ships uint8. The same function of the
+same examples either way, so the views are the same bit for bit.
 """
 
 import dataclasses
@@ -17,12 +18,16 @@ from simclr_tf.data import augment
 
 @dataclasses.dataclass(frozen=True)
 class Views:
-  example: Callable[[tf.Tensor, tf.Tensor], dict]  # (encoded image, seed [2]) -> {'image': float32 or uint8, ...}
+  example: Callable[[tf.Tensor, tf.Tensor], dict]  # (encoded image, seed [2]) -> {'image': uint8 [H, W, C], ...}
   finish: Callable[[dict], dict]  # a batch of examples -> the batch with 'image' float32 in [0, 1]
   on_device: bool = False
 
+  def in_pipeline(self, batch: dict) -> dict:
+    """The input pipeline's last step on each batch: finish it, unless the device does."""
+    return batch if self.on_device else self.finish(batch)
+
   def in_step(self, batch: dict) -> dict:
-    """The training step's first step: finish the batch if the device does (else example() finished it)."""
+    """The training step's first step: finish the batch if the device does (else the pipeline finished it)."""
     return self.finish(batch) if self.on_device else batch
 
 
@@ -32,29 +37,22 @@ def _to_float(batch):
 
 def pretrain_views(config: Config) -> Views:
   """Two SimCLR views of each image, stacked along channels: 'image' [B, H, W, 6]. Everything after the crops
-  (augment.pretrain_finisher, one XLA-compiled function) runs per example in the input pipeline, or over the batch
-  in the step."""
-  on_device = config.augment_on == 'device'
+  (augment.pretrain_finisher, one XLA-compiled function per batch) runs in the input pipeline or in the step."""
   finisher = augment.pretrain_finisher(config.color_jitter_strength, config.image_size, config.use_blur)
 
   def example(encoded, seed):
-    example = augment.pretrain_example(encoded, seed, config.image_size, config.crop_min_area)
-    if on_device:
-      return example
-    return {'image': finisher(example['image'], example['augment'])}
+    return augment.pretrain_example(encoded, seed, config.image_size, config.crop_min_area)
 
   def finish(batch):
     return augment.finish_pretrain_batch(batch, finisher)
 
-  return Views(example, finish, on_device)
+  return Views(example, finish, config.augment_on == 'device')
 
 
 def finetune_views(config: Config) -> Views:
   """The fine-tuning and distillation view (crop and flip): 'image' [B, H, W, 3], shipped as uint8 to the device."""
-  on_device = config.augment_on == 'device'
 
   def example(encoded, seed):
-    example = augment.finetune_example(encoded, seed, config.image_size, config.finetune_crop_min_area)
-    return example if on_device else _to_float(example)
+    return augment.finetune_example(encoded, seed, config.image_size, config.finetune_crop_min_area)
 
-  return Views(example, _to_float, on_device)
+  return Views(example, _to_float, config.augment_on == 'device')

@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from simclr_tf.config import Config
-from simclr_tf.data import augment, views
+from simclr_tf.data import augment, inputs, views
 
 CIFAR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))),
                      'shared', 'data', 'cifar10', 'train')
@@ -36,19 +36,23 @@ def seed(i, run=0):
 
 
 def test_colour_transforms_equal_tensorflows_own_kernels_image_by_image():
+  """Ours work on channel planes [..., 3, H, W]; TensorFlow's on [H, W, 3]: the same values."""
   x = tf.concat([tf.random.uniform([5, 24, 24, 3], seed=1), tf.fill([1, 24, 24, 3], 0.4)], 0)  # and a grey image
   factors = tf.constant([0.2, 0.7, 1.0, 1.3, 1.8, 1.5])
   deltas = tf.constant([-0.2, -0.05, 0.0, 0.1, 0.2, 0.15])
   pairs = [(augment.adjust_contrast, tf.image.adjust_contrast, factors),
            (augment.adjust_saturation, tf.image.adjust_saturation, factors),
            (augment.adjust_hue, tf.image.adjust_hue, deltas),
-           (augment.adjust_brightness, lambda im, f: im * f, factors)]
+           (augment.adjust_brightness, lambda im, f: im * f, factors),
+           (lambda planes, _: augment.to_grayscale(planes), lambda im, _: tf.tile(tf.image.rgb_to_grayscale(im),
+                                                                                    [1, 1, 3]), factors)]
+  planes = augment.to_planes(x)
+  assert planes.shape == (6, 3, 24, 24)
+  np.testing.assert_array_equal(augment.from_planes(planes).numpy(), x.numpy())
   for ours, theirs, params in pairs:
-    got = ours(x, params).numpy()
+    got = augment.from_planes(ours(planes, params)).numpy()
     want = np.stack([theirs(x[i], params[i]).numpy() for i in range(6)])
     np.testing.assert_allclose(got, want, atol=2e-6, err_msg=ours.__name__)
-  g = augment.to_grayscale(x[0]).numpy()
-  np.testing.assert_allclose(g[..., 0], g[..., 2])
 
 
 def test_crops_are_drawn_as_the_reference_draws_them():
@@ -77,13 +81,14 @@ def test_crops_are_drawn_as_the_reference_draws_them():
   assert 0.08 <= area(ours).min() and area(ours).max() <= 1.0
 
 
-def test_a_jpeg_decodes_only_its_crop_window_with_the_pixels_of_a_whole_decode():
-  encoded = encoded_images(3)
+def test_a_small_crop_of_a_jpeg_decodes_only_its_window_with_the_pixels_of_a_whole_decode():
+  encoded = encoded_images(3, (300, 400))
+  windowed = moved = 0
   for j, data in enumerate(encoded):
     whole = tf.io.decode_jpeg(data, channels=3)
-    for i in range(8):
-      crop, = augment.decoded_crops(data, (seed(i, j),), (0.08, 1.0))
-      begin, size = augment.crop_window(tf.shape(whole), seed(i, j))
+    for i in range(12):
+      crop, = augment.decoded_crops(data, (seed(i, j),), (0.08, 0.4))
+      begin, size = augment.crop_window(tf.shape(whole), seed(i, j), (0.08, 0.4))
       expected = tf.slice(whole, begin, size).numpy().astype(int)
       assert crop.shape == expected.shape
       difference = np.abs(crop.numpy().astype(int) - expected)
@@ -91,24 +96,48 @@ def test_a_jpeg_decodes_only_its_crop_window_with_the_pixels_of_a_whole_decode()
       # no neighbours beyond the window, which moves a few pixels by a few levels.
       np.testing.assert_array_equal(difference[1:-1, 1:-1], 0)
       assert difference.max() <= 8 and difference.mean() < 0.1
+      small = int(size[0] * size[1]) < augment.WINDOW_DECODE_MAX_AREA * 300 * 400
+      windowed += int(small)
+      moved += int(small and difference.max() > 0)
+      if not small:  # decoded whole
+        np.testing.assert_array_equal(difference, 0)
+  assert 6 <= windowed <= 30  # both kinds were seen
+  assert moved > 0  # and the small windows were decoded alone (a whole decode never moves a border pixel)
   png = tf.io.encode_png(tf.io.decode_jpeg(encoded[0], channels=3))  # other formats: decoded whole, then sliced
   crop, = augment.decoded_crops(png, (seed(0),), (0.08, 1.0))
-  begin, size = augment.crop_window(tf.constant([90, 120, 3]), seed(0))
+  begin, size = augment.crop_window(tf.constant([300, 400, 3]), seed(0))
   np.testing.assert_array_equal(crop.numpy(), tf.slice(tf.io.decode_png(png, channels=3), begin, size).numpy())
+
+
+def test_only_small_windows_of_big_jpegs_decode_alone():
+  big = 375 * 500
+  assert augment.decodes_window(big, int(0.08 * big)) and augment.decodes_window(big, int(0.24 * big))
+  assert not augment.decodes_window(big, int(0.26 * big)) and not augment.decodes_window(big, big)
+  assert not augment.decodes_window(32 * 32, 4 * 4)  # small images decode whole
+
+
+def test_a_pretraining_pair_is_sliced_from_one_decode():
+  data = encoded_images(1, (300, 400))[0]
+  whole = tf.io.decode_jpeg(data, channels=3)
+  crops = augment.decoded_crops(data, (seed(1), seed(2)), (0.08, 1.0))
+  for crop, s in zip(crops, (seed(1), seed(2))):
+    np.testing.assert_array_equal(crop.numpy(), tf.slice(whole, *augment.crop_window(tf.shape(whole), s)).numpy())
 
 
 @pytest.mark.parametrize('blur', [True, False])
 def test_host_and_device_augmentation_make_the_same_views(blur):
-  """The same seeds give the same views image by image, bit for bit, whether the input pipeline finishes each
-  example or the training step finishes the batch (also inside a step compiled with XLA); the device's input
+  """The same seeds give the same views image by image, bit for bit, whether the input pipeline finishes each batch
+  (--augment_on=host) or the training step does (device, also inside a step compiled with XLA); the device's input
   pipeline ships uint8."""
   encoded = encoded_images(6)
-  config = Config(image_size=32, use_blur=blur, color_jitter_strength=1.0)
+  config = Config(image_size=32, use_blur=blur, color_jitter_strength=1.0, shuffle_buffer=6, seed=7)
+  records = tf.data.Dataset.from_tensor_slices({'image': tf.stack(encoded), 'label': tf.zeros([6], tf.int64)})
+  source = inputs.Source('test', 'train', 6, 1, lambda pipeline, pipelines: records, tf.identity)
   finished = {}
   for placement in ('host', 'device'):
     v = views.pretrain_views(config.replace(augment_on=placement))
-    examples = [v.example(data, seed(i, 7)) for i, data in enumerate(encoded)]
-    batch = {k: tf.stack([e[k] for e in examples]) for k in examples[0]}
+    batch = next(iter(inputs.train_dataset(source, config, v, 6)))
+    batch.pop('index')
     assert batch['image'].dtype == (tf.uint8 if placement == 'device' else tf.float32)
     finished[placement] = v.in_step(batch)['image'].numpy()
     if placement == 'device':
@@ -118,6 +147,17 @@ def test_host_and_device_augmentation_make_the_same_views(blur):
   np.testing.assert_array_equal(device, host)
   np.testing.assert_array_equal(compiled, host)
   assert not np.allclose(host[..., :3], host[..., 3:])  # two different views
+
+
+def test_a_view_is_the_same_alone_or_in_any_batch():
+  """A view depends on its own crops and draws only: finished in a batch of 5 or alone, the same pixels."""
+  encoded = encoded_images(5)
+  v = views.pretrain_views(Config(image_size=32, use_blur=True, color_jitter_strength=1.0))
+  examples = [v.example(data, seed(i, 3)) for i, data in enumerate(encoded)]
+  batch = v.finish({k: tf.stack([e[k] for e in examples]) for k in examples[0]})['image'].numpy()
+  for i, e in enumerate(examples):
+    alone = v.finish({k: t[None] for k, t in e.items()})['image'].numpy()
+    np.testing.assert_array_equal(alone[0], batch[i])
 
 
 def test_views_are_reproducible_and_depend_on_the_seed():
@@ -151,15 +191,16 @@ def test_the_drawn_parameters_cover_the_references_ranges():
 
 def test_blur_is_a_normalised_separable_gaussian_with_zero_padding():
   assert augment.blur_taps(224) == 23 and augment.blur_taps(32) == 3 and augment.blur_taps(10) == 1
-  flat = tf.ones([32, 32, 3]) * 0.5
+  flat = tf.ones([3, 32, 32]) * 0.5  # channel planes
   blurred = augment.gaussian_blur(flat, tf.constant(1.0), 32).numpy()
-  np.testing.assert_allclose(blurred[1:-1, 1:-1], 0.5, rtol=1e-6)  # weights sum to 1 away from the zero border
-  assert (blurred[0, 1:-1] < 0.5).all()  # zero padding at the border
+  np.testing.assert_allclose(blurred[:, 1:-1, 1:-1], 0.5, rtol=1e-6)  # weights sum to 1 away from the zero border
+  assert (blurred[:, 0, 1:-1] < 0.5).all() and (blurred[:, 1:-1, 0] < 0.5).all()  # zero padding at the border
   x = image(48, 3)
   k = augment.gaussian_kernel(tf.constant(1.5), 224).numpy()  # 23 taps, as at 224 px
   want = tf.nn.depthwise_conv2d(x[None], np.tile(k.reshape(1, -1, 1, 1), [1, 1, 3, 1]), [1] * 4, 'SAME')
   want = tf.nn.depthwise_conv2d(want, np.tile(k.reshape(-1, 1, 1, 1), [1, 1, 3, 1]), [1] * 4, 'SAME')[0]
-  np.testing.assert_allclose(augment.gaussian_blur(x, tf.constant(1.5), 224).numpy(), want.numpy(), atol=1e-6)
+  got = augment.from_planes(augment.gaussian_blur(augment.to_planes(x), tf.constant(1.5), 224))
+  np.testing.assert_allclose(got.numpy(), want.numpy(), atol=1e-6)
 
 
 def test_eval_view_center_crops_big_images_only():
@@ -175,10 +216,12 @@ def test_finetune_views_are_crops_and_flips_only():
   for placement in ('host', 'device'):
     v = views.finetune_views(Config(image_size=32, augment_on=placement))
     example = v.example(data, seed(1))
-    assert set(example) == {'image'}
-    assert example['image'].dtype == (tf.uint8 if placement == 'device' else tf.float32)
-    out = v.in_step({'image': example['image'][None]})['image']
-    assert out.dtype == tf.float32 and out.shape == (1, 32, 32, 3)
+    assert set(example) == {'image'} and example['image'].dtype == tf.uint8
+    batch = {'image': example['image'][None]}
+    pipeline, step = v.in_pipeline(batch)['image'], v.in_step(v.in_pipeline(batch))['image']
+    assert pipeline.dtype == (tf.uint8 if placement == 'device' else tf.float32)
+    assert step.dtype == tf.float32 and step.shape == (1, 32, 32, 3)
+    np.testing.assert_array_equal(step.numpy(), example['image'].numpy()[None] * np.float32(1 / 255))
 
 
 @pytest.mark.parametrize('min_area', [0.08, 0.5])
@@ -191,7 +234,7 @@ def test_finetune_crops_honour_their_minimum_area(min_area):
   v = views.finetune_views(Config(image_size=32, finetune_crop_min_area=min_area))
   areas = []
   for i in range(300):
-    image = np.round(v.example(encoded, seed(i))['image'].numpy() * 255)
+    image = v.example(encoded, seed(i))['image'].numpy().astype(float)
     width = (image[..., 0].max() - image[..., 0].min()) / 4 + 1
     height = (image[..., 1].max() - image[..., 1].min()) / 4 + 1
     areas.append(width * height / 64 ** 2)
