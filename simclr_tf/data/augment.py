@@ -134,8 +134,9 @@ def _per_image(values, images):
 
 
 # The colour transforms, greyscale and blur work on channel planes, [..., 3, H, W] (`to_planes`): each channel is
-# contiguous, so a per-pixel formula over r, g and b vectorises (with channels last it reads three strided streams;
-# XLA's CPU code for hue and saturation was 4-6x slower that way). The values are the same in either layout.
+# contiguous, so a per-pixel formula over r, g and b vectorises (with channels last it reads three strided streams:
+# over a batch, XLA's CPU code for hue and saturation was 4-6x slower per pixel that way; the whole finisher is 28%
+# faster at 224 px, the same at 32 px). The values are the same in either layout.
 
 def to_planes(images):
   """[..., H, W, 3] -> [..., 3, H, W]."""
