@@ -171,20 +171,19 @@ def main():
     ratios = {name: float(np.median(np.array(values) / np.array(rounds['straightforward'])))
               for name, values in rounds.items()}
     host_step, device_step, finish = step_seconds(model, size, batch, blur, data, options.model_steps)
-    ratio = lambda name: ratios[name]
     record = dict(image_size=size, blur=blur, batch=batch, model=model,
                   straightforward_images_per_cpu_second=round(speeds['straightforward'], 1),
                   host_images_per_cpu_second=round(speeds['ours_host'], 1),
                   device_images_per_cpu_second=round(speeds['ours_device'], 1),
-                  host_augment_vs_straightforward=round(ratio('ours_host'), 2),
-                  device_augment_host_work_vs_straightforward=round(ratio('ours_device'), 2),
+                  host_augment_vs_straightforward=round(ratios['ours_host'], 2),
+                  device_augment_host_work_vs_straightforward=round(ratios['ours_device'], 2),
                   step_seconds_bf16=round(host_step, 4), step_seconds_bf16_with_device_augment=round(device_step, 4),
                   device_augment_seconds=round(finish, 4), device_augment_vs_step=round(finish / host_step, 3),
                   step_with_device_augment_vs_without=round(device_step / host_step, 3))
     records.append(record)
     rows.append([f'{size} px{" (+blur)" if blur else ""}', f'{speeds["straightforward"]:.0f}',
-                 f'{speeds["ours_host"]:.0f} ({ratio("ours_host"):.2f}x)',
-                 f'{speeds["ours_device"]:.0f} ({ratio("ours_device"):.2f}x)',
+                 f'{speeds["ours_host"]:.0f} ({ratios["ours_host"]:.2f}x)',
+                 f'{speeds["ours_device"]:.0f} ({ratios["ours_device"]:.2f}x)',
                  f'{model}: {host_step:.3f} s; augmentation alone {1000 * finish:.0f} ms ({100 * finish / host_step:.1f}%); '
                  f'step with it {device_step:.3f} s ({100 * (device_step / host_step - 1):+.1f}%)'])
     print(rows[-1], flush=True)

@@ -249,8 +249,7 @@ def train_dataset(source: Source, config: Config, views: Views, per_replica_batc
   if not config.strict_data:
     ds = ds.ignore_errors()  # an unreadable image is skipped; the loop counts the gaps in 'index'
   ds = ds.batch(per_replica_batch, drop_remainder=True)
-  if not views.on_device:
-    ds = ds.map(views.in_pipeline, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  ds = ds.map(views.in_pipeline, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   return ds.prefetch(tf.data.AUTOTUNE)
 
 
