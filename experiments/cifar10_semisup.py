@@ -24,6 +24,7 @@ import argparse
 import itertools
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -83,20 +84,39 @@ def tuning_split(data_dir, out, val_fraction):
 
 
 class Chain:
-  """Runs stages as run.py commands under `out`, skipping those already done; keeps their timings."""
+  """Runs stages as run.py commands under `out`, skipping those already done; keeps their timings.
 
-  def __init__(self, out, commit):
+  With a `ledger` directory, every finished stage is also recorded there: its stage.json, config.json, metrics and
+  result files (a few KB), and with `keep_checkpoint` its last checkpoint. A stage recorded in the ledger is not
+  run again, even with a new `out` on another machine: its files are copied back. Committed with the results, the
+  ledger lets a chain longer than one machine's life go on where it stopped."""
+
+  KEPT = ('stage.json', 'config.json', 'metrics.jsonl')
+
+  def __init__(self, out, commit, ledger=None):
     self.out = out
     self.commit = commit
+    self.ledger = ledger
     self.timings = {}
 
-  def run(self, name, args, result=None, may_fail=False):
-    """Runs `run.py --model_dir=OUT/name args` unless OUT/name/stage.json says it finished; returns the result file
-    (model_dir/`result`) as a dict, or {}. With may_fail, a run that ends in one of run.py's one-line errors
-    (exit code 2: a learning rate past the grid's edge that diverges) is recorded as such and returns
-    {'failed': 2}; any other failure stops the chain (a killed run is run again next time)."""
+  def finished(self, name):
+    return any(root and os.path.exists(os.path.join(root, name, 'stage.json')) for root in (self.out, self.ledger))
+
+  def forget(self, name):
+    """Runs stage `name` again next time it is asked for (here and in the ledger)."""
+    for root in (self.out, self.ledger):
+      if root and os.path.exists(os.path.join(root, name, 'stage.json')):
+        os.remove(os.path.join(root, name, 'stage.json'))
+
+  def run(self, name, args, result=None, may_fail=False, keep_checkpoint=False):
+    """Runs `run.py --model_dir=OUT/name args` unless OUT/name/stage.json (or the ledger's) says it finished;
+    returns the result file (model_dir/`result`) as a dict, or {}. With may_fail, a run that ends in one of
+    run.py's one-line errors (exit code 2: a learning rate past the grid's edge that diverges) is recorded as such
+    and returns {'failed': 2}; any other failure stops the chain (a killed run is run again next time)."""
     model_dir = os.path.join(self.out, name)
     done = os.path.join(model_dir, 'stage.json')
+    if not os.path.exists(done) and self.ledger and os.path.exists(os.path.join(self.ledger, name, 'stage.json')):
+      copy_files(os.path.join(self.ledger, name), model_dir, sorted(os.listdir(os.path.join(self.ledger, name))))
     if not os.path.exists(done):
       cmd = [sys.executable, os.path.join(ROOT, 'run.py'), f'--model_dir={model_dir}', *args]
       print('\n$ ' + ' '.join(cmd[1:]), flush=True)
@@ -108,12 +128,43 @@ class Chain:
       stage = {'seconds': round(time.time() - start, 1), 'commit': self.commit, 'args': args}
       with open(done, 'w') as f:
         json.dump(dict(stage, exit_code=code) if code else stage, f, indent=1)
+    if self.ledger and not os.path.exists(os.path.join(self.ledger, name, 'stage.json')):
+      self.record(name, result, keep_checkpoint)
     stage = json.load(open(done))
     self.timings[name] = stage['seconds']
     if stage.get('exit_code'):
       return {'failed': stage['exit_code']}
     path = os.path.join(model_dir, result) if result else None
     return json.load(open(path)) if path and os.path.exists(path) else {}
+
+
+  def record(self, name, result, keep_checkpoint):
+    """Copies the stage's small files (and its last checkpoint) into the ledger; stage.json last, so a copy cut
+    short is not taken for a finished stage."""
+    model_dir, target = os.path.join(self.out, name), os.path.join(self.ledger, name)
+    names = [n for n in (*self.KEPT[1:], result) if n and os.path.exists(os.path.join(model_dir, n))]
+    if keep_checkpoint:
+      prefix = os.path.basename(latest_checkpoint(model_dir))
+      names += [n for n in os.listdir(model_dir) if n.startswith(prefix + '.')]
+      os.makedirs(target, exist_ok=True)
+      with open(os.path.join(target, 'checkpoint'), 'w') as f:
+        f.write(f'model_checkpoint_path: "{prefix}"\nall_model_checkpoint_paths: "{prefix}"\n')
+    copy_files(model_dir, target, names + ['stage.json'])
+
+
+def latest_checkpoint(model_dir):
+  """The newest checkpoint prefix in model_dir (by TF's state file), or None."""
+  state = os.path.join(model_dir, 'checkpoint')
+  if not os.path.exists(state):
+    return None
+  first = open(state).readline()  # model_checkpoint_path: "ckpt-4687"
+  return os.path.join(model_dir, first.split('"')[1])
+
+
+def copy_files(source_dir, target_dir, names):
+  os.makedirs(target_dir, exist_ok=True)
+  for name in names:
+    shutil.copyfile(os.path.join(source_dir, name), os.path.join(target_dir, name))
 
 
 def tag_of(lr, crop, epochs):
@@ -174,6 +225,9 @@ def main():
   parser.add_argument('--out', default=None, help='default: runs/cifar10_semisup_<preset>')
   parser.add_argument('--until', default='report', choices=('pretrain', 'tuning', 'report'),
                       help='stop after this stage (the chain can be continued later with the same --out)')
+  parser.add_argument('--ledger', default=None,
+                      help='also record every finished stage here, and take stages recorded here as done (their '
+                           'files are copied into --out): a chain can go on from a ledger on another machine')
   options = parser.parse_args()
   p = PRESETS[options.preset]
   out = os.path.abspath(options.out or os.path.join(ROOT, 'runs', f'cifar10_semisup_{options.preset}'))
@@ -183,7 +237,7 @@ def main():
   data = link_subset(options.data_dir, out, *p['per_class']) if 'per_class' in p else options.data_dir
   tuning_data = tuning_split(data, out, p['val_fraction'])
   commit = git_commit()
-  chain = Chain(out, commit)
+  chain = Chain(out, commit, options.ledger and os.path.abspath(options.ledger))
 
   common = ['--dataset=image_folder', '--image_size=32', '--resnet_depth=18', f'--width_multiplier={p["width"]}',
             '--seed=0', '--export_at_end=false', '--log_every_steps=50', '--proj_out_dim=128', '--num_proj_layers=3',
@@ -208,7 +262,7 @@ def main():
                               f'--train_epochs={p["pretrain_epochs"]}', '--optimizer=lars', '--learning_rate=1.0',
                               '--learning_rate_scaling=linear', '--weight_decay=1e-4', '--temperature=0.5',
                               '--color_jitter_strength=0.5', '--use_blur=false', '--warmup_epochs=1',
-                              '--checkpoint_epochs=1', *memory_args])
+                              '--checkpoint_epochs=1', *memory_args], keep_checkpoint=True)
     pretrained[memory] = os.path.join(out, name)
   if options.until == 'pretrain':
     return
@@ -239,14 +293,21 @@ def main():
     results[f'supervised_{frac}'] = chain.run(
         f'supervised_{frac}', final + supervised + from_scratch + [f'--label_fraction={fraction}'] +
         chosen(f'supervised_{frac}'), 'eval_test.json')
+  def finetune(memory, frac):
+    return chain.run(f'finetune_m{memory}_{frac}', final + supervised + from_pretrained(pretrained[memory]) +
+                     [f'--label_fraction={FRACTIONS[frac]}'] + chosen(f'finetune_m{memory}_{frac}'), 'eval_test.json')
+
   for memory, pre in pretrained.items():
-    for frac, fraction in FRACTIONS.items():
-      results[f'finetune_m{memory}_{frac}'] = chain.run(
-          f'finetune_m{memory}_{frac}', final + supervised + from_pretrained(pre) + [f'--label_fraction={fraction}'] +
-          chosen(f'finetune_m{memory}_{frac}'), 'eval_test.json')
-    teacher = chosen(f'finetune_m{memory}_10pct')
+    for frac in FRACTIONS:
+      results[f'finetune_m{memory}_{frac}'] = finetune(memory, frac)
+    teacher, teacher_dir = chosen(f'finetune_m{memory}_10pct'), os.path.join(out, f'finetune_m{memory}_10pct')
+    if not chain.finished(f'distill_m{memory}_10pct') and not latest_checkpoint(teacher_dir):
+      # The teacher was restored from the ledger, which keeps no fine-tuned checkpoint: train it again.
+      chain.forget(f'finetune_m{memory}_10pct')
+      shutil.rmtree(teacher_dir)
+      finetune(memory, '10pct')
     results[f'distill_m{memory}_10pct'] = chain.run(f'distill_m{memory}_10pct', final + [
-        '--mode=distill', f'--teacher={os.path.join(out, f"finetune_m{memory}_10pct")}', f'--checkpoint={pre}',
+        '--mode=distill', f'--teacher={teacher_dir}', f'--checkpoint={pre}',
         '--ft_proj_selector=1', f'--train_batch_size={p["batch"]}', f'--train_epochs={p["distill_epochs"]}',
         '--optimizer=momentum', teacher[0], teacher[1], '--learning_rate_scaling=linear', '--weight_decay=1e-4',
         '--warmup_epochs=0', '--distill_temperature=1.0', '--checkpoint_epochs=1'], 'eval_test.json')

@@ -4,6 +4,7 @@ choice of settings on the validation split."""
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -23,9 +24,10 @@ def driver():
 
 
 @pytest.mark.skipif(not os.path.isdir(os.path.join(CIFAR, 'train')), reason='../shared/data/cifar10 not present')
-def test_fast_chain_runs_every_stage(tmp_path):
+def test_fast_chain_runs_every_stage(tmp_path, tmp_path_factory):
+  ledger = tmp_path_factory.mktemp('ledger')
   command = [sys.executable, os.path.join(ROOT, 'experiments', 'cifar10_semisup.py'), '--preset=fast',
-             f'--out={tmp_path}']
+             f'--out={tmp_path}', f'--ledger={ledger}']
   proc = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=1500)
   assert proc.returncode == 0, proc.stderr[-3000:]
   summary = json.load(open(tmp_path / 'results.json'))
@@ -57,6 +59,27 @@ def test_fast_chain_runs_every_stage(tmp_path):
   # A second run finds every stage done and only writes the report again.
   again = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=300)
   assert again.returncode == 0 and '$ ' not in again.stdout, again.stdout[-2000:]
+
+  # The ledger holds every stage's small files, and the pretraining's last checkpoint (nothing else's).
+  last = open(tmp_path / 'pretrain_m64' / 'checkpoint').readline().split('"')[1]
+  assert sorted(os.listdir(ledger / 'pretrain_m64')) == [
+      'checkpoint', f'{last}.data-00000-of-00001', f'{last}.index', 'config.json', 'metrics.jsonl', 'stage.json']
+  assert (ledger / 'tune' / 'supervised_10pct_lr0.2_crop0.35_ep1' / 'eval_val.json').exists()
+  assert not [n for n in os.listdir(ledger / 'finetune_m64_10pct') if n.startswith('ckpt')]
+  # On another machine (a new --out), the chain goes on from the ledger: what the ledger lacks runs again, from
+  # the pretraining's checkpoint; the distillation's teacher, whose checkpoint is not kept, is trained again.
+  for stage in ('knn_m64', 'distill_m64_10pct'):
+    shutil.rmtree(ledger / stage)
+  elsewhere = tmp_path_factory.mktemp('elsewhere')
+  moved = subprocess.run(command[:-2] + [f'--out={elsewhere}', f'--ledger={ledger}'], capture_output=True,
+                         text=True, cwd=ROOT, timeout=900)
+  assert moved.returncode == 0, moved.stderr[-3000:]
+  ran = [line.split('--model_dir=')[1].split()[0] for line in moved.stdout.splitlines() if line.startswith('$ ')]
+  assert ran == [str(elsewhere / s) for s in ('finetune_m64_10pct', 'distill_m64_10pct', 'knn_m64')]
+  moved_summary = json.load(open(elsewhere / 'results.json'))
+  for stage in ('finetune_m64_10pct', 'knn_m64'):  # the same runs, from the same checkpoint: the same results
+    assert moved_summary['results'][stage]['top1'] == summary['results'][stage]['top1']
+  assert moved_summary['tuning'] == summary['tuning']
 
 
 class FakeChain:
