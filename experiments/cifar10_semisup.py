@@ -137,7 +137,6 @@ class Chain:
     path = os.path.join(model_dir, result) if result else None
     return json.load(open(path)) if path and os.path.exists(path) else {}
 
-
   def record(self, name, result, keep_checkpoint):
     """Copies the stage's small files (and its last checkpoint) into the ledger; stage.json last, so a copy cut
     short is not taken for a finished stage."""
@@ -293,6 +292,7 @@ def main():
     results[f'supervised_{frac}'] = chain.run(
         f'supervised_{frac}', final + supervised + from_scratch + [f'--label_fraction={fraction}'] +
         chosen(f'supervised_{frac}'), 'eval_test.json')
+
   def finetune(memory, frac):
     return chain.run(f'finetune_m{memory}_{frac}', final + supervised + from_pretrained(pretrained[memory]) +
                      [f'--label_fraction={FRACTIONS[frac]}'] + chosen(f'finetune_m{memory}_{frac}'), 'eval_test.json')
