@@ -9,6 +9,12 @@ Images: real CIFAR-10 JPEGs from ../shared/data/cifar10 (32 px) and, for 224 px,
 500x375 and re-encoded (ImageNet's typical size), held in memory so that disk speed does not count. Every ratio
 compares settings measured interleaved in this process: the median over rounds of each round's ratio (single
 rounds on this VM move by 10-20%).
+
+One core means one thread for every setting: tf.data's private pool of one thread with intra-op parallelism 1
+confines TF's kernels, but an XLA-compiled function called from tf.data (our finisher) runs on the process's
+intra-op pool, which is therefore set to one thread too (--threads). With two threads there, its CPU time at 32 px
+was about twice a single-threaded call's (37 against 17 us per image), from work split and waited for across the
+pool, so ours was measured on more than one core. The training step is timed on the same one thread.
 """
 
 import argparse
@@ -155,7 +161,10 @@ def main():
   parser.add_argument('--images', type=int, default=256)
   parser.add_argument('--model_steps', type=int, default=5)
   parser.add_argument('--out', default=os.path.join(common.ROOT, 'bench', 'results', 'input_pipeline.json'))
+  parser.add_argument('--threads', type=int, default=1,
+                      help="the process's intra-op threads (0: TF's default, one per core); see above")
   options = parser.parse_args()
+  tf.config.threading.set_intra_op_parallelism_threads(options.threads)
   rows, records = [], []
   settings = (('straightforward', straightforward_dataset), ('ours_host', our_dataset),
               ('ours_device', lambda *args: our_dataset(*args, augment_on='device')))
@@ -188,10 +197,13 @@ def main():
                  f'step with it {device_step:.3f} s ({100 * (device_step / host_step - 1):+.1f}%)'])
     print(rows[-1], flush=True)
   text = common.table(['images', 'straightforward (img per CPU-s)', 'ours, --augment_on=host',
-                       'ours, --augment_on=device (host part)', 'training step (bf16) and device augmentation'], rows)
+                       'ours, --augment_on=device (host part)',
+                       f'training step (bf16, {options.threads or "all"} intra-op thread(s)) and device augmentation'],
+                      rows)
   print(f'\nMachine: {common.machine()}. Each image = decode + two augmented views; one core.\n')
   print(text)
-  files.write_json(options.out, dict(machine=common.machine(), results=records, table=text))
+  files.write_json(options.out, dict(machine=common.machine(), intra_op_threads=options.threads, results=records,
+                                     table=text))
 
 
 if __name__ == '__main__':
