@@ -91,7 +91,7 @@ class Chain:
   run again, even with a new `out` on another machine: its files are copied back. Committed with the results, the
   ledger lets a chain longer than one machine's life go on where it stopped."""
 
-  KEPT = ('stage.json', 'config.json', 'metrics.jsonl')
+  KEPT = ('config.json', 'metrics.jsonl')  # with the result file, and stage.json last
 
   def __init__(self, out, commit, ledger=None):
     self.out = out
@@ -99,14 +99,19 @@ class Chain:
     self.ledger = ledger
     self.timings = {}
 
+  def recorded(self, name):
+    """Whether the ledger holds stage `name` as finished."""
+    return bool(self.ledger) and os.path.exists(os.path.join(self.ledger, name, 'stage.json'))
+
   def finished(self, name):
-    return any(root and os.path.exists(os.path.join(root, name, 'stage.json')) for root in (self.out, self.ledger))
+    return os.path.exists(os.path.join(self.out, name, 'stage.json')) or self.recorded(name)
 
   def forget(self, name):
-    """Runs stage `name` again next time it is asked for (here and in the ledger)."""
-    for root in (self.out, self.ledger):
-      if root and os.path.exists(os.path.join(root, name, 'stage.json')):
-        os.remove(os.path.join(root, name, 'stage.json'))
+    """Runs stage `name` again, from an empty model_dir, next time it is asked for (its record in the ledger goes
+    too)."""
+    shutil.rmtree(os.path.join(self.out, name), ignore_errors=True)
+    if self.recorded(name):
+      os.remove(os.path.join(self.ledger, name, 'stage.json'))
 
   def run(self, name, args, result=None, may_fail=False, keep_checkpoint=False):
     """Runs `run.py --model_dir=OUT/name args` unless OUT/name/stage.json (or the ledger's) says it finished;
@@ -115,7 +120,7 @@ class Chain:
     and returns {'failed': 2}; any other failure stops the chain (a killed run is run again next time)."""
     model_dir = os.path.join(self.out, name)
     done = os.path.join(model_dir, 'stage.json')
-    if not os.path.exists(done) and self.ledger and os.path.exists(os.path.join(self.ledger, name, 'stage.json')):
+    if not os.path.exists(done) and self.recorded(name):
       copy_files(os.path.join(self.ledger, name), model_dir, sorted(os.listdir(os.path.join(self.ledger, name))))
     if not os.path.exists(done):
       cmd = [sys.executable, os.path.join(ROOT, 'run.py'), f'--model_dir={model_dir}', *args]
@@ -128,7 +133,7 @@ class Chain:
       stage = {'seconds': round(time.time() - start, 1), 'commit': self.commit, 'args': args}
       with open(done, 'w') as f:
         json.dump(dict(stage, exit_code=code) if code else stage, f, indent=1)
-    if self.ledger and not os.path.exists(os.path.join(self.ledger, name, 'stage.json')):
+    if self.ledger and not self.recorded(name):
       self.record(name, result, keep_checkpoint)
     stage = json.load(open(done))
     self.timings[name] = stage['seconds']
@@ -141,23 +146,15 @@ class Chain:
     """Copies the stage's small files (and its last checkpoint) into the ledger; stage.json last, so a copy cut
     short is not taken for a finished stage."""
     model_dir, target = os.path.join(self.out, name), os.path.join(self.ledger, name)
-    names = [n for n in (*self.KEPT[1:], result) if n and os.path.exists(os.path.join(model_dir, n))]
+    names = [n for n in (*self.KEPT, result) if n and os.path.exists(os.path.join(model_dir, n))]
     if keep_checkpoint:
-      prefix = os.path.basename(latest_checkpoint(model_dir))
+      from simclr_tf import checkpoints
+      prefix = os.path.basename(checkpoints.latest_checkpoint(model_dir))
       names += [n for n in os.listdir(model_dir) if n.startswith(prefix + '.')]
       os.makedirs(target, exist_ok=True)
       with open(os.path.join(target, 'checkpoint'), 'w') as f:
         f.write(f'model_checkpoint_path: "{prefix}"\nall_model_checkpoint_paths: "{prefix}"\n')
     copy_files(model_dir, target, names + ['stage.json'])
-
-
-def latest_checkpoint(model_dir):
-  """The newest checkpoint prefix in model_dir (by TF's state file), or None."""
-  state = os.path.join(model_dir, 'checkpoint')
-  if not os.path.exists(state):
-    return None
-  first = open(state).readline()  # model_checkpoint_path: "ckpt-4687"
-  return os.path.join(model_dir, first.split('"')[1])
 
 
 def copy_files(source_dir, target_dir, names):
@@ -282,6 +279,7 @@ def main():
     return print(json.dumps(report['tuning'], indent=1))
 
   results = report['results']
+  from simclr_tf import checkpoints
 
   def chosen(key):
     t = report['tuning'][key]
@@ -301,10 +299,9 @@ def main():
     for frac in FRACTIONS:
       results[f'finetune_m{memory}_{frac}'] = finetune(memory, frac)
     teacher, teacher_dir = chosen(f'finetune_m{memory}_10pct'), os.path.join(out, f'finetune_m{memory}_10pct')
-    if not chain.finished(f'distill_m{memory}_10pct') and not latest_checkpoint(teacher_dir):
+    if not chain.finished(f'distill_m{memory}_10pct') and not checkpoints.latest_checkpoint(teacher_dir):
       # The teacher was restored from the ledger, which keeps no fine-tuned checkpoint: train it again.
       chain.forget(f'finetune_m{memory}_10pct')
-      shutil.rmtree(teacher_dir)
       finetune(memory, '10pct')
     results[f'distill_m{memory}_10pct'] = chain.run(f'distill_m{memory}_10pct', final + [
         '--mode=distill', f'--teacher={teacher_dir}', f'--checkpoint={pre}',
