@@ -18,7 +18,7 @@ from simclr_tf.data import augment
 
 @dataclasses.dataclass(frozen=True)
 class Views:
-  example: Callable[[tf.Tensor, tf.Tensor], dict]  # (encoded image, seed [2]) -> {'image': uint8 crop(s), ...}
+  example: Callable[[tf.Tensor, tf.Tensor], dict]  # (encoded image, seed [2]) -> the uint8 crop(s) and draws
   finish: Callable[[dict], dict]  # a batch of examples -> the batch with 'image' float32 in [0, 1]
   on_device: bool = False
 
@@ -36,9 +36,9 @@ def _to_float(batch):
 
 
 def pretrain_views(config: Config) -> Views:
-  """Two SimCLR views of each image: uint8 crops [B, 2, H, W, 3] in, 'image' float [B, H, W, 6] (the views along
-  channels) out. Everything after the crops (augment.pretrain_finisher, one XLA-compiled function per batch) runs in
-  the input pipeline or in the step."""
+  """Two SimCLR views of each image: uint8 crops 'view1', 'view2' [B, H, W, 3] in, 'image' float [B, H, W, 6] (the
+  views along channels) out. Everything after the crops (augment.pretrain_finisher, one XLA-compiled function per
+  batch) runs in the input pipeline or in the step."""
   finisher = augment.pretrain_finisher(config.color_jitter_strength, config.image_size, config.use_blur)
 
   def example(encoded, seed):

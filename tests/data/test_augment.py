@@ -138,7 +138,10 @@ def test_host_and_device_augmentation_make_the_same_views(blur):
     v = views.pretrain_views(config.replace(augment_on=placement))
     batch = next(iter(inputs.train_dataset(source, config, v, 6)))
     batch.pop('index')
-    assert batch['image'].dtype == (tf.uint8 if placement == 'device' else tf.float32)
+    if placement == 'device':  # the two crops travel as uint8, each on its own
+      assert 'image' not in batch and batch['view1'].dtype == batch['view2'].dtype == tf.uint8
+    else:
+      assert set(batch) == {'image', 'label'} and batch['image'].dtype == tf.float32
     finished[placement] = v.in_step(batch)['image'].numpy()
     if placement == 'device':
       compiled = tf.function(v.in_step, jit_compile=True)(batch)['image'].numpy()
@@ -163,9 +166,11 @@ def test_a_view_is_the_same_alone_or_in_any_batch():
 def test_views_are_reproducible_and_depend_on_the_seed():
   data = encoded_images(1)[0]
   v = views.pretrain_views(Config(image_size=32))
-  first = [v.example(data, seed(i))['image'].numpy() for i in range(4)]
-  np.testing.assert_array_equal(v.example(data, seed(2))['image'].numpy(), first[2])
+  crops = lambda example: np.stack([example['view1'].numpy(), example['view2'].numpy()])
+  first = [crops(v.example(data, seed(i))) for i in range(4)]
+  np.testing.assert_array_equal(crops(v.example(data, seed(2))), first[2])
   assert not np.allclose(first[0], first[1])
+  assert not np.allclose(first[0][0], first[0][1])  # an example's two crops differ
 
 
 def test_the_drawn_parameters_cover_the_references_ranges():
