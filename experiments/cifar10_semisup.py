@@ -24,6 +24,7 @@ import argparse
 import itertools
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -165,6 +166,12 @@ def copy_files(source_dir, target_dir, names):
 
 def tag_of(lr, crop, epochs):
   return f'lr{lr:g}_crop{crop:g}_ep{epochs}'
+
+
+def setting_of(tag):
+  """tag_of's (learning rate, crop's minimum area, epochs)."""
+  lr, crop, epochs = re.fullmatch(r'lr(.+)_crop(.+)_ep(\d+)', tag).groups()
+  return float(lr), float(crop), int(epochs)
 
 
 def grid_search(chain, prefix, base_args, lrs, crops, epoch_list, max_steps_out=2):
@@ -356,6 +363,7 @@ def write_report(out, options, preset, report, timings, commit):
             '| --- | ---: | ---: | ---: | ---: |']
   lines += [f'| {key} | {t["learning_rate"]:g} | {t["crop_min_area"]:g} | {t["epochs"]} | {pct(t["val_top1"])} |'
             for key, t in tuning.items()]
+  lines += ['', 'Validation top-1 (%) of every grid point:'] + grid_tables(tuning, pct)
   examples = results['supervised_10pct'].get('num_examples', 0)
   lines += ['', f'Test split ({examples:,} images). ResNet-18 at width {preset["width"]} with the CIFAR stem, '
             f'{preset["pretrain_epochs"]} pretraining epochs at batch {preset["pretrain_batch"]}; commit {commit}; '
@@ -364,6 +372,33 @@ def write_report(out, options, preset, report, timings, commit):
     f.write('\n'.join(lines) + '\n')
   plot(out, rows, tuning, memories)
   print('\n'.join(lines))
+
+
+def grid_tables(tuning, pct):
+  """Markdown: every validation score of each grid search, its learning rate x crop grid at the first epoch count
+  (the chosen pair in bold, '–' where the grid did not go, 'failed' for a run that diverged), then the longer runs
+  of the best pair."""
+  lines = []
+  for key, t in tuning.items():
+    points = {setting_of(tag): score for tag, score in t['scores'].items()}
+    first = min(epochs for _, _, epochs in points)
+    lrs = sorted({lr for lr, _, epochs in points if epochs == first})
+    crops = sorted({crop for _, crop, epochs in points if epochs == first})
+    best = (t['learning_rate'], t['crop_min_area'])
+
+    def cell(lr, crop):
+      score = points.get((lr, crop, first))
+      text = '–' if score is None else 'failed' if score == 0 else pct(score)
+      return f'**{text}**' if (lr, crop) == best else text
+
+    lines += ['', f'| {key}, {first} epochs: learning rate | ' + ' | '.join(f'crop {c:g}' for c in crops) + ' |',
+              '| ---: |' + ' ---: |' * len(crops)]
+    lines += [f'| {lr:g} | ' + ' | '.join(cell(lr, crop) for crop in crops) + ' |' for lr in lrs]
+    longer = sorted((epochs, score) for (lr, crop, epochs), score in points.items() if (lr, crop) == best)
+    lines += ['', f'{key} at learning rate {best[0]:g}, crop {best[1]:g}: ' +
+              ', '.join(f'{epochs} epochs {pct(score)}' for epochs, score in longer) +
+              f' (chosen: {t["epochs"]} epochs).']
+  return lines
 
 
 def plot(out, rows, tuning, memories):
@@ -389,8 +424,9 @@ def plot(out, rows, tuning, memories):
   axes[1].legend(fontsize=7)
   ax = axes[2]
   for key, t in tuning.items():
-    runs = sorted((int(tag.rsplit('_ep', 1)[1]), score) for tag, score in t['scores'].items()
-                  if tag.startswith(tag_of(t['learning_rate'], t['crop_min_area'], 0)[:-1]))
+    runs = sorted((epochs, score) for (lr, crop, epochs), score in map(lambda i: (setting_of(i[0]), i[1]),
+                                                                       t['scores'].items())
+                  if (lr, crop) == (t['learning_rate'], t['crop_min_area']))
     ax.plot([e for e, _ in runs], [100 * s for _, s in runs], 'o-', label=key)
   ax.set_xscale('log')
   ax.set_xlabel('epochs (at the chosen learning rate and crop)')

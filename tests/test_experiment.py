@@ -146,3 +146,23 @@ def test_a_run_that_may_fail_is_recorded_as_failed_and_not_run_again(tmp_path):
   assert chain.run('lenient', bad, may_fail=True) == {'failed': 2}
   assert json.load(open(tmp_path / 'lenient' / 'stage.json'))['exit_code'] == 2
   assert chain.run('lenient', ['--no_such_flag'], may_fail=True) == {'failed': 2}  # recorded: not run again
+
+
+def test_the_report_shows_every_grid_point():
+  module = driver()
+  pairs = [(0.05, 0.35), (0.05, 0.7), (0.2, 0.35), (0.2, 0.7), (0.8, 0.7)]
+  scores = {module.tag_of(lr, crop, 20): 0.1 * i for i, (lr, crop) in enumerate(pairs, start=1)}  # 0.1 to 0.5
+  scores[module.tag_of(0.2, 1.0, 20)] = 0.0  # diverged: grid_search scores a failed run 0
+  scores.update({module.tag_of(0.8, 0.7, 60): 0.55, module.tag_of(0.8, 0.7, 180): 0.5})
+  tuning = {'supervised_10pct': {'scores': scores, 'learning_rate': 0.8, 'crop_min_area': 0.7, 'epochs': 60,
+                                 'val_top1': 0.55}}
+  lines = module.grid_tables(tuning, lambda v: f'{100 * v:.1f}')
+  assert lines[1:] == [
+      '| supervised_10pct, 20 epochs: learning rate | crop 0.35 | crop 0.7 | crop 1 |',
+      '| ---: | ---: | ---: | ---: |',
+      '| 0.05 | 10.0 | 20.0 | – |',
+      '| 0.2 | 30.0 | 40.0 | failed |',
+      '| 0.8 | – | **50.0** | – |',
+      '',
+      'supervised_10pct at learning rate 0.8, crop 0.7: 20 epochs 50.0, 60 epochs 55.0, 180 epochs 50.0 '
+      '(chosen: 60 epochs).']
