@@ -161,6 +161,9 @@ def class_balanced_subset(labels: np.ndarray, fraction: float, seed: int) -> np.
   return np.sort(np.concatenate(chosen)) if chosen else np.zeros([0], np.int64)
 
 
+SUBSET_BLOCK = 256  # records masked at a time by subset()
+
+
 def subset(source: Source, indices: np.ndarray) -> Source:
   """The source restricted to the records at `indices` (in record order)."""
   keep = np.zeros([source.num_examples], bool)
@@ -168,8 +171,15 @@ def subset(source: Source, indices: np.ndarray) -> Source:
   keep = tf.constant(keep)
   base = source.records
 
+  def chosen_in_block(block_index, block):
+    count = tf.shape(tf.nest.flatten(block)[0])[0]
+    mask = keep[block_index * SUBSET_BLOCK:block_index * SUBSET_BLOCK + tf.cast(count, tf.int64)]
+    return tf.nest.map_structure(lambda t: tf.boolean_mask(t, mask), block)
+
   def records(pipeline_id, num_pipelines):
-    ds = base(0, 1).enumerate().filter(lambda i, r: keep[i]).map(lambda i, r: r)
+    # Masked a block of records at a time: a predicate per record costs about 20 µs, and every epoch scans the
+    # whole split, which made an epoch of 1% of CIFAR-10 (7 batches) take a second.
+    ds = base(0, 1).batch(SUBSET_BLOCK).enumerate().map(chosen_in_block).unbatch()
     return ds.shard(num_pipelines, pipeline_id) if num_pipelines > 1 else ds
 
   chosen = np.flatnonzero(keep.numpy())

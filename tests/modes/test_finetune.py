@@ -94,6 +94,23 @@ def test_class_balanced_subset_counts_and_seed():
   assert not np.array_equal(chosen, inputs.class_balanced_subset(labels, 0.1, seed=4))
 
 
+@pytest.mark.parametrize('paths', [True, False])
+def test_a_subset_keeps_its_records_in_order_across_blocks_and_shards(paths):
+  """subset() masks the split a block of records at a time: the chosen records, in record order, for any split
+  size (here not a multiple of the block) and for each of several input pipelines."""
+  n = 2 * inputs.SUBSET_BLOCK + 37
+  records = tf.data.Dataset.from_tensor_slices({'image': tf.strings.as_string(tf.range(n)), 'label': tf.range(n) % 3})
+  source = inputs.Source('test', 'train', n, 3, lambda pipeline, pipelines: records, tf.identity,
+                         records_are_paths=paths)
+  chosen = np.sort(np.random.default_rng(0).choice(n, 90, replace=False))
+  chosen[-1] = n - 1  # the last record of the last, partial block
+  sub = inputs.subset(source, chosen)
+  got = [int(r['image']) for r in sub.records(0, 1).as_numpy_iterator()]
+  assert got == chosen.tolist() and sub.num_examples == 90
+  shards = [[int(r['image']) for r in sub.records(p, 2).as_numpy_iterator()] for p in (0, 1)]
+  assert shards == [got[0::2], got[1::2]]
+
+
 def test_label_fraction_writes_ids_and_trains_on_them(tmp_path, shapes_dir):
   config = tiny_config(mode='finetune', dataset='image_folder', data_dir=shapes_dir, model_dir=str(tmp_path),
                        label_fraction=0.25, train_steps=1, seed=5)
