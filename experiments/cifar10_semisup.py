@@ -35,12 +35,13 @@ sys.path.insert(0, ROOT)  # the simclr_tf next to this script, whatever is insta
 
 PRESETS = {
     # Pretraining 12 epochs at batch 128 (about 45 minutes each in bfloat16 on a 2-core CPU); the grids and the
-    # final runs take the rest. The memory's momentum is 0.99 (MoCo's CIFAR setting), not the paper's 0.999 for
+    # final runs take the rest. The supervised baseline's longest runs (2,700 epochs at 1%, 540 at 10%) take about
+    # as long as a pretraining plus its fine-tuning, and run only while the shorter ones still improve. The memory's momentum is 0.99 (MoCo's CIFAR setting), not the paper's 0.999 for
     # ImageNet: at 0.999 the momentum network lags about 1,000 steps, a fifth of this 4,687-step schedule.
     'full': dict(width=0.25, pretrain_epochs=12, pretrain_batch=128, memory_sizes=(0, 4096), memory_momentum=0.99,
                  batch=64,
                  lrs=(0.05, 0.2, 0.8), crop_min_areas=(0.08, 0.35, 0.7),
-                 epochs={'1pct': (100, 300, 900), '10pct': (20, 60, 180)},
+                 epochs={'1pct': (100, 300, 900, 2700), '10pct': (20, 60, 180, 540)},
                  finetune_epochs={'1pct': (30, 100, 300), '10pct': (10, 30, 90)},
                  distill_epochs=6, linear_epochs=3, knn_k=200, val_fraction=0.1, precision='mixed_bfloat16'),
     # A few minutes: every stage runs a handful of steps on a few images per class (one grid point per side).
@@ -121,6 +122,10 @@ class Chain:
     and returns {'failed': 2}; any other failure stops the chain (a killed run is run again next time)."""
     model_dir = os.path.join(self.out, name)
     done = os.path.join(model_dir, 'stage.json')
+    for recorded in (done, self.ledger and os.path.join(self.ledger, name, 'stage.json')):
+      if recorded and os.path.exists(recorded) and settings(json.load(open(recorded))['args']) != settings(args):
+        print(f'\n{name}: recorded with other settings, run again', flush=True)
+        self.forget(name)
     if not os.path.exists(done) and self.recorded(name):
       copy_files(os.path.join(self.ledger, name), model_dir, sorted(os.listdir(os.path.join(self.ledger, name))))
     if not os.path.exists(done):
@@ -156,6 +161,14 @@ class Chain:
       with open(os.path.join(target, 'checkpoint'), 'w') as f:
         f.write(f'model_checkpoint_path: "{prefix}"\nall_model_checkpoint_paths: "{prefix}"\n')
     copy_files(model_dir, target, names + ['stage.json'])
+
+
+PATH_FLAGS = ('--data_dir', '--checkpoint', '--teacher')  # where things are, which moves with --out
+
+
+def settings(args):
+  """A stage's run.py arguments without the paths: what must match for a recorded stage to stand."""
+  return sorted(a for a in args if a.split('=', 1)[0] not in PATH_FLAGS)
 
 
 def copy_files(source_dir, target_dir, names):
@@ -270,33 +283,36 @@ def main():
   if options.until == 'pretrain':
     return
 
+  # The pretrained arms go first, tuning and then their final runs, and the supervised baseline after them: its
+  # longest grid points take as long as a pretraining.
   report = {'tuning': {}, 'results': {}}
-  for frac, fraction in FRACTIONS.items():
-    report['tuning'][f'supervised_{frac}'] = grid_search(
-        chain, f'tune/supervised_{frac}', tuning + supervised + from_scratch + [f'--label_fraction={fraction}'],
-        p['lrs'], p['crop_min_areas'], p['epochs'][frac])
-
+  tuned = {}
   for memory, pre in pretrained.items():
     for frac, fraction in FRACTIONS.items():
-      report['tuning'][f'finetune_m{memory}_{frac}'] = grid_search(
+      tuned[f'finetune_m{memory}_{frac}'] = grid_search(
           chain, f'tune/finetune_m{memory}_{frac}',
           tuning + supervised + from_pretrained(pre) + [f'--label_fraction={fraction}'],
           p['lrs'], p['crop_min_areas'], p['finetune_epochs'][frac])
+
+  def tune_supervised():
+    for frac, fraction in FRACTIONS.items():
+      tuned[f'supervised_{frac}'] = grid_search(
+          chain, f'tune/supervised_{frac}', tuning + supervised + from_scratch + [f'--label_fraction={fraction}'],
+          p['lrs'], p['crop_min_areas'], p['epochs'][frac])
+    # The report lists the baseline first.
+    report['tuning'] = {key: tuned[key] for key in sorted(tuned, key=lambda k: not k.startswith('supervised'))}
+
   if options.until == 'tuning':
+    tune_supervised()
     return print(json.dumps(report['tuning'], indent=1))
 
   results = report['results']
   from simclr_tf import checkpoints
 
   def chosen(key):
-    t = report['tuning'][key]
+    t = tuned[key]
     return [f'--learning_rate={t["learning_rate"]}', f'--finetune_crop_min_area={t["crop_min_area"]}',
             f'--train_epochs={t["epochs"]}']
-
-  for frac, fraction in FRACTIONS.items():
-    results[f'supervised_{frac}'] = chain.run(
-        f'supervised_{frac}', final + supervised + from_scratch + [f'--label_fraction={fraction}'] +
-        chosen(f'supervised_{frac}'), 'eval_test.json')
 
   def finetune(memory, frac):
     return chain.run(f'finetune_m{memory}_{frac}', final + supervised + from_pretrained(pretrained[memory]) +
@@ -324,6 +340,12 @@ def main():
         '--mode=knn', f'--checkpoint={pre}', '--dataset=image_folder', f'--data_dir={data}', '--image_size=32',
         '--resnet_depth=18', f'--width_multiplier={p["width"]}', f'--knn_k={p["knn_k"]}', '--knn_temperature=0.1',
         '--eval_split=test'], 'knn_test.json')
+
+  tune_supervised()
+  for frac, fraction in FRACTIONS.items():
+    results[f'supervised_{frac}'] = chain.run(
+        f'supervised_{frac}', final + supervised + from_scratch + [f'--label_fraction={fraction}'] +
+        chosen(f'supervised_{frac}'), 'eval_test.json')
   write_report(out, options, p, report, chain.timings, commit)
 
 

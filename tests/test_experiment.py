@@ -166,3 +166,22 @@ def test_the_report_shows_every_grid_point():
       '',
       'supervised_10pct at learning rate 0.8, crop 0.7: 20 epochs 50.0, 60 epochs 55.0, 180 epochs 50.0 '
       '(chosen: 60 epochs).']
+
+
+def test_a_stage_recorded_with_other_settings_runs_again(tmp_path, capsys):
+  """A stage is known by its name; when the driver now asks it with other settings (say, more epochs), the record
+  does not stand and the stage runs again. Paths may differ: a chain moved to a new --out keeps its stages."""
+  module = driver()
+  ledger = tmp_path / 'ledger'
+  chain = module.Chain(str(tmp_path / 'out'), 'test', str(ledger))
+  bad = ['--image_size=4', '--train_steps=1', f'--data_dir={tmp_path}/a']  # exits with a one-line error (2)
+  ran = lambda: capsys.readouterr().out.count('\n$ ')
+  assert chain.run('stage', bad, may_fail=True) == {'failed': 2} and ran() == 1
+  assert chain.run('stage', bad, may_fail=True) == {'failed': 2} and ran() == 0
+  moved = module.Chain(str(tmp_path / 'elsewhere'), 'test', str(ledger))
+  assert moved.run('stage', bad[:2] + [f'--data_dir={tmp_path}/elsewhere/a'], may_fail=True) == {'failed': 2}
+  assert ran() == 0  # restored from the ledger
+  other = ['--image_size=4', '--train_steps=2', f'--data_dir={tmp_path}/a']
+  assert chain.run('stage', other, may_fail=True) == {'failed': 2} and ran() == 1
+  for record in (tmp_path / 'out' / 'stage' / 'stage.json', ledger / 'stage' / 'stage.json'):
+    assert json.load(open(record))['args'] == other
