@@ -36,8 +36,9 @@ sys.path.insert(0, ROOT)  # the simclr_tf next to this script, whatever is insta
 PRESETS = {
     # Pretraining 12 epochs at batch 128 (about 45 minutes each in bfloat16 on a 2-core CPU); the grids and the
     # final runs take the rest. The supervised baseline's longest runs (2,700 epochs at 1%, 540 at 10%) take about
-    # as long as a pretraining plus its fine-tuning, and run only while the shorter ones still improve. The memory's momentum is 0.99 (MoCo's CIFAR setting), not the paper's 0.999 for
-    # ImageNet: at 0.999 the momentum network lags about 1,000 steps, a fifth of this 4,687-step schedule.
+    # as long as a pretraining plus its fine-tuning, and run only while the shorter ones still improve. The memory's
+    # momentum is 0.99 (MoCo's CIFAR setting), not the paper's 0.999 for ImageNet: at 0.999 the momentum network
+    # lags about 1,000 steps, a fifth of this 4,687-step schedule.
     'full': dict(width=0.25, pretrain_epochs=12, pretrain_batch=128, memory_sizes=(0, 4096), memory_momentum=0.99,
                  batch=64,
                  lrs=(0.05, 0.2, 0.8), crop_min_areas=(0.08, 0.35, 0.7),
@@ -122,14 +123,18 @@ class Chain:
     and returns {'failed': 2}; any other failure stops the chain (a killed run is run again next time)."""
     model_dir = os.path.join(self.out, name)
     done = os.path.join(model_dir, 'stage.json')
-    for recorded in (done, self.ledger and os.path.join(self.ledger, name, 'stage.json')):
+    started = os.path.join(model_dir, 'stage_args.json')  # written as a run starts: a cut-short run's settings
+    for recorded in (done, started, self.ledger and os.path.join(self.ledger, name, 'stage.json')):
       if recorded and os.path.exists(recorded) and settings(json.load(open(recorded))['args']) != settings(args):
-        print(f'\n{name}: recorded with other settings, run again', flush=True)
+        print(f'\n{name}: recorded with other settings, run again from the start', flush=True)
         self.forget(name)
     if not os.path.exists(done) and self.recorded(name):
       copy_files(os.path.join(self.ledger, name), model_dir, sorted(os.listdir(os.path.join(self.ledger, name))))
     if not os.path.exists(done):
       cmd = [sys.executable, os.path.join(ROOT, 'run.py'), f'--model_dir={model_dir}', *args]
+      os.makedirs(model_dir, exist_ok=True)
+      with open(started, 'w') as f:
+        json.dump({'args': args}, f, indent=1)
       print('\n$ ' + ' '.join(cmd[1:]), flush=True)
       start = time.time()
       code = subprocess.run(cmd, cwd=ROOT).returncode

@@ -185,3 +185,10 @@ def test_a_stage_recorded_with_other_settings_runs_again(tmp_path, capsys):
   assert chain.run('stage', other, may_fail=True) == {'failed': 2} and ran() == 1
   for record in (tmp_path / 'out' / 'stage' / 'stage.json', ledger / 'stage' / 'stage.json'):
     assert json.load(open(record))['args'] == other
+  # A run cut short (no stage.json) whose settings have changed since starts again from an empty model_dir, rather
+  # than resuming its checkpoints under the new settings.
+  (tmp_path / 'out' / 'cut').mkdir()
+  (tmp_path / 'out' / 'cut' / 'stage_args.json').write_text(json.dumps({'args': bad}))
+  (tmp_path / 'out' / 'cut' / 'ckpt-5.index').write_text('')
+  assert chain.run('cut', other, may_fail=True) == {'failed': 2} and ran() == 1
+  assert not (tmp_path / 'out' / 'cut' / 'ckpt-5.index').exists()
