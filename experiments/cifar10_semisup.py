@@ -102,9 +102,13 @@ class Chain:
     self.ledger = ledger
     self.timings = {}
 
+  def ledger_record(self, name):
+    """The ledger's stage.json of stage `name` (None without a ledger)."""
+    return self.ledger and os.path.join(self.ledger, name, 'stage.json')
+
   def recorded(self, name):
     """Whether the ledger holds stage `name` as finished."""
-    return bool(self.ledger) and os.path.exists(os.path.join(self.ledger, name, 'stage.json'))
+    return bool(self.ledger) and os.path.exists(self.ledger_record(name))
 
   def finished(self, name):
     return os.path.exists(os.path.join(self.out, name, 'stage.json')) or self.recorded(name)
@@ -114,7 +118,7 @@ class Chain:
     too)."""
     shutil.rmtree(os.path.join(self.out, name), ignore_errors=True)
     if self.recorded(name):
-      os.remove(os.path.join(self.ledger, name, 'stage.json'))
+      os.remove(self.ledger_record(name))
 
   def run(self, name, args, result=None, may_fail=False, keep_checkpoint=False):
     """Runs `run.py --model_dir=OUT/name args` unless OUT/name/stage.json (or the ledger's) says it finished;
@@ -124,7 +128,7 @@ class Chain:
     model_dir = os.path.join(self.out, name)
     done = os.path.join(model_dir, 'stage.json')
     started = os.path.join(model_dir, 'stage_args.json')  # written as a run starts: a cut-short run's settings
-    for recorded in (done, started, self.ledger and os.path.join(self.ledger, name, 'stage.json')):
+    for recorded in (done, started, self.ledger_record(name)):
       if recorded and os.path.exists(recorded) and settings(json.load(open(recorded))['args']) != settings(args):
         print(f'\n{name}: recorded with other settings, run again from the start', flush=True)
         self.forget(name)
@@ -401,6 +405,13 @@ def write_report(out, options, preset, report, timings, commit):
   print('\n'.join(lines))
 
 
+def longer_runs(t):
+  """[(epochs, validation score)] of a grid search's chosen learning rate and crop, in epoch order."""
+  best = (t['learning_rate'], t['crop_min_area'])
+  return sorted((epochs, score) for (lr, crop, epochs), score in
+                ((setting_of(tag), score) for tag, score in t['scores'].items()) if (lr, crop) == best)
+
+
 def grid_tables(tuning, pct):
   """Markdown: every validation score of each grid search, its learning rate x crop grid at the first epoch count
   (the chosen pair in bold, '–' where the grid did not go, 'failed' for a run that diverged), then the longer runs
@@ -421,9 +432,8 @@ def grid_tables(tuning, pct):
     lines += ['', f'| {key}, {first} epochs: learning rate | ' + ' | '.join(f'crop {c:g}' for c in crops) + ' |',
               '| ---: |' + ' ---: |' * len(crops)]
     lines += [f'| {lr:g} | ' + ' | '.join(cell(lr, crop) for crop in crops) + ' |' for lr in lrs]
-    longer = sorted((epochs, score) for (lr, crop, epochs), score in points.items() if (lr, crop) == best)
     lines += ['', f'{key} at learning rate {best[0]:g}, crop {best[1]:g}: ' +
-              ', '.join(f'{epochs} epochs {pct(score)}' for epochs, score in longer) +
+              ', '.join(f'{epochs} epochs {pct(score)}' for epochs, score in longer_runs(t)) +
               f' (chosen: {t["epochs"]} epochs).']
   return lines
 
@@ -451,9 +461,7 @@ def plot(out, rows, tuning, memories):
   axes[1].legend(fontsize=7)
   ax = axes[2]
   for key, t in tuning.items():
-    runs = sorted((epochs, score) for (lr, crop, epochs), score in map(lambda i: (setting_of(i[0]), i[1]),
-                                                                       t['scores'].items())
-                  if (lr, crop) == (t['learning_rate'], t['crop_min_area']))
+    runs = longer_runs(t)
     ax.plot([e for e, _ in runs], [100 * s for _, s in runs], 'o-', label=key)
   ax.set_xscale('log')
   ax.set_xlabel('epochs (at the chosen learning rate and crop)')
