@@ -376,17 +376,22 @@ def write_report(out, options, preset, report, timings, commit):
   top1 = lambda key: results[key].get('top1')
   memories = preset['memory_sizes']
   name = lambda m: f'memory of {m:,} negatives' if m else 'no memory'
-  rows = [('Supervised only (tuned)', top1('supervised_1pct'), top1('supervised_10pct'))]
+  baseline = (top1('supervised_1pct'), top1('supervised_10pct'))
+  # (label, 1% top-1, 10% top-1, what each is measured against and how that is named in the table)
+  rows = [('Supervised only (tuned)', *baseline, (None, None), '')]
   for m in memories:
-    rows.append((f'SimCLRv2, {name(m)}: pretrain → fine-tune', top1(f'finetune_m{m}_1pct'),
-                 top1(f'finetune_m{m}_10pct')))
-    rows.append((f'SimCLRv2, {name(m)}: + self-distillation', None, top1(f'distill_m{m}_10pct')))
+    tuned_pair = (top1(f'finetune_m{m}_1pct'), top1(f'finetune_m{m}_10pct'))
+    rows.append((f'SimCLRv2, {name(m)}: pretrain → fine-tune', *tuned_pair, baseline, ''))
+    rows.append((f'SimCLRv2, {name(m)}: + self-distillation', None, top1(f'distill_m{m}_10pct'),
+                 (None, tuned_pair[1]), ' on its teacher'))
   summary = dict(preset=options.preset, settings=preset, commit=commit, data_dir=options.data_dir,
                  tuning=tuning, results=results, seconds=timings, total_minutes=round(sum(timings.values()) / 60, 1))
   files.write_json(os.path.join(out, 'results.json'), summary)
   pct = lambda v: '–' if v is None else f'{100 * v:.1f}'
+  against = lambda v, ref, what: '' if v is None or ref is None else f' ({100 * (v - ref):+.1f}{what})'
   lines = ['| method | 1% labels | 10% labels |', '| --- | ---: | ---: |']
-  lines += [f'| {label} | {pct(a)} | {pct(b)} |' for label, a, b in rows]
+  lines += [f'| {label} | {pct(a)}{against(a, refs[0], what)} | {pct(b)}{against(b, refs[1], what)} |'
+            for label, a, b, refs, what in rows]
   lines += ['', '| pretrained encoder, all labels | linear evaluation | kNN (k={}, cosine) |'.format(preset['knn_k']),
             '| --- | ---: | ---: |']
   lines += [f'| {name(m)} | {pct(top1(f"linear_m{m}"))} | {pct(top1(f"knn_m{m}"))} |' for m in memories]
@@ -401,7 +406,7 @@ def write_report(out, options, preset, report, timings, commit):
             f'{summary["total_minutes"]} minutes in all.']
   with open(os.path.join(out, 'results.md'), 'w') as f:
     f.write('\n'.join(lines) + '\n')
-  plot(out, rows, tuning, memories)
+  plot(out, [row[:3] for row in rows], tuning, memories)
   print('\n'.join(lines))
 
 

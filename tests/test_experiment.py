@@ -168,6 +168,26 @@ def test_the_report_shows_every_grid_point():
       '(chosen: 60 epochs).']
 
 
+def test_the_report_says_each_result_against_what_it_is_measured_by(tmp_path):
+  """Fine-tuning is measured against the supervised baseline at the same label fraction, the distilled student
+  against its teacher (the fine-tuned 10% model of its arm)."""
+  module = driver()
+  results = {'supervised_1pct': {'top1': 0.422}, 'supervised_10pct': {'top1': 0.74, 'num_examples': 10000},
+             'finetune_m0_1pct': {'top1': 0.515}, 'finetune_m0_10pct': {'top1': 0.707},
+             'distill_m0_10pct': {'top1': 0.716}, 'linear_m0': {'top1': 0.511}, 'knn_m0': {'top1': 0.5213}}
+  tuning = {'supervised_1pct': {'scores': {module.tag_of(0.8, 0.7, 900): 0.42}, 'learning_rate': 0.8,
+                                'crop_min_area': 0.7, 'epochs': 900, 'val_top1': 0.42}}
+  preset = dict(module.PRESETS['full'], memory_sizes=(0,))
+  options = type('Options', (), {'preset': 'full', 'data_dir': 'data'})
+  module.write_report(str(tmp_path), options, preset, {'results': results, 'tuning': tuning}, {'x': 60}, 'abc')
+  lines = (tmp_path / 'results.md').read_text().splitlines()
+  assert lines[2:5] == ['| Supervised only (tuned) | 42.2 | 74.0 |',
+                        '| SimCLRv2, no memory: pretrain → fine-tune | 51.5 (+9.3) | 70.7 (-3.3) |',
+                        '| SimCLRv2, no memory: + self-distillation | – | 71.6 (+0.9 on its teacher) |']
+  assert '| no memory | 51.1 | 52.1 |' in lines
+  assert (tmp_path / 'results.png').exists()
+
+
 def test_a_stage_recorded_with_other_settings_runs_again(tmp_path, capsys):
   """A stage is known by its name; when the driver now asks it with other settings (say, more epochs), the record
   does not stand and the stage runs again. Paths may differ: a chain moved to a new --out keeps its stages."""
