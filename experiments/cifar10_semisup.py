@@ -380,10 +380,10 @@ def write_report(out, options, preset, report, timings, commit):
   # (label, 1% top-1, 10% top-1, what each is measured against and how that is named in the table)
   rows = [('Supervised only (tuned)', *baseline, (None, None), '')]
   for m in memories:
-    tuned_pair = (top1(f'finetune_m{m}_1pct'), top1(f'finetune_m{m}_10pct'))
-    rows.append((f'SimCLRv2, {name(m)}: pretrain → fine-tune', *tuned_pair, baseline, ''))
+    finetuned = (top1(f'finetune_m{m}_1pct'), top1(f'finetune_m{m}_10pct'))
+    rows.append((f'SimCLRv2, {name(m)}: pretrain → fine-tune', *finetuned, baseline, ''))
     rows.append((f'SimCLRv2, {name(m)}: + self-distillation', None, top1(f'distill_m{m}_10pct'),
-                 (None, tuned_pair[1]), ' on its teacher'))
+                 (None, finetuned[1]), ' on its teacher'))
   summary = dict(preset=options.preset, settings=preset, commit=commit, data_dir=options.data_dir,
                  tuning=tuning, results=results, seconds=timings, total_minutes=round(sum(timings.values()) / 60, 1))
   files.write_json(os.path.join(out, 'results.json'), summary)
