@@ -7,7 +7,7 @@ killed while saving resumes from the previous complete checkpoint.
 import hashlib
 import logging
 import os
-from typing import Optional
+from typing import List, Optional, Tuple
 
 import tensorflow as tf
 
@@ -28,21 +28,60 @@ def directory_of(path: str) -> str:
   return os.path.dirname(path) if tf.io.gfile.exists(path + '.index') else path
 
 
+def numbered_checkpoints(directory: str, name: str = CHECKPOINT_NAME) -> List[Tuple[int, str]]:
+  """[(N, prefix)] of the NAME-N checkpoints whose index file is in `directory`, by N."""
+  found = []
+  for entry in tf.io.gfile.listdir(directory):
+    stem = entry[:-len('.index')] if entry.endswith('.index') else ''
+    head, _, number = stem.rpartition('-')
+    if head == name and number.isdigit():
+      found.append((int(number), os.path.join(directory, stem)))
+  return sorted(found)
+
+
+def _state_file_latest(directory: str) -> Optional[str]:
+  """The latest checkpoint the directory's `checkpoint` state file names, if the file is there, parses and names
+  a checkpoint whose index file exists; else None."""
+  try:
+    named = tf.train.latest_checkpoint(directory)
+  except (tf.errors.OpError, ValueError):
+    return None
+  return named if named and tf.io.gfile.exists(named + '.index') else None
+
+
 def latest_checkpoint(path: str) -> Optional[str]:
-  """The checkpoint prefix `path` names: a directory's latest checkpoint (by its `checkpoint` state file, or
-  without one the highest-numbered NAME-N.index in it), or a prefix itself; None if none."""
+  """The checkpoint prefix `path` names: a prefix itself, or a directory's latest checkpoint: the one its
+  `checkpoint` state file names, or, when that file is missing, garbled or names a file that is not there, the
+  highest-numbered ckpt-N (any NAME-N without ckpt-N) in it, with a warning; None if none."""
   if tf.io.gfile.exists(path + '.index'):
     return path
-  if tf.io.gfile.isdir(path):
-    latest = tf.train.latest_checkpoint(path)
-    if latest:
-      return latest
+  if not tf.io.gfile.isdir(path):
+    return None
+  named = _state_file_latest(path)
+  if named:
+    return named
+  found = numbered_checkpoints(path)
+  if not found:  # checkpoints of another name (e.g. model.ckpt-N, or one without a number)
     prefixes = [name[:-len('.index')] for name in tf.io.gfile.listdir(path) if name.endswith('.index')]
     if not prefixes:
       return None
     number = lambda prefix: int(prefix.rsplit('-', 1)[1]) if prefix.rsplit('-', 1)[-1].isdigit() else -1
     return os.path.join(path, max(prefixes, key=lambda prefix: (number(prefix), prefix)))
-  return None
+  _warn_state_file(path, found[-1][1])
+  return found[-1][1]
+
+
+_WARNED = set()
+
+
+def _warn_state_file(directory: str, chosen: str) -> None:
+  """One warning per directory and process."""
+  if (directory, chosen) in _WARNED:
+    return
+  _WARNED.add((directory, chosen))
+  state = os.path.join(directory, 'checkpoint')
+  what = 'is missing' if not tf.io.gfile.exists(state) else 'is unreadable or names no checkpoint that is there'
+  log.warning('%s %s; using the highest-numbered checkpoint beside it, %s', state, what, os.path.basename(chosen))
 
 
 class StepNumberedManager(tf.train.CheckpointManager):
@@ -64,10 +103,33 @@ class CheckpointKeeper:
 
   def __init__(self, directory: str, max_to_keep: int, **objects):
     self.checkpoint = tf.train.Checkpoint(**objects)
+    self.directory, self.max_to_keep = directory, max_to_keep
     optimizer = objects.get('optimizer')
-    self.manager = StepNumberedManager(
-        self.checkpoint, directory, max_to_keep=max_to_keep, checkpoint_name=CHECKPOINT_NAME,
-        step=(lambda: int(optimizer.iterations.numpy())) if optimizer is not None else None)
+    self._step = (lambda: int(optimizer.iterations.numpy())) if optimizer is not None else None
+    self.manager = self._make_manager()
+
+  def _make_manager(self) -> 'StepNumberedManager':
+    return StepNumberedManager(self.checkpoint, self.directory, max_to_keep=self.max_to_keep,
+                               checkpoint_name=CHECKPOINT_NAME, step=self._step)
+
+  def recover_state_file(self) -> None:
+    """When the directory holds ckpt-N files that its `checkpoint` state file does not list (the file lost in a
+    copy or a cleanup, garbled, or written without timestamps by hand or by another tool), rewrites the state file
+    to list every one of them (newest last), with one warning, so that the run resumes from the newest instead of
+    starting over them."""
+    if not tf.io.gfile.isdir(self.directory):
+      return
+    found = numbered_checkpoints(self.directory)
+    if not found or found[-1][1] in self.manager.checkpoints:
+      return
+    _warn_state_file(self.directory, found[-1][1])
+    prefixes = [prefix for _, prefix in found]
+    times = [tf.io.gfile.stat(prefix + '.index').mtime_nsec / 1e9 for prefix in prefixes]
+    names = [os.path.basename(prefix) for prefix in prefixes]  # relative, as the manager writes them
+    tf.compat.v1.train.update_checkpoint_state(self.directory, names[-1], names,
+                                               all_model_checkpoint_timestamps=times,
+                                               last_preserved_timestamp=min(times) - 1)
+    self.manager = self._make_manager()
 
   @property
   def latest(self) -> Optional[str]:
@@ -79,6 +141,8 @@ class CheckpointKeeper:
 
     A checkpoint that cannot be read (truncated or corrupt files: a disk filled up, a copy cut short) is reported
     in one line and the one before it is tried; a checkpoint of another model is an error."""
+    if directory is None:
+      self.recover_state_file()
     manager = self.manager if directory is None else tf.train.CheckpointManager(
         self.checkpoint, directory, max_to_keep=None, checkpoint_name=CHECKPOINT_NAME)
     candidates = list(reversed(manager.checkpoints))
