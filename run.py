@@ -99,11 +99,11 @@ def redirect_native_stderr(model_dir: str):
   os.close(native)
 
 
-def run(config: config_lib.Config):
+def run(config: config_lib.Config, places_checked: bool = False):
   """Runs the mode of a config (validated here); returns its result dict."""
   setup_logging()
   import_tensorflow_quietly()
-  return modes.run(config)
+  return modes.run(config, places_checked=places_checked)
 
 
 def main(argv):
@@ -115,8 +115,9 @@ def main(argv):
     config = config_from_flags().check_fields()  # the mistakes that need no TensorFlow, before it loads
     import_tensorflow_quietly()
     config = config.validate()
+    modes.check_places(config)  # before the log file goes into model_dir
     redirect_native_stderr(config.model_dir)
-    run(config)
+    run(config, places_checked=True)
   except errors.Interrupted as e:  # stopped by a signal after saving
     print(str(e), file=sys.stderr)
     sys.exit(e.exit_code)

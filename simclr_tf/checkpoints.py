@@ -12,6 +12,7 @@ from typing import List, Optional, Tuple
 import tensorflow as tf
 
 from simclr_tf.errors import UserError
+from simclr_tf.files import describe_error
 
 CHECKPOINT_NAME = 'ckpt'
 log = logging.getLogger('simclr_tf')
@@ -109,18 +110,33 @@ class CheckpointKeeper:
     self.manager = self._make_manager()
 
   def _make_manager(self) -> 'StepNumberedManager':
-    return StepNumberedManager(self.checkpoint, self.directory, max_to_keep=self.max_to_keep,
-                               checkpoint_name=CHECKPOINT_NAME, step=self._step)
+    make = lambda: StepNumberedManager(self.checkpoint, self.directory, max_to_keep=self.max_to_keep,
+                                       checkpoint_name=CHECKPOINT_NAME, step=self._step)
+    try:
+      return make()
+    except (tf.errors.OpError, ValueError):  # a state file TF cannot parse (it raises for some garbles)
+      self._rewrite_state_file()
+      return make()
 
   def recover_state_file(self) -> None:
-    """When the directory holds ckpt-N files that its `checkpoint` state file does not list (the file lost in a
-    copy or a cleanup, garbled, or written without timestamps by hand or by another tool), rewrites the state file
-    to list every one of them (newest last), with one warning, so that the run resumes from the newest instead of
-    starting over them."""
+    """When the directory holds ckpt-N files but its `checkpoint` state file lists none that is there (the file
+    lost in a copy or a cleanup, garbled, or written without timestamps by hand or by another tool), rewrites the
+    state file to list every one of them (newest last), with one warning, so that the run resumes from the newest
+    readable one instead of starting over them."""
     if not tf.io.gfile.isdir(self.directory):
       return
     found = numbered_checkpoints(self.directory)
-    if not found or found[-1][1] in self.manager.checkpoints:
+    listed = self.manager.checkpoints
+    if not found or (listed and tf.io.gfile.exists(listed[-1] + '.index')):
+      return  # a state file that lists what is there is the record of what is complete (TF writes it last)
+    self._rewrite_state_file()
+    self.manager = self._make_manager()
+
+  def _rewrite_state_file(self) -> None:
+    """A state file listing every ckpt-N on disk (newest last), with one warning."""
+    found = numbered_checkpoints(self.directory)
+    if not found:
+      tf.io.gfile.remove(os.path.join(self.directory, 'checkpoint'))
       return
     _warn_state_file(self.directory, found[-1][1])
     prefixes = [prefix for _, prefix in found]
@@ -129,7 +145,6 @@ class CheckpointKeeper:
     tf.compat.v1.train.update_checkpoint_state(self.directory, names[-1], names,
                                                all_model_checkpoint_timestamps=times,
                                                last_preserved_timestamp=min(times) - 1)
-    self.manager = self._make_manager()
 
   @property
   def latest(self) -> Optional[str]:
@@ -165,7 +180,29 @@ class CheckpointKeeper:
     return None
 
   def save(self, step: int) -> str:
-    return self.manager.save(checkpoint_number=step)
+    """Writes ckpt-<step>. When it cannot be written (a full disk, a lost permission), its partial files are
+    removed and the run stops with one UserError naming the last complete checkpoint."""
+    try:
+      return self.manager.save(checkpoint_number=step)
+    except (tf.errors.OpError, OSError) as e:
+      self._remove_partial(step)
+      raise UserError(f'cannot write checkpoint {CHECKPOINT_NAME}-{step} in --model_dir={self.directory} '
+                      f'({describe_error(e)}); its partial files were removed. The last complete checkpoint is '
+                      f'{self.manager.latest_checkpoint or "none"}: make room (or fix the folder) and rerun the same '
+                      f'command to resume from it.') from None
+
+  def _remove_partial(self, step: int) -> None:
+    """The files of a checkpoint whose writing failed: TF's temporary folder and whatever of ckpt-<step> exists
+    (the state file does not list it)."""
+    prefix = os.path.join(self.directory, f'{CHECKPOINT_NAME}-{step}')
+    for path in tf.io.gfile.glob(prefix + '_temp*') + tf.io.gfile.glob(prefix + '.*'):
+      try:
+        if tf.io.gfile.isdir(path):
+          tf.io.gfile.rmtree(path)
+        else:
+          tf.io.gfile.remove(path)
+      except tf.errors.OpError as e:
+        log.warning('could not remove %s (%s)', path, describe_error(e))
 
 
 def resolve_checkpoint(path: str, flag: str = 'checkpoint') -> str:

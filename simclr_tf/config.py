@@ -8,6 +8,7 @@ mode live with the mode (simclr_tf.modes.<mode>.validate).
 
 import dataclasses
 import json
+import math
 
 from simclr_tf.errors import UserError  # noqa: F401  (importable from here too, as it was before errors.py)
 
@@ -108,6 +109,11 @@ class Config:
   checkpoint: str = _field('', 'Weights to start from (finetune, distill student) or to evaluate/export: a '
                            'model_dir (its latest checkpoint), a checkpoint prefix, or a SavedModel directory.')
   zero_init_logits_layer: bool = _field(False, 'Start the new supervised head at zero (finetune, distill).')
+  partial_checkpoint: bool = _field(False, 'Start from a --checkpoint that holds encoder or projection-head '
+                                    'variables this model has no place for (e.g. the extra blocks of a deeper '
+                                    'ResNet): they are left out, and listed in the log. Without it such a '
+                                    'checkpoint is refused (it usually means a wrong --resnet_depth, '
+                                    '--width_multiplier or --sk_ratio).')
   fine_tune_after_block: int = _field(-1, 'Freeze the stem (0) and block groups 1..k, weights and BN statistics '
                                       '(-1 = train everything, 4 = linear evaluation).')
   label_fraction: float = _field(1.0, 'Train on a class-balanced, seeded subset of this fraction of the labelled '
@@ -193,6 +199,9 @@ class Config:
       value = getattr(self, f.name)
       if choices and value not in choices:
         raise UserError(f'--{f.name}={value} is not one of {", ".join(map(str, choices))}.')
+      if isinstance(value, float) and not math.isfinite(value):
+        raise UserError(f'--{f.name}={value} is {"not a number" if math.isnan(value) else "infinite"}; give a '
+                        f'finite value.')
     checks = [
         (self.resnet_depth in RESNET_DEPTHS,
          f'--resnet_depth={self.resnet_depth} is not supported; use one of {", ".join(map(str, RESNET_DEPTHS))}.'),
@@ -201,7 +210,8 @@ class Config:
         (self.train_epochs > 0 or self.train_steps > 0, '--train_epochs or --train_steps must be positive.'),
         (self.train_steps >= 0, f'--train_steps must not be negative, got {self.train_steps}.'),
         (self.warmup_epochs >= 0, f'--warmup_epochs must not be negative, got {self.warmup_epochs}.'),
-        (self.learning_rate >= 0, f'--learning_rate must not be negative, got {self.learning_rate}.'),
+        (self.learning_rate > 0, f'--learning_rate must be positive, got {self.learning_rate}'
+                                 f'{" (at 0 nothing would train)" if self.learning_rate == 0 else ""}.'),
         (self.weight_decay >= 0, f'--weight_decay must not be negative, got {self.weight_decay}.'),
         (0 <= self.momentum < 1, f'--momentum must be in [0, 1), got {self.momentum}.'),
         (self.temperature > 0, f'--temperature must be positive, got {self.temperature}.'),
@@ -270,7 +280,7 @@ RESUMABLE_CHANGES = frozenset({
     'keep_checkpoint_max', 'num_threads', 'cache_dataset', 'strategy', 'tpu', 'cpu_replicas', 'data_dir',
     'train_steps', 'train_epochs', 'checkpoint', 'teacher', 'strict_data', 'model_dir', 'export_dir',
     'export_at_end', 'worker_timeout', 'jit_compile', 'embed_split', 'embed_output', 'knn_k', 'knn_temperature',
-    'knn_every_epochs', 'augment_on', 'export_momentum_network',
+    'knn_every_epochs', 'augment_on', 'export_momentum_network', 'partial_checkpoint',
 })
 # Precisions whose checkpoints are interchangeable (same weights, same optimizer state); float16 adds a loss scale.
 INTERCHANGEABLE_PRECISIONS = frozenset({'float32', 'mixed_bfloat16'})

@@ -3,11 +3,13 @@ a dict of named outputs; variable lists for fine-tuning; the model under attribu
 the object paths of our checkpoints (simclr_tf.weights reads them back)."""
 
 import os
+import signal
 from typing import Optional
 
 import tensorflow as tf
 
-from simclr_tf import files
+from simclr_tf import files, preemption
+from simclr_tf.errors import Interrupted, UserError
 from simclr_tf.models.resnet import OUTPUT_KEYS
 
 SAVED_OUTPUTS = OUTPUT_KEYS + ('proj_head_input', 'proj_head_output')
@@ -31,24 +33,127 @@ class ExportModule(tf.Module):
     return {k: outputs[k] for k in keys}
 
 
-def export_saved_model(model, export_dir: str, config_json: Optional[str] = None) -> str:
-  """Writes a SavedModel to export_dir (any filesystem TF knows). A reader never sees half of one: on local disks
-  it is written to a temporary directory renamed into place; elsewhere the old one is removed first, and TF writes
-  saved_model.pb (what makes a directory a SavedModel) after the variables."""
+# What a SavedModel of ours holds. A directory with anything else in it was not written by us alone.
+OUR_ENTRIES = frozenset({'saved_model.pb', 'fingerprint.pb', 'variables', 'assets', 'config.json'})
+PARTIAL = '.simclr-tf-partial'  # the new SavedModel is written to TARGET + PARTIAL, beside its target
+ASIDE = '.simclr-tf-old'  # where the old one waits, on file systems without an atomic exchange
+
+
+def is_our_saved_model(path: str) -> bool:
+  """A SavedModel written by simclr-tf: saved_model.pb beside our config.json (a Config of a run)."""
+  config_path = os.path.join(path, 'config.json')
+  if not (tf.io.gfile.exists(os.path.join(path, 'saved_model.pb')) and tf.io.gfile.exists(config_path)):
+    return False
+  try:
+    recorded = files.read_json(config_path)
+  except (ValueError, tf.errors.OpError):
+    return False
+  return isinstance(recorded, dict) and {'mode', 'resnet_depth', 'model_dir'} <= set(recorded)
+
+
+def _same_or_inside(path: str, folder: str) -> bool:
+  """Whether `path` is `folder` or lies inside it (local paths compared resolved)."""
+  def norm(p):
+    p = p.rstrip('/')
+    return os.path.realpath(p.replace('file://', '', 1)) if files.is_local(p) else p
+  path, folder = norm(path), norm(folder)
+  return path == folder or path.startswith(folder.rstrip('/') + '/')
+
+
+def check_export_target(export_dir: str, protected=(), flag: str = 'export_dir') -> None:
+  """Refuses (UserError, nothing touched) an export target whose replacement would destroy what simclr-tf did
+  not write there: a file; a directory that is not empty and not one of our SavedModels (or holds more than one);
+  a run's folder (`protected`: (flag, path) pairs such as ('model_dir', ...), ('checkpoint', ...)) or a folder
+  that holds one. Leftovers of an export that was killed are cleared; then the place is checked for writing."""
+  export_dir = export_dir.rstrip('/')
+  for other_flag, other in protected:
+    if other and (_same_or_inside(other, export_dir)):
+      raise UserError(f'--{flag}={export_dir} would replace --{other_flag}={other}'
+                      f'{"" if _same_or_inside(export_dir, other) else ", which lies inside it"}; export to a '
+                      f'folder of its own (e.g. {other.rstrip("/")}/saved_model).')
+  _clear_leftovers(export_dir, flag)
+  if tf.io.gfile.exists(export_dir):
+    if not tf.io.gfile.isdir(export_dir):
+      raise UserError(f'--{flag}={export_dir} is a file; a SavedModel is a directory. Give a new or empty '
+                      f'directory, or one of our SavedModels to replace.')
+    entries = [e.rstrip('/') for e in tf.io.gfile.listdir(export_dir)]
+    if entries:
+      if any(e.startswith('ckpt-') or e == 'checkpoint' for e in entries):
+        raise UserError(f'--{flag}={export_dir} holds training checkpoints (a model_dir?); the SavedModel would '
+                        f'replace them. Export to a folder of its own.')
+      if not is_our_saved_model(export_dir):
+        raise UserError(f'--{flag}={export_dir} is not empty and not a SavedModel written by simclr-tf (it holds '
+                        f'{", ".join(sorted(entries)[:3])}{", ..." if len(entries) > 3 else ""}); it would be '
+                        f'replaced. Give a new or empty directory.')
+      foreign = sorted(set(entries) - OUR_ENTRIES)
+      if foreign:
+        raise UserError(f'--{flag}={export_dir} is one of our SavedModels but also holds {foreign[0]}, which '
+                        f'simclr-tf did not write; move it away to replace the SavedModel.')
+  # Can the new one be written beside it? (The place a killed export leaves is cleared by the next one.)
+  probe = export_dir + PARTIAL
+  try:
+    tf.io.gfile.makedirs(probe)
+    tf.io.gfile.rmtree(probe)
+  except (tf.errors.OpError, OSError) as e:
+    raise UserError(f'--{flag}={export_dir} cannot be written ({files.describe_error(e)}); give a directory this user '
+                    f'can create.') from None
+
+
+def _clear_leftovers(export_dir: str, flag: str) -> None:
+  """What an export killed half-way left: its partial SavedModel beside the target (removed: it is ours, it
+  holds our config.json or nothing), and, where the old one had been moved aside when the process died, the old
+  one (moved back)."""
+  partial, aside = export_dir + PARTIAL, export_dir + ASIDE
+  for leftover in (partial, aside):
+    if not tf.io.gfile.exists(leftover):
+      continue
+    entries = tf.io.gfile.listdir(leftover) if tf.io.gfile.isdir(leftover) else None
+    if entries is None or not (not entries or tf.io.gfile.exists(os.path.join(leftover, 'config.json'))):
+      raise UserError(f'{leftover} is in the way of --{flag}={export_dir} and was not written by simclr-tf; '
+                      f'move it away.')
+    if leftover == aside and not tf.io.gfile.exists(export_dir) and is_our_saved_model(aside):
+      tf.io.gfile.rename(aside, export_dir)
+    else:
+      files.remove_tree(leftover)
+
+
+def export_saved_model(model, export_dir: str, config_json: Optional[str] = None, protected=()) -> str:
+  """Writes a SavedModel to export_dir (any filesystem TF knows), after check_export_target: what was there is
+  replaced only if it is one of our SavedModels. On local disks the new one is written beside the target and
+  takes its place in one step (files.replace_directory): a reader finds the old SavedModel or the new one, whole.
+  Elsewhere (object stores have no directory rename) the old one is removed first and TF writes saved_model.pb
+  (what makes a directory a SavedModel) after the variables. SIGTERM/SIGINT while writing stop the export with
+  Interrupted, the partial files removed and the old SavedModel in place."""
+  export_dir = export_dir.rstrip('/')
+  check_export_target(export_dir, protected)
   module = ExportModule(model)
   spec = tf.TensorSpec([None, None, None, 3], tf.float32, name='images')
   serving = module.__call__.get_concrete_function(spec, False)
   module.__call__.get_concrete_function(spec, True)
-  export_dir = export_dir.rstrip('/')
   local = files.is_local(export_dir)
-  target = f'{export_dir}.tmp' if local else export_dir
-  files.remove_tree(target)
-  if files.parent(target):
-    tf.io.gfile.makedirs(files.parent(target))
-  if config_json:  # first, so that it is in place before saved_model.pb
-    files.write_atomically(os.path.join(target, 'config.json'), config_json)
-  tf.saved_model.save(module, target, signatures={'serving_default': serving})
-  if local:
-    files.remove_tree(export_dir)
-    tf.io.gfile.rename(target, export_dir)
+  target = export_dir + PARTIAL if local else export_dir
+  had_one = tf.io.gfile.exists(export_dir)
+  left = 'the previous one is still there' if had_one and local else 'nothing was left there'
+  with preemption.abort_on_signals(lambda name: f'stopped by {name} while writing the SavedModel to {export_dir}; '
+                                                f'{left}. Rerun the same command to export.') as signals:
+    try:
+      if not local:
+        files.remove_tree(target)
+      if files.parent(target):
+        tf.io.gfile.makedirs(files.parent(target))
+      if config_json:  # first, so that it is in place before saved_model.pb (and marks a partial one as ours)
+        files.write_atomically(os.path.join(target, 'config.json'), config_json)
+      tf.saved_model.save(module, target, signatures={'serving_default': serving})
+      if local:
+        with signals.deferred():  # the swap is not cut in half
+          files.replace_directory(target, export_dir)
+    except BaseException as e:
+      files.remove_tree(target)
+      if isinstance(e, (tf.errors.OpError, OSError)):
+        raise UserError(f'cannot write the SavedModel to --export_dir={export_dir} ({files.describe_error(e)}); '
+                        f'{left}.') from None
+      raise
+  if signals.pending:  # arrived while the new SavedModel took the old one's place: that finished
+    raise Interrupted(f'stopped by {signal.Signals(signals.pending).name} right after writing the SavedModel to '
+                      f'{export_dir} (complete).', signals.pending)
   return export_dir

@@ -6,16 +6,22 @@ Every read, write, listing, delete and rename of a user path goes through tf.io.
   atomic on local disks (rename(2)); on GCS an object appears whole when its write or copy completes, so the file
   is either the old one or the new one there too;
 - a SavedModel is complete once its saved_model.pb exists, which TF writes after the variables: on local disks it
-  is written to a temporary directory that is renamed into place; elsewhere (object stores have no directory
-  rename) the old one is removed first and the new one written in place;
+  is written to a temporary directory beside the target, which then takes the target's place in one step
+  (replace_directory: an atomic exchange on Linux, else two renames microseconds apart), so a reader of the path
+  finds the old SavedModel or the new one, whole; elsewhere (object stores have no directory rename) the old one
+  is removed first and the new one written in place, so a reader finds the old one, nothing, or the new one;
 - checkpoints: TF writes the data and index files, then the `checkpoint` state file that names them.
 """
 
+import ctypes
+import errno
 import json
 import os
 import uuid
 
 import tensorflow as tf
+
+from simclr_tf.errors import UserError, first_line
 
 
 def is_local(path: str) -> bool:
@@ -55,3 +61,72 @@ def read_json(path: str):
 def remove_tree(path: str) -> None:
   if tf.io.gfile.exists(path):
     tf.io.gfile.rmtree(path)
+
+
+def describe_error(error: Exception) -> str:
+  """Why a file operation failed, in a few words (TF's errors and OSError alike)."""
+  if isinstance(error, OSError) and error.strerror:
+    return error.strerror.lower()
+  text = str(getattr(error, 'message', error))
+  for words in ('No space left on device', 'Read-only file system', 'Permission denied', 'Not a directory',
+                'Is a directory', 'File exists', 'No such file or directory', 'Disk quota exceeded'):
+    if words.lower() in text.lower():
+      return words.lower()
+  return first_line(error)
+
+
+def check_writable_dir(path: str, flag: str) -> None:
+  """Creates directory `path` (if missing) and writes and removes a small file in it; a path that cannot be used
+  (a regular file, a folder under a file, a read-only or full file system, /proc) is one UserError naming the
+  flag, the path and why. Run before any work, so that nothing is computed for a result that cannot be kept."""
+  try:
+    if tf.io.gfile.exists(path) and not tf.io.gfile.isdir(path):
+      raise UserError(f'--{flag}={path} is a file, not a directory; give a directory (a new one is created).')
+    tf.io.gfile.makedirs(path)
+    probe = os.path.join(path, f'.simclr-tf-write-test-{uuid.uuid4().hex[:8]}')
+    with tf.io.gfile.GFile(probe, 'w') as f:
+      f.write('simclr-tf checks that it can write here\n')
+    tf.io.gfile.remove(probe)
+  except UserError:
+    raise
+  except (tf.errors.OpError, OSError) as e:
+    raise UserError(f'--{flag}={path} cannot be written ({describe_error(e)}); give a directory this user can create '
+                    f'and write.') from None
+
+
+_RENAME_EXCHANGE = 2  # linux/fs.h
+
+
+def _exchange(a: str, b: str) -> bool:
+  """Swaps two local paths in one step (Linux renameat2 with RENAME_EXCHANGE); False where that is not available
+  (another OS, an old kernel or C library, a file system without it)."""
+  try:
+    libc = ctypes.CDLL(None, use_errno=True)
+    renameat2 = libc.renameat2
+  except (OSError, AttributeError):
+    return False
+  at_fdcwd = -100
+  result = renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE)
+  if result == 0:
+    return True
+  code = ctypes.get_errno()
+  if code in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP):
+    return False
+  raise OSError(code, os.strerror(code), a)
+
+
+def replace_directory(new: str, target: str) -> None:
+  """Puts the complete local directory `new` at `target`, whose old content (if any) is removed afterwards. A
+  reader of `target` finds the old directory or the new one, never neither, where the exchange is atomic (Linux);
+  elsewhere the old one is renamed aside and the new one renamed in right after."""
+  new, target = new.replace('file://', '', 1), target.replace('file://', '', 1)
+  if not os.path.lexists(target):
+    os.rename(new, target)
+    return
+  if _exchange(new, target):
+    remove_tree(new)  # now the old one
+    return
+  aside = f'{target}.old-{uuid.uuid4().hex[:8]}'
+  os.rename(target, aside)
+  os.rename(new, target)
+  remove_tree(aside)

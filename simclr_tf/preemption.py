@@ -6,14 +6,14 @@ tf.distribute.experimental.PreemptionCheckpointHandler, which makes every worker
 them is told to stop (see training.loop).
 """
 
+import contextlib
 import signal
 import threading
-from typing import Optional
+from typing import Callable, Optional
 
 from simclr_tf.errors import Interrupted  # noqa: F401  (raised by the modes; re-exported)
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
 
 
 class StopRequests:
@@ -43,6 +43,49 @@ class StopRequests:
   @property
   def name(self) -> str:
     return signal.Signals(self.requested).name if self.requested else ''
+
+
+class AbortOnSignals:
+  """While active (in the main thread), SIGTERM and SIGINT raise Interrupted(describe(signal name)) at once, so
+  that a short piece of work (an export) stops and cleans up after itself. Inside deferred() (a step that must
+  not be cut in half) a signal only sets `pending`, for the caller to act on after the block. Restores the
+  previous handlers on exit."""
+
+  def __init__(self, describe: Callable[[str], str]):
+    self.describe = describe
+    self._previous = {}
+    self._deferring = False
+    self.pending: Optional[int] = None
+
+  def _handle(self, signum, frame):
+    del frame
+    if self._deferring:
+      self.pending = self.pending or signum
+    else:
+      raise Interrupted(self.describe(signal.Signals(signum).name), signum)
+
+  def __enter__(self) -> 'AbortOnSignals':
+    if threading.current_thread() is threading.main_thread():
+      for sig in SIGNALS:
+        self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+    return False
+
+  @contextlib.contextmanager
+  def deferred(self):
+    self._deferring = True
+    try:
+      yield
+    finally:
+      self._deferring = False
+
+
+def abort_on_signals(describe: Callable[[str], str]) -> AbortOnSignals:
+  return AbortOnSignals(describe)
 
 
 def cluster_handler(strategy, manager, describe_stop):

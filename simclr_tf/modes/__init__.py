@@ -49,10 +49,19 @@ def get(name: str) -> ModuleType:
   return MODES[name]
 
 
-def run(config, strategy=None) -> dict:
-  """Validates `config` and runs its mode on `strategy` (default: the one --strategy names, made here)."""
+def check_places(config) -> None:
+  """Before any work: the places the mode writes can be used (simclr_tf.modes.common.check_places)."""
+  from simclr_tf.modes import common
+  common.check_places(config, getattr(get(config.mode).run, 'training', False))
+
+
+def run(config, strategy=None, places_checked: bool = False) -> dict:
+  """Validates `config`, checks the places it writes (unless `places_checked`) and runs its mode on `strategy`
+  (default: the one --strategy names, made here)."""
   from simclr_tf import distribute
   config = config.validate()
+  if not places_checked:
+    check_places(config)
   if strategy is None:
     strategy = distribute.make_strategy(config)
   return get(config.mode).run(config, strategy)

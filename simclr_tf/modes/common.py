@@ -64,7 +64,38 @@ def training_mode(run: Callable) -> Callable:
     with runlock.held(config.model_dir, enabled=distribute.is_chief(strategy)):
       return run(config, strategy)
 
+  locked.training = True
   return locked
+
+
+# ---- where results go ------------------------------------------------------------------------------------------
+
+def export_path(config: Config) -> str:
+  """Where a mode's SavedModel goes: --export_dir, or model_dir/saved_model."""
+  return config.export_dir or os.path.join(config.model_dir, 'saved_model')
+
+
+def protected_paths(config: Config):
+  """(flag, folder) of what an export must never replace: the run's model_dir, the folders of --checkpoint and
+  --teacher, the data."""
+  pairs = [('model_dir', config.model_dir), ('data_dir', config.data_dir)]
+  pairs += [(flag, checkpoints.directory_of(getattr(config, flag))) for flag in ('checkpoint', 'teacher')
+            if getattr(config, flag)]
+  return [(flag, path) for flag, path in pairs if path]
+
+
+def check_places(config: Config, is_training: bool) -> None:
+  """Before any work: model_dir can be created and written, and the export target (training modes with
+  --export_at_end, --mode=export) may be written without destroying what simclr-tf did not write there. Each
+  failure is one UserError naming the flag and path. An --export_dir is checked first, so that a refused export
+  creates nothing, not even the model_dir; the default one (model_dir/saved_model) after its model_dir."""
+  exports = config.mode == 'export' or (is_training and config.export_at_end)
+  if exports and config.export_dir:
+    export.check_export_target(config.export_dir, protected_paths(config))
+  if config.model_dir:
+    files.check_writable_dir(config.model_dir, 'model_dir')
+  if exports and not config.export_dir:
+    export.check_export_target(export_path(config), protected_paths(config))
 
 
 def labelled_train_source(config: Config, strategy) -> inputs.Source:
@@ -73,6 +104,10 @@ def labelled_train_source(config: Config, strategy) -> inputs.Source:
   if not source.labeled:
     raise UserError(f'--mode={config.mode} needs labels, and split {config.train_split!r} of {source.name} has '
                     f'none (use ROOT/<split>/<class>/*.jpg).')
+  if source.num_classes == 1:
+    log.warning('split %r of %s has one class (%s): a classifier learns nothing from it; a labelled split needs '
+                'a sub-folder per class, two or more.', config.train_split, source.name,
+                ', '.join(source.class_names) or '?')
   if config.label_fraction < 1:
     source, description = inputs.label_fraction_source(source, config.label_fraction, config.seed)
     if distribute.is_chief(strategy):
@@ -82,9 +117,22 @@ def labelled_train_source(config: Config, strategy) -> inputs.Source:
   return source
 
 
+def results_dir(config: Config) -> str:
+  """Where a mode that reads a model writes its results: --model_dir, or (checked here, before any work) the
+  folder of --checkpoint."""
+  if config.model_dir:
+    return config.model_dir  # checked with the other places
+  folder = checkpoints.directory_of(config.checkpoint)
+  try:
+    files.check_writable_dir(folder, 'model_dir')
+  except UserError as e:
+    raise UserError(f'{e} (Without --model_dir, results go to the folder of --checkpoint.)') from None
+  return folder
+
+
 def load_encoder(config: Config, strategy):
   """The model of --checkpoint, and model_dir (default: the checkpoint's directory)."""
-  model_dir = config.model_dir or checkpoints.directory_of(config.checkpoint)
+  model_dir = results_dir(config)
   model, found = weights.load_model(config, config.checkpoint, strategy)
   if config.embed_output == 'logits_sup' and model.supervised_head is None:
     raise UserError(f'--embed_output=logits_sup: {config.checkpoint} has no supervised head; use final_avg_pool '
@@ -121,7 +169,8 @@ def initialise_from_checkpoint(config: Config, model, without_checkpoint: str) -
   if not config.checkpoint:
     log.info('no --checkpoint: %s', without_checkpoint)
     return
-  count, layout = weights.restore(model, model.resnet.weights + model.projection_head.weights, config.checkpoint)
+  count, layout = weights.restore(model, model.resnet.weights + model.projection_head.weights, config.checkpoint,
+                                  allow_partial=config.partial_checkpoint)
   log.info('initialised %d encoder and projection-head variables from %s (%s)', count, config.checkpoint, layout)
 
 
@@ -129,8 +178,8 @@ def export_at_end(config: Config, strategy, model) -> Optional[str]:
   """Writes the trained model as a SavedModel (model_dir/saved_model unless --export_dir) on the chief."""
   if not (config.export_at_end and distribute.is_chief(strategy)):
     return None
-  path = config.export_dir or os.path.join(config.model_dir, 'saved_model')
-  export.export_saved_model(model, path, config.to_json())
+  path = export_path(config)
+  export.export_saved_model(model, path, config.to_json(), protected_paths(config))
   log.info('exported SavedModel to %s', path)
   return path
 

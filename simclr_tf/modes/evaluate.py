@@ -17,8 +17,7 @@ def validate(config: Config) -> None:
 
 
 def run(config: Config, strategy: tf.distribute.Strategy) -> Dict[str, float]:
-  config = config.replace(eval_split=config.eval_split or 'test',
-                          model_dir=config.model_dir or checkpoints.directory_of(config.checkpoint))
+  config = config.replace(eval_split=config.eval_split or 'test', model_dir=common.results_dir(config))
   model, found = weights.load_model(config, config.checkpoint, strategy)
   if model.supervised_head is None:
     raise UserError(f'{config.checkpoint} has no supervised head to evaluate (pretrain with labels and '

@@ -3,7 +3,6 @@ this project's SavedModel at --export_dir (default: model_dir/saved_model). With
 momentum network of a pretraining checkpoint with a memory of negatives."""
 
 import logging
-import os
 from typing import Dict
 
 import tensorflow as tf
@@ -24,7 +23,7 @@ def validate(config: Config) -> None:
 def run(config: Config, strategy: tf.distribute.Strategy) -> Dict[str, str]:
   network = 'momentum_network' if config.export_momentum_network else 'model'
   model, found = weights.load_model(config, config.checkpoint, strategy, network=network)
-  path = config.export_dir or os.path.join(config.model_dir, 'saved_model')
-  export.export_saved_model(model, path, config.to_json())
+  path = common.export_path(config)
+  export.export_saved_model(model, path, config.to_json(), common.protected_paths(config))
   log.info('exported %s (%s) to %s', config.checkpoint, found.layout, path)
   return {'export_dir': path, 'source_layout': found.layout}

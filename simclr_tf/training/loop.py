@@ -221,6 +221,10 @@ class TrainingRun:
     self.jit = jit_compile_step(config, strategy)
     self.steps = total_steps(config, task.source.num_examples)
     self.epoch_steps = steps_per_epoch(config, task.source.num_examples)
+    if config.train_batch_size > task.source.num_examples:
+      log.warning('--train_batch_size=%d is larger than the %d examples of %s (%s): every batch repeats examples, '
+                  'and an epoch is one step.', config.train_batch_size, task.source.num_examples, task.source.name,
+                  config.train_split)
     self.chief = distribute.is_chief(strategy)
     self.out_dir = distribute.writable_dir(config.model_dir, strategy)
     self.keeper = checkpoints.CheckpointKeeper(self.out_dir, config.keep_checkpoint_max, model=task.model,

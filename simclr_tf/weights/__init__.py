@@ -7,15 +7,19 @@ code, restored into our model.
   reference.py  the reference code's layouts, mapped by structure; their architecture read from the variables
 """
 
+import logging
 from typing import Tuple
 
 import tensorflow as tf
 
+from simclr_tf.config import architecture_flags
 from simclr_tf.errors import UserError
 from simclr_tf.weights import ours, reference
 from simclr_tf.weights.file import (OURS, OURS_SAVEDMODEL, REFERENCE_CHECKPOINT, REFERENCE_SAVEDMODEL, WeightFile,
                                     is_saved_model)
 from simclr_tf.weights.reference import reference_architecture
+
+log = logging.getLogger('simclr_tf')
 
 __all__ = ['OURS', 'OURS_SAVEDMODEL', 'REFERENCE_CHECKPOINT', 'REFERENCE_SAVEDMODEL', 'WeightFile', 'is_saved_model',
            'reference_architecture', 'describe_head', 'restore', 'load_model', 'UserError']
@@ -26,16 +30,27 @@ def describe_head(weights: WeightFile) -> Tuple[int, int]:
   return ours.describe_head(weights) if weights.ours else reference.describe_head(weights)
 
 
-def restore(model, variables, path, flag: str = 'checkpoint') -> Tuple[int, str]:
+def restore(model, variables, path, flag: str = 'checkpoint', allow_partial: bool = False) -> Tuple[int, str]:
   """Assigns `variables` of `model` from `path` (a path of any supported layout, or an open WeightFile).
-  Returns (count, layout). A file that does not fit the model is one UserError naming the first misfit."""
+  Returns (count, layout). A file that does not fit the model is one UserError naming the first misfit; so is a
+  file with encoder or projection-head variables (of the layers restored) that the model has no place for, unless
+  `allow_partial`, which leaves them out and logs them."""
   weights = path if isinstance(path, WeightFile) else WeightFile(path, flag)
   if weights.ours:
-    return ours.restore_variables(model, variables, weights), weights.layout
-  pairs = reference.assignments(model, variables, weights)
-  for v, object_path in pairs:
-    v.assign(weights.value(object_path))
-  return len(pairs), weights.layout
+    count, unused = ours.restore_variables(model, variables, weights)
+  else:
+    pairs, unused = reference.assignments(model, variables, weights)
+    for v, object_path in pairs:
+      v.assign(weights.value(object_path))
+    count = len(pairs)
+  if unused:
+    if not allow_partial:
+      raise UserError(f'--{flag}={weights.path} holds {len(unused)} variables the model has no place for, the '
+                      f'first {unused[0]} (a deeper or wider network?); check {architecture_flags()}, or pass '
+                      f'--partial_checkpoint to start from the rest.')
+    log.warning('--partial_checkpoint: left out %d variables of %s that the model has no place for: %s%s',
+                len(unused), weights.path, ', '.join(unused[:5]), ', ...' if len(unused) > 5 else '')
+  return count, weights.layout
 
 
 def load_model(config, path: str, strategy: tf.distribute.Strategy = None, flag: str = 'checkpoint',
@@ -49,5 +64,5 @@ def load_model(config, path: str, strategy: tf.distribute.Strategy = None, flag:
   num_classes, proj_layers = describe_head(weights)
   with (strategy or tf.distribute.get_strategy()).scope():
     model = build_model(config, pretraining=False, num_classes=num_classes, proj_keep_layers=proj_layers)
-  restore(model, model.weights, weights)
+  restore(model, model.weights, weights, flag, allow_partial=config.partial_checkpoint)
   return model, weights

@@ -1,7 +1,7 @@
 """This project's own layout: a variable's object path below the model (as tf.train.Checkpoint names it) is its
 address in every checkpoint and SavedModel we write."""
 
-from typing import Dict
+from typing import Dict, List, Tuple
 
 import tensorflow as tf
 
@@ -27,12 +27,23 @@ def variable_paths(model) -> Dict[int, str]:
   return paths
 
 
-def restore_variables(model, variables, weights) -> int:
+def scope_of(path: str) -> str:
+  """The part of the model a variable path belongs to: 'resnet' (the encoder), 'projection_head/layerK' or
+  'supervised_head'."""
+  parts = path.split('/')
+  return '/'.join(parts[:2]) if parts[0] == 'projection_head' else parts[0]
+
+
+def restore_variables(model, variables, weights) -> Tuple[int, List[str]]:
   """Assigns each of `variables` (of `model`) the value stored at its object path in `weights` (a WeightFile of
   our layout). Every variable must be present with its shape; the first that is not is reported as one line
-  (expected vs found). Returns the number restored."""
+  (expected vs found). Returns (the number restored, the file's variables in the scopes restored (scope_of) that
+  the model has no place for, e.g. a deeper ResNet's extra blocks)."""
   found = weights.model_paths()
   paths = variable_paths(model)
+  restored_scopes = {scope_of(paths[id(v)]) for v in variables}
+  model_paths = set(paths.values())
+  unused = sorted(p for p in found if scope_of(p) in restored_scopes and p not in model_paths)
   for v in variables:
     name = paths[id(v)]
     if name not in found:
@@ -44,7 +55,7 @@ def restore_variables(model, variables, weights) -> int:
                       f'checkpoint, the model expects {list(v.shape)}; check {architecture_flags()}.')
   for v in variables:
     v.assign(weights.value(found[paths[id(v)]]))
-  return len(variables)
+  return len(variables), unused
 
 
 def describe_head(weights):

@@ -89,9 +89,11 @@ def _kind(path: str) -> str:
   return path.rsplit('/', 1)[1].lstrip('_')
 
 
-def assignments(model, variables, weights) -> List[Tuple]:
-  """[(our variable, object path in the file)]: within each scope, the k-th variable of each kind (kernel, bias,
-  gamma, beta, moving_mean, moving_variance) in the file's structural order goes to our k-th of that kind."""
+def assignments(model, variables, weights) -> Tuple[List[Tuple], List[str]]:
+  """([(our variable, object path in the file)], unused): within each scope, the k-th variable of each kind
+  (kernel, bias, gamma, beta, moving_mean, moving_variance) in the file's structural order goes to our k-th of that
+  kind. `unused`: when the encoder is restored, the file's encoder variables in scopes the model lacks (a deeper
+  ResNet's extra blocks)."""
   paths = variable_paths(model)
   ours = defaultdict(list)
   for v in model.weights:
@@ -118,7 +120,12 @@ def assignments(model, variables, weights) -> List[Tuple]:
                         f'on {paths[id(v)]} {list(v.shape)} in {where}; check {architecture_flags()}.')
       if id(v) in wanted:
         pairs.append((v, object_path))
-  return pairs
+  encoder = any(scope[0] in ('stem', 'block') and any(id(v) in wanted for v in our_vars)
+                for (scope, _), our_vars in ours.items())
+  our_scopes = {scope for scope, _ in ours}
+  unused = sorted(p for (scope, _), their in theirs.items()
+                  if encoder and scope[0] in ('stem', 'block') and scope not in our_scopes for p in their)
+  return pairs, unused
 
 
 def _describe_scope(scope: Tuple) -> str:

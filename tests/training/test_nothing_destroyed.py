@@ -1,0 +1,397 @@
+"""Nothing a user points us at is destroyed: export targets we did not write, a run whose checkpoint state file is
+lost, places that cannot be written, a full disk, checkpoints of a bigger network, signals during an export; and a
+fault-injection test that kills a run at seeded moments of its checkpoint saves and its export and checks the
+invariants after each rerun. Every case runs run.py as a user runs it."""
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import ROOT, run_cli, tiny_flags
+
+TINY = tiny_flags(dataset='image_folder', log_every_steps=1)
+ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', PYTHONUNBUFFERED='1')
+
+
+def command(*args):
+  return [sys.executable, os.path.join(ROOT, 'run.py'), *TINY, *args]
+
+
+def one_error_line(proc, *expected):
+  """The run failed with exactly one line on stderr, an `error:` line holding every expected text."""
+  lines = proc.stderr.strip().splitlines()
+  assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-3000:]
+  assert lines[0].startswith('error: ') and 'Traceback' not in proc.stderr, proc.stderr
+  for text in expected:
+    assert text in lines[0], lines[0]
+  return lines[0]
+
+
+def snapshot(folder):
+  """{relative path: sha256 of the content (None for a folder)} of everything under `folder`."""
+  found = {}
+  for dirpath, dirnames, names in os.walk(folder):
+    for d in dirnames:
+      found[os.path.relpath(os.path.join(dirpath, d), folder)] = None
+    for n in names:
+      path = os.path.join(dirpath, n)
+      found[os.path.relpath(path, folder)] = hashlib.sha256(open(path, 'rb').read()).hexdigest()
+  return found
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory, shapes_dir):
+  """A finished tiny pretraining run (2 steps, checkpoints at 1 and 2) with its SavedModel in run/saved_model."""
+  model_dir = tmp_path_factory.mktemp('trained') / 'run'
+  proc = run_cli(*TINY, f'--data_dir={shapes_dir}', f'--model_dir={model_dir}', '--train_steps=2',
+                 '--checkpoint_steps=1', '--export_at_end=true')
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  return model_dir
+
+
+def export_cli(checkpoint, export_dir, *extra, env=None):
+  return run_cli('--mode=export', f'--checkpoint={checkpoint}', f'--export_dir={export_dir}', *tiny_flags(), *extra,
+                 env=env)
+
+
+# ---- export never removes what it did not write -----------------------------------------------------------------
+
+def test_export_refuses_every_target_it_did_not_write_and_touches_nothing(tmp_path, trained):
+  notes = tmp_path / 'notes'
+  notes.mkdir()
+  (notes / 'notes.txt').write_text('mine')
+  (notes / 'data.csv').write_text('1,2,3')
+  a_file = tmp_path / 'a_file'
+  a_file.write_text('not a folder')
+  ours_plus = tmp_path / 'ours_plus'
+  shutil.copytree(trained / 'saved_model', ours_plus)
+  (ours_plus / 'README.txt').write_text('my notes about this model')
+  run_copy = tmp_path / 'run_copy'
+  shutil.copytree(trained, run_copy)
+  cases = [
+      (a_file, 'is a file'),
+      (notes, 'not a SavedModel written by simclr-tf'),
+      (ours_plus, 'also holds README.txt'),
+      (run_copy, 'would replace --checkpoint'),  # the folder of --checkpoint itself
+      (tmp_path, 'which lies inside it'),  # a folder that holds the checkpoint's
+  ]
+  before = snapshot(tmp_path)
+  for target, expected in cases:
+    one_error_line(export_cli(run_copy, target), f'--export_dir={target}', expected)
+  # A folder that holds checkpoints, named by neither --checkpoint nor --model_dir.
+  one_error_line(export_cli(trained, run_copy), 'holds training checkpoints')
+  assert snapshot(tmp_path) == before
+
+
+def test_training_with_export_dir_equal_to_model_dir_is_refused_before_any_work(tmp_path, shapes_dir):
+  run = tmp_path / 'run'
+  proc = run_cli(*TINY, f'--data_dir={shapes_dir}', f'--model_dir={run}', f'--export_dir={run}',
+                 '--train_steps=1', '--export_at_end=true')
+  one_error_line(proc, f'--export_dir={run} would replace --model_dir={run}')
+  assert not run.exists()
+
+
+def test_replacing_our_saved_model_keeps_a_complete_one_at_the_path_at_every_instant(tmp_path, trained):
+  target = tmp_path / 'served'
+  shutil.copytree(trained / 'saved_model', target)
+  old_inode = os.stat(target).st_ino
+  seen_missing = []
+  stop = threading.Event()
+
+  def reader():  # what a server polling the path sees
+    while not stop.is_set():
+      if not (os.path.exists(target / 'saved_model.pb') and os.path.exists(target / 'variables' /
+                                                                            'variables.index')):
+        seen_missing.append(time.time())
+
+  thread = threading.Thread(target=reader)
+  thread.start()
+  try:
+    for _ in range(2):
+      proc = export_cli(trained, target)
+      assert proc.returncode == 0, proc.stderr[-2000:]
+  finally:
+    stop.set()
+    thread.join()
+  assert not seen_missing
+  assert os.stat(target).st_ino != old_inode  # replaced, not written over
+  assert sorted(os.listdir(tmp_path)) == ['served']  # nothing left beside it
+  assert tf.saved_model.load(str(target)).signatures['serving_default'] is not None
+
+
+# ---- a lost checkpoint state file --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize('damage', ['lost', 'garbled'])
+def test_a_lost_or_garbled_state_file_resumes_from_the_highest_checkpoint(tmp_path, shapes_dir, damage):
+  run = tmp_path / 'run'
+  first = run_cli(*TINY, f'--data_dir={shapes_dir}', f'--model_dir={run}', '--train_steps=3',
+                  '--checkpoint_steps=1', '--export_at_end=false')
+  assert first.returncode == 0, first.stderr[-2000:]
+  if damage == 'lost':
+    os.remove(run / 'checkpoint')
+  else:
+    (run / 'checkpoint').write_bytes(b'model_checkpoint_path: \x00\xff{{{ garbled')
+  again = run_cli(*TINY, f'--data_dir={shapes_dir}', f'--model_dir={run}', '--train_steps=5',
+                  '--checkpoint_steps=1', '--export_at_end=false')
+  assert again.returncode == 0, again.stderr[-2000:]
+  warnings = [line for line in again.stdout.splitlines() if 'highest-numbered checkpoint' in line]
+  assert len(warnings) == 1 and 'ckpt-3' in warnings[0], again.stdout
+  assert 'resuming from' in again.stdout and 'at step 3' in again.stdout
+  assert tf.train.get_checkpoint_state(str(run)).model_checkpoint_path.endswith('ckpt-5')  # rewritten, and kept
+  steps = [json.loads(line)['step'] for line in open(run / 'metrics.jsonl')]
+  assert steps == [1, 2, 3, 4, 5]  # nothing trained twice
+  # --checkpoint at such a folder takes its highest checkpoint too.
+  os.remove(run / 'checkpoint')
+  proc = run_cli(*TINY, f'--data_dir={shapes_dir}', f'--model_dir={tmp_path / "ft"}', f'--checkpoint={run}',
+                 '--mode=finetune', '--train_steps=1', '--export_at_end=false')
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert 'using the highest-numbered checkpoint beside it, ckpt-5' in proc.stdout
+  assert f'from {run}' in proc.stdout
+
+
+# ---- places that cannot be used ----------------------------------------------------------------------------------
+
+def can_mount():
+  probe = f'/tmp/simclr-tf-mount-probe-{os.getpid()}'
+  os.makedirs(probe, exist_ok=True)
+  ok = subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=1m', 'tmpfs', probe], capture_output=True).returncode == 0
+  if ok:
+    subprocess.run(['umount', probe])
+  os.rmdir(probe)
+  return ok
+
+
+needs_mount = pytest.mark.skipif(sys.platform != 'linux' or os.geteuid() != 0 or not can_mount(),
+                                 reason='needs root and mount(8) to make a small or read-only file system')
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+  """A 4 MiB tmpfs (room for two tiny checkpoints), unmounted afterwards. (The test runs as root: a read-only
+  or full file system is the only place root cannot write.)"""
+  mount_point = tmp_path / 'disk'
+  mount_point.mkdir()
+  subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=4m', 'tmpfs', str(mount_point)], check=True)
+  yield mount_point
+  subprocess.run(['umount', str(mount_point)])
+
+
+@pytest.mark.parametrize('verbose', [False, True])
+def test_a_model_dir_that_cannot_be_used_is_one_line_before_any_work(tmp_path, shapes_dir, verbose):
+  a_file = tmp_path / 'a_file'
+  a_file.write_text('x')
+  env = {'SIMCLR_TF_VERBOSE': '1'} if verbose else None
+  for model_dir, why in [(a_file, 'is a file'), (a_file / 'run', 'not a directory'),
+                         ('/proc/simclr-tf-run', 'cannot be written')]:
+    proc = run_cli(*TINY, f'--data_dir={shapes_dir}', f'--model_dir={model_dir}', '--train_steps=1', env=env)
+    assert proc.returncode == 2 and 'Traceback' not in proc.stderr, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith('error: ')]
+    assert len(errors) == 1 and f'--model_dir={model_dir}' in errors[0] and why in errors[0], proc.stderr[-3000:]
+    if not verbose:
+      one_error_line(proc)
+
+
+@needs_mount
+def test_read_only_places_are_one_line_before_any_work(tmp_path, shapes_dir, trained, small_disk):
+  shutil.copytree(trained, small_disk / 'run', ignore=shutil.ignore_patterns('saved_model'))
+  subprocess.run(['mount', '-o', 'remount,ro', str(small_disk)], check=True)
+  proc = run_cli(*TINY, f'--data_dir={shapes_dir}', f'--model_dir={small_disk / "new"}', '--train_steps=1')
+  one_error_line(proc, f'--model_dir={small_disk / "new"}', 'read-only file system')
+  proc = export_cli(trained, small_disk / 'export')
+  one_error_line(proc, f'--export_dir={small_disk / "export"}', 'read-only file system')
+  # An evaluation whose result cannot be written says so before it evaluates.
+  proc = run_cli('--mode=eval', f'--checkpoint={small_disk / "run"}', *TINY, f'--data_dir={shapes_dir}')
+  one_error_line(proc, 'read-only file system', 'results go to the folder of --checkpoint')
+  assert 'eval on' not in proc.stdout
+
+
+@needs_mount
+def test_a_full_disk_at_a_checkpoint_is_one_line_and_the_rerun_resumes(tmp_path, shapes_dir, small_disk):
+  run = small_disk / 'run'
+  args = (*TINY, f'--data_dir={shapes_dir}', f'--model_dir={run}', '--train_steps=5', '--checkpoint_steps=1',
+          '--export_at_end=false')
+  proc = run_cli(*args)
+  line = one_error_line(proc, 'cannot write checkpoint ckpt-3', 'no space left on device',
+                        f'The last complete checkpoint is {run}/ckpt-2')
+  assert 'partial files were removed' in line
+  assert not [n for n in os.listdir(run) if n.startswith('ckpt-3')]
+  subprocess.run(['mount', '-o', 'remount,size=64m', str(small_disk)], check=True)
+  again = run_cli(*args)
+  assert again.returncode == 0, again.stderr[-2000:]
+  assert 'at step 2' in again.stdout
+  assert tf.train.get_checkpoint_state(str(run)).model_checkpoint_path.endswith('ckpt-5')
+
+
+# ---- a checkpoint of a bigger network ----------------------------------------------------------------------------
+
+def test_a_deeper_checkpoint_is_refused_unless_a_partial_start_is_asked_for(tmp_path, shapes_dir):
+  r34 = tmp_path / 'r34'
+  proc = run_cli(*TINY, f'--data_dir={shapes_dir}', f'--model_dir={r34}', '--resnet_depth=34', '--train_steps=1',
+                 '--export_at_end=false')
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  finetune = (*TINY, f'--data_dir={shapes_dir}', '--mode=finetune', f'--checkpoint={r34}', '--train_steps=1',
+              '--export_at_end=false')
+  proc = run_cli(*finetune, f'--model_dir={tmp_path / "ft"}')
+  one_error_line(proc, f'--checkpoint={r34} holds 80 variables the model has no place for',
+                 'resnet/block_group1/block2/', '--resnet_depth', '--partial_checkpoint')
+  proc = run_cli(*finetune, f'--model_dir={tmp_path / "ft_partial"}', '--partial_checkpoint')
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert 'left out 80 variables' in proc.stdout and 'resnet/block_group1/block2/' in proc.stdout
+
+
+# ---- signals during an export ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize('sig,code', [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_during_the_export_leaves_the_old_saved_model_and_no_lock(tmp_path, shapes_dir, trained, sig,
+                                                                          code):
+  run = tmp_path / 'run'
+  shutil.copytree(trained, run)
+  before = snapshot(run / 'saved_model')
+  # Rerunning the finished training exports again; the signal comes while the new SavedModel is being written.
+  cmd = command(f'--data_dir={shapes_dir}', f'--model_dir={run}', '--train_steps=2', '--checkpoint_steps=1',
+                '--export_at_end=true')
+  proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=ENV)
+  partial = run / 'saved_model.simclr-tf-partial'
+  while not (partial / 'config.json').exists():
+    assert proc.poll() is None, proc.stderr.read()[-2000:]
+    time.sleep(0.002)
+  proc.send_signal(sig)
+  stderr = proc.communicate(timeout=120)[1]
+  assert proc.returncode == code, stderr[-2000:]
+  lines = stderr.strip().splitlines()
+  assert len(lines) == 1 and f'stopped by {signal.Signals(sig).name} while writing the SavedModel' in lines[0], stderr
+  assert 'the previous one is still there' in lines[0]
+  assert not partial.exists() and not (run / 'run.lock').exists()
+  assert snapshot(run / 'saved_model') == before
+
+
+# ---- the smaller ones --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize('value,expected', [('nan', '--learning_rate=nan is not a number'),
+                                            ('inf', '--learning_rate=inf is infinite'),
+                                            ('0', '--learning_rate must be positive, got 0.0 (at 0 nothing')])
+def test_a_learning_rate_that_trains_nothing_is_named(tmp_path, shapes_dir, value, expected):
+  proc = run_cli(*TINY, f'--data_dir={shapes_dir}', f'--model_dir={tmp_path}', f'--learning_rate={value}')
+  one_error_line(proc, expected)
+
+
+def test_one_class_and_a_batch_larger_than_the_split_are_warned_about(tmp_path, shapes_dir):
+  one_class = tmp_path / 'one_class'
+  shutil.copytree(os.path.join(shapes_dir, 'train', 'circle'), one_class / 'train' / 'circle')
+  proc = run_cli(*TINY, f'--data_dir={one_class}', f'--model_dir={tmp_path / "run"}', '--mode=finetune',
+                 '--train_steps=1', '--train_batch_size=16', '--export_at_end=false')
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert "split 'train' of" in proc.stdout and 'has one class (circle)' in proc.stdout
+  assert '--train_batch_size=16 is larger than the 8 examples' in proc.stdout
+
+
+# ---- fault injection: SIGKILL at seeded moments of the checkpoint saves and the export ---------------------------
+
+STEPS = 4
+EVENTS = [('temp', k) for k in range(1, STEPS + 1)] + [('index', k) for k in range(1, STEPS + 1)] + \
+         [('state', k) for k in range(1, STEPS + 1)] + [('partial', 0), ('partial_variables', 0), ('partial_pb', 0)]
+
+
+def happened(event, run, export):
+  """Whether `event` can be seen on disk now (the moment to kill at)."""
+  kind, k = event
+  try:
+    if kind == 'temp':
+      return any(n.startswith(f'ckpt-{k}_temp') for n in os.listdir(run))
+    if kind == 'index':
+      return os.path.exists(run / f'ckpt-{k}.index')
+    if kind == 'state':
+      return f'"ckpt-{k}"' in open(run / 'checkpoint').readline()
+    partial = export.parent / (export.name + '.simclr-tf-partial')
+    return os.path.exists(partial / {'partial': '', 'partial_variables': 'variables',
+                                     'partial_pb': 'saved_model.pb'}[kind])
+  except OSError:
+    return False
+
+
+def kill_points(count, seed=0):
+  """`count` (event, delay after it) pairs, spread over the events (each event once before any repeats)."""
+  rng = random.Random(seed)
+  events = []
+  while len(events) < count:
+    events += rng.sample(EVENTS, len(EVENTS))
+  return [(event, rng.uniform(0, 0.02)) for event in events[:count]]
+
+
+def fault_command(base, data_dir):
+  return command(f'--data_dir={data_dir}', f'--model_dir={base / "run"}', f'--export_dir={base / "export"}',
+                 f'--train_steps={STEPS}', '--checkpoint_steps=1', '--keep_checkpoint_max=2', '--steps_per_loop=1',
+                 '--export_at_end=true')
+
+
+def model_values(model_dir):
+  from conftest import checkpoint_values
+  return checkpoint_values(model_dir)
+
+
+@pytest.fixture(scope='module')
+def uninterrupted(tmp_path_factory, shapes_dir):
+  base = tmp_path_factory.mktemp('uninterrupted')
+  proc = subprocess.run(fault_command(base, shapes_dir), capture_output=True, text=True, cwd=ROOT, env=ENV,
+                        timeout=600)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  return model_values(base / 'run')
+
+
+def assert_nothing_or_a_saved_model_that_loads(export):
+  if not export.exists():
+    return
+  assert {'config.json', 'saved_model.pb', 'variables'} <= set(os.listdir(export))
+  loaded = tf.saved_model.load(str(export))
+  outputs = loaded.signatures['serving_default'](images=tf.zeros([1, 32, 32, 3]))
+  assert np.all(np.isfinite(outputs['final_avg_pool'].numpy()))
+
+
+POINTS = int(os.environ.get('SIMCLR_TF_KILL_POINTS', '5'))
+
+
+@pytest.mark.parametrize('point', range(POINTS))
+def test_sigkill_at_seeded_moments_then_rerun(tmp_path, shapes_dir, uninterrupted, point):
+  """SIMCLR_TF_KILL_POINTS=20 runs 20 points (the default 5 keep the suite short)."""
+  event, delay = kill_points(max(POINTS, 20))[point]
+  base = tmp_path / 'parent'
+  base.mkdir()
+  (base / 'unrelated.txt').write_text('a file of the user beside the run')
+  before = snapshot(base)
+  cmd = fault_command(base, shapes_dir)
+  run, export = base / 'run', base / 'export'
+  proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT, env=ENV)
+  while not happened(event, run, export):
+    assert proc.poll() is None, f'{event} never happened: ' + proc.stderr.read().decode()[-2000:]
+    time.sleep(0.0005)
+  time.sleep(delay)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait(timeout=60)
+  assert proc.returncode == -signal.SIGKILL, f'the run ended before the kill at {event}'
+  assert_nothing_or_a_saved_model_that_loads(export)
+
+  rerun = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=ENV, timeout=600)
+  assert rerun.returncode == 0, f'{event}: ' + rerun.stderr[-2000:]
+  resumed = [line for line in rerun.stdout.splitlines() if 'resuming from' in line]
+  if resumed:  # from a complete checkpoint: it is listed in the state file and readable
+    assert 'cannot be read' not in rerun.stdout
+  values = model_values(run)
+  assert sorted(values) == sorted(uninterrupted)
+  for key, value in uninterrupted.items():
+    np.testing.assert_array_equal(values[key], value, err_msg=f'{event}: {key}')
+  assert_nothing_or_a_saved_model_that_loads(export)
+  assert export.exists()
+  after = snapshot(base)
+  outside = lambda files: {k: v for k, v in files.items() if k.split(os.sep)[0] not in ('run', 'export')}
+  assert outside(after) == outside(before), f'{event}: changed beside the run: {set(after) ^ set(before)}'
