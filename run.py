@@ -16,30 +16,47 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # keep TF's C++ start-up cha
 from absl import app, flags  # noqa: E402
 
 from simclr_tf import config as config_lib  # noqa: E402
-from simclr_tf import errors, modes  # noqa: E402  (neither imports TensorFlow)
+from simclr_tf import errors, modes, reference_cli  # noqa: E402  (none imports TensorFlow)
 
 FLAGS = flags.FLAGS
 
 
 def declare_flags(flag_values=FLAGS):
-  """One flag per Config field, with its default, help text and (for enums) its choices."""
+  """One flag per Config field, with its default, help text and (for enums) its choices; and the flags of the
+  paper's reference command line that we do not share (simclr_tf.reference_cli), so that its commands run here."""
   for name, kind, default, help_text, choices in config_lib.flag_fields():
     if name == 'mode':
-      choices = tuple(modes.MODES)
-    if choices and kind is str:
-      flags.DEFINE_enum(name, default, list(choices), help_text, flag_values=flag_values)
-    elif kind is bool:
-      flags.DEFINE_bool(name, default, help_text, flag_values=flag_values)
-    elif kind is int:
-      flags.DEFINE_integer(name, default, help_text, flag_values=flag_values)
-    elif kind is float:
-      flags.DEFINE_float(name, default, help_text, flag_values=flag_values)
-    else:
-      flags.DEFINE_string(name, default, help_text, flag_values=flag_values)
+      choices = tuple(modes.MODES) + reference_cli.REFERENCE_MODES
+      help_text += f' The reference\'s {"|".join(reference_cli.REFERENCE_MODES)} (with --train_mode) work too.'
+    _declare(flag_values, name, kind, default, help_text, choices)
+  for name, (kind, help_text) in reference_cli.REFERENCE_ONLY.items():
+    choices = kind if isinstance(kind, tuple) else None
+    _declare(flag_values, name, str if choices else kind, None, help_text, choices)
+
+
+def _declare(flag_values, name, kind, default, help_text, choices):
+  if choices and kind is str:
+    flags.DEFINE_enum(name, default, list(choices), help_text, flag_values=flag_values)
+  elif kind is bool:
+    flags.DEFINE_bool(name, default, help_text, flag_values=flag_values)
+  elif kind is int:
+    flags.DEFINE_integer(name, default, help_text, flag_values=flag_values)
+  elif kind is float:
+    flags.DEFINE_float(name, default, help_text, flag_values=flag_values)
+  else:
+    flags.DEFINE_string(name, default, help_text, flag_values=flag_values)
 
 
 def config_from_flags(flag_values=FLAGS) -> config_lib.Config:
-  return config_lib.Config(**{name: flag_values[name].value for name, *_ in config_lib.flag_fields()})
+  """The Config of the parsed flags, the reference's flags translated (one log line says how)."""
+  names = [name for name, *_ in config_lib.flag_fields()] + list(reference_cli.REFERENCE_ONLY)
+  values = {name: flag_values[name].value for name in names}
+  given = {name for name in names if flag_values[name].present}
+  changes, notes = reference_cli.translate(values, given)
+  if notes:
+    import logging
+    logging.getLogger('simclr_tf').info('reference flags: %s', '; '.join(notes))
+  return config_lib.Config(**{name: changes.get(name, values[name]) for name, *_ in config_lib.flag_fields()})
 
 
 def parse_flags(argv):
@@ -114,7 +131,7 @@ def main(argv):
   try:
     config = config_from_flags().check_fields()  # the mistakes that need no TensorFlow, before it loads
     import_tensorflow_quietly()
-    config = config.validate()
+    config = modes.validate(config)
     modes.check_places(config)  # before the log file goes into model_dir
     redirect_native_stderr(config.model_dir)
     run(config, places_checked=True)

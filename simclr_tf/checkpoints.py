@@ -211,8 +211,9 @@ def resolve_checkpoint(path: str, flag: str = 'checkpoint') -> str:
   if prefix is None:
     if not tf.io.gfile.exists(path):
       raise UserError(f'--{flag}={path} does not exist.')
-    raise UserError(f'--{flag}={path} holds no checkpoint (expected a model_dir with ckpt-N files, or a '
-                    f'checkpoint prefix such as {path.rstrip("/")}/ckpt-100).')
+    raise UserError(f'--{flag}={path} holds no checkpoint or SavedModel (expected a model_dir with ckpt-N files, a '
+                    f'checkpoint prefix such as {path.rstrip("/")}/ckpt-100, a SavedModel, or a reference run\'s '
+                    f'model_dir with saved_model/<step>/).')
   return prefix
 
 

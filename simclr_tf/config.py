@@ -2,8 +2,14 @@
 
 Every hyperparameter is a field of `Config` with its default and help text. run.py declares one absl flag per
 field from this table; Python users and tests build a `Config(...)` directly (or `Config().replace(...)`).
-`Config.validate()` rejects bad values and combinations with a `UserError` that names the flag; the rules of each
-mode live with the mode (simclr_tf.modes.<mode>.validate).
+`Config.check_fields()` rejects bad values and combinations with a `UserError` that names the flag; the rules of
+each mode live with the mode (simclr_tf.modes.<mode>.validate, run by simclr_tf.modes.validate).
+
+The flags are flat; what each builder reads is a section of them (frozen dataclasses made from the same fields):
+`config.architecture` (ModelSettings: the network, for simclr_tf.models.build_model), `config.data` (DataSettings:
+where the images come from, for simclr_tf.data.inputs), `config.augmentation` (AugmentationSettings: what each
+example becomes, for simclr_tf.data.views) and `config.optim` (OptimizerSettings: the schedule and the optimizer,
+for simclr_tf.optim.build).
 """
 
 import dataclasses
@@ -12,6 +18,8 @@ import math
 
 from simclr_tf.errors import UserError  # noqa: F401  (importable from here too, as it was before errors.py)
 
+from simclr_tf.models.registry import ENCODER_FIELDS, ENCODERS
+
 STRATEGIES = ('auto', 'default', 'mirrored', 'multi_worker', 'tpu')
 OPTIMIZERS = ('lars', 'momentum', 'adam')
 LR_SCALINGS = ('linear', 'sqrt')
@@ -19,15 +27,15 @@ RESNET_DEPTHS = (18, 34, 50, 101, 152, 200)
 PRECISIONS = ('float32', 'mixed_bfloat16', 'mixed_float16')
 
 # The fields that decide the network: SHAPE_FIELDS decide its variables (which checkpoints fit it), the others what
-# it computes with them. A distillation teacher's are read from the config.json of its run.
-SHAPE_FIELDS = ('resnet_depth', 'width_multiplier', 'sk_ratio', 'se_ratio', 'num_proj_layers', 'proj_out_dim',
-                'ft_proj_selector', 'image_size')
+# it computes with them. A distillation teacher's (and any model a mode reads) are read from its run's config.json.
+HEAD_FIELDS = ('num_proj_layers', 'proj_out_dim', 'ft_proj_selector', 'image_size')
+SHAPE_FIELDS = ('encoder',) + tuple(f for fields in ENCODER_FIELDS.values() for f in fields) + HEAD_FIELDS
 ARCHITECTURE_FIELDS = SHAPE_FIELDS + ('global_bn', 'batch_norm_decay')
 
 
-def architecture_flags() -> str:
-  """The flags to check when a file does not fit the model, for error messages."""
-  return ', '.join(f'--{name}' for name in SHAPE_FIELDS)
+def architecture_flags(encoder: str = 'resnet') -> str:
+  """The flags to check when a file does not fit a model of the `encoder` family, for error messages."""
+  return ', '.join(f'--{name}' for name in ENCODER_FIELDS[encoder] + HEAD_FIELDS)
 
 
 def _field(default, help_text, choices=None):
@@ -71,6 +79,9 @@ class Config:
   # Schedule.
   train_batch_size: int = _field(512, 'Global batch size (all replicas together).')
   eval_batch_size: int = _field(256, 'Global batch size of evaluation.')
+  eval_steps: int = _field(0, 'Evaluate this many batches of --eval_split (0 = all of it).')
+  eval_name: str = _field('', 'Name of an evaluation\'s result file and TensorBoard folder in model_dir '
+                          '(eval_<name>.json, eval_<name>/; default: the split).')
   train_epochs: int = _field(100, 'Number of epochs to train for (ignored when --train_steps > 0).')
   train_steps: int = _field(0, 'Number of steps to train for (overrides --train_epochs when > 0).')
   warmup_epochs: float = _field(10.0, 'Epochs of linear learning-rate warmup.')
@@ -94,7 +105,8 @@ class Config:
                                          '(online) one: at the end of pretraining with --memory_size, or with '
                                          '--mode=export from such a checkpoint.')
   proj_out_dim: int = _field(128, 'Output dimension of the projection head.')
-  num_proj_layers: int = _field(3, 'Number of layers of the projection head (3 in SimCLRv2).')
+  num_proj_layers: int = _field(3, 'Number of layers of the projection head (3 in SimCLRv2, 1 = linear, 0 = none: '
+                                'the contrastive loss on the encoder\'s output).')
   ft_proj_selector: int = _field(0, 'Which projection-head layer feeds the supervised head: 0 = its input, '
                                  'k = the output of its k-th layer (SimCLRv2 fine-tunes from 1).')
   lineareval_while_pretraining: bool = _field(True, 'Train the supervised head on a stop-gradient of the selected '
@@ -143,6 +155,8 @@ class Config:
                                        'distillation loss (0 = labels unused).')
 
   # Architecture.
+  encoder: str = _field('resnet', 'The encoder\'s family (simclr_tf.models.ENCODERS): resnet (--resnet_depth, '
+                        '--width_multiplier, --sk_ratio, --se_ratio).', tuple(ENCODERS))
   resnet_depth: int = _field(50, 'ResNet depth: 18, 34, 50, 101, 152 or 200.')
   width_multiplier: float = _field(1.0, 'Width multiplier of the ResNet (1, 2, 3 as published; fractions allowed).')
   sk_ratio: float = _field(0.0, 'Selective-kernel ratio (0.0625 in SimCLRv2; 0 = no SK). Implies ResNet-D.')
@@ -163,6 +177,8 @@ class Config:
   strategy: str = _field('auto', 'Distribution strategy. auto: tpu if --tpu, mirrored with several GPUs or '
                          '--cpu_replicas > 1, else default.', STRATEGIES)
   tpu: str = _field('', 'TPU name or address for --strategy=tpu (or auto).')
+  tpu_zone: str = _field('', 'GCE zone of --tpu (default: found from the metadata server on Cloud).')
+  gcp_project: str = _field('', 'GCP project of --tpu (default: found from the metadata server on Cloud).')
   cpu_replicas: int = _field(1, 'Split the CPU into this many logical devices and mirror over them (to exercise '
                              'multi-replica code without accelerators).')
   num_threads: int = _field(0, 'TF intra- and inter-op threads (0 = TF default).')
@@ -185,12 +201,29 @@ class Config:
     return self.image_size <= 32
 
   def validate(self) -> 'Config':
-    """Raises UserError naming the first bad flag (check_fields, then the rules of the mode); returns self so
+    """check_fields (the mode's own rules are checked when it runs: simclr_tf.modes.validate); returns self so
     calls chain."""
-    self.check_fields()
-    from simclr_tf import modes  # imported here: the modes import TensorFlow
-    modes.get(self.mode).validate(self)
-    return self
+    return self.check_fields()
+
+  def section(self, cls):
+    """The fields of section `cls` (ModelSettings, DataSettings, ...) with this config's values."""
+    return cls(**{f.name: getattr(self, f.name) for f in dataclasses.fields(cls)})
+
+  @property
+  def architecture(self) -> 'ModelSettings':
+    return self.section(ModelSettings)
+
+  @property
+  def data(self) -> 'DataSettings':
+    return self.section(DataSettings)
+
+  @property
+  def augmentation(self) -> 'AugmentationSettings':
+    return self.section(AugmentationSettings)
+
+  @property
+  def optim(self) -> 'OptimizerSettings':
+    return self.section(OptimizerSettings)
 
   def check_fields(self) -> 'Config':
     """The rules of the fields and of their combinations that hold in every mode (no TensorFlow needed)."""
@@ -202,9 +235,7 @@ class Config:
       if isinstance(value, float) and not math.isfinite(value):
         raise UserError(f'--{f.name}={value} is {"not a number" if math.isnan(value) else "infinite"}; give a '
                         f'finite value.')
-    checks = [
-        (self.resnet_depth in RESNET_DEPTHS,
-         f'--resnet_depth={self.resnet_depth} is not supported; use one of {", ".join(map(str, RESNET_DEPTHS))}.'),
+    checks = self._encoder_checks() + [
         (self.train_batch_size > 0, f'--train_batch_size must be positive, got {self.train_batch_size}.'),
         (self.eval_batch_size > 0, f'--eval_batch_size must be positive, got {self.eval_batch_size}.'),
         (self.train_epochs > 0 or self.train_steps > 0, '--train_epochs or --train_steps must be positive.'),
@@ -217,19 +248,14 @@ class Config:
         (self.temperature > 0, f'--temperature must be positive, got {self.temperature}.'),
         (self.memory_size >= 0, f'--memory_size must not be negative, got {self.memory_size}.'),
         (0 <= self.memory_momentum < 1, f'--memory_momentum must be in [0, 1), got {self.memory_momentum}.'),
-        (self.width_multiplier > 0 and int(64 * self.width_multiplier) >= 1,
-         f'--width_multiplier={self.width_multiplier} gives layers without channels; use at least 1/64.'),
-        (self.sk_ratio >= 0, f'--sk_ratio must not be negative, got {self.sk_ratio}.'),
-        (self.se_ratio >= 0, f'--se_ratio must not be negative, got {self.se_ratio}.'),
-        (self.num_proj_layers >= 1, f'--num_proj_layers must be at least 1, got {self.num_proj_layers}.'),
+        (self.num_proj_layers >= 0, f'--num_proj_layers must not be negative, got {self.num_proj_layers}.'),
+        (self.eval_steps >= 0, f'--eval_steps must not be negative, got {self.eval_steps}.'),
         (self.proj_out_dim >= 1, f'--proj_out_dim must be at least 1, got {self.proj_out_dim}.'),
         (0 <= self.ft_proj_selector <= self.num_proj_layers,
          f'--ft_proj_selector={self.ft_proj_selector} must be between 0 and --num_proj_layers={self.num_proj_layers}.'),
         (self.num_classes >= 0, f'--num_classes must not be negative, got {self.num_classes}.'),
         (0 < self.label_fraction <= 1, f'--label_fraction must be in (0, 1], got {self.label_fraction}.'),
-        (-1 <= self.fine_tune_after_block <= 4,
-         f'--fine_tune_after_block must be between -1 and 4, got {self.fine_tune_after_block}.'),
-        (self.image_size >= 8, f'--image_size={self.image_size} is too small; the ResNet needs at least 8 pixels.'),
+
         (0 <= self.color_jitter_strength, '--color_jitter_strength must not be negative.'),
         (0 < self.crop_min_area <= 1, f'--crop_min_area must be in (0, 1], got {self.crop_min_area}.'),
         (0 < self.finetune_crop_min_area <= 1,
@@ -259,6 +285,57 @@ class Config:
         raise UserError(message)
     return self
 
+  def _encoder_checks(self):
+    """(ok, message) of the encoder family's fields, and of --fine_tune_after_block, whose range is the family's
+    number of stages."""
+    stages, what = 4, 'the stem (0) and block groups 1..4'
+    checks = [
+        (self.resnet_depth in RESNET_DEPTHS, f'--resnet_depth={self.resnet_depth} is not supported; use one of '
+                                             f'{", ".join(map(str, RESNET_DEPTHS))}.'),
+        (self.width_multiplier > 0 and int(64 * self.width_multiplier) >= 1,
+         f'--width_multiplier={self.width_multiplier} gives layers without channels; use at least 1/64.'),
+        (self.sk_ratio >= 0, f'--sk_ratio must not be negative, got {self.sk_ratio}.'),
+        (self.se_ratio >= 0, f'--se_ratio must not be negative, got {self.se_ratio}.'),
+        (self.image_size >= 8, f'--image_size={self.image_size} is too small; the ResNet needs at least 8 '
+                               f'pixels.'),
+    ]
+    return checks + [(-1 <= self.fine_tune_after_block <= stages,
+                      f'--fine_tune_after_block must be between -1 and {stages} ({what}), got '
+                      f'{self.fine_tune_after_block}.')]
+
+
+def _section(name: str, names, doc: str):
+  """A frozen dataclass of the Config fields `names` (their types, defaults and help), named `name`."""
+  by_name = {f.name: f for f in dataclasses.fields(Config)}
+  section = dataclasses.make_dataclass(
+      name, [(n, by_name[n].type, dataclasses.field(default=by_name[n].default, metadata=by_name[n].metadata))
+             for n in names], frozen=True)
+  section.__doc__ = doc
+  section.__module__ = __name__
+  return section
+
+
+ModelSettings = _section('ModelSettings', ARCHITECTURE_FIELDS + (
+    'precision', 'seed', 'fine_tune_after_block', 'zero_init_logits_layer'),
+    'What build_model reads: the network (encoder family and its settings, heads, batch norm, input size), its '
+    'precision and seed, and how fine-tuning starts it (frozen stages, a zeroed supervised head).')
+DataSettings = _section('DataSettings', (
+    'dataset', 'data_dir', 'image_size', 'cache_dataset', 'shuffle_buffer', 'strict_data', 'seed'),
+    'What the input pipeline reads: where the images come from, how a split is read and shuffled.')
+AugmentationSettings = _section('AugmentationSettings', (
+    'image_size', 'color_jitter_strength', 'use_blur', 'crop_min_area', 'finetune_crop_min_area', 'augment_on'),
+    'What each training example becomes (simclr_tf.data.views).')
+OptimizerSettings = _section('OptimizerSettings', (
+    'optimizer', 'learning_rate', 'learning_rate_scaling', 'warmup_epochs', 'weight_decay', 'momentum', 'lars_eta',
+    'train_batch_size', 'train_epochs', 'train_steps', 'precision'),
+    'What the optimizer and its schedule read (simclr_tf.optim.build): the length of the run is part of the '
+    'schedule.')
+
+
+def section_of(settings, cls):
+  """`settings` as section `cls`: a Config gives its section; a section is returned as it is."""
+  return settings.section(cls) if isinstance(settings, Config) else settings
+
 
 def flag_fields():
   """(name, type, default, help, choices) of every Config field, for declaring flags."""
@@ -278,7 +355,8 @@ def from_dict(values: dict) -> Config:
 RESUMABLE_CHANGES = frozenset({
     'eval_split', 'eval_batch_size', 'log_every_steps', 'steps_per_loop', 'checkpoint_steps', 'checkpoint_epochs',
     'keep_checkpoint_max', 'num_threads', 'cache_dataset', 'strategy', 'tpu', 'cpu_replicas', 'data_dir',
-    'train_steps', 'train_epochs', 'checkpoint', 'teacher', 'strict_data', 'model_dir', 'export_dir',
+    'train_steps', 'train_epochs', 'checkpoint', 'teacher', 'strict_data', 'model_dir', 'export_dir', 'eval_steps',
+    'eval_name', 'tpu_zone', 'gcp_project',
     'export_at_end', 'worker_timeout', 'jit_compile', 'embed_split', 'embed_output', 'knn_k', 'knn_temperature',
     'knn_every_epochs', 'augment_on', 'export_momentum_network', 'partial_checkpoint',
 })

@@ -144,7 +144,8 @@ def connect_tpu(config: Config):
   advice = 'give the TPU\'s name (on a Cloud TPU VM: --tpu=local) or its grpc://host:8470 address'
 
   def connect():
-    resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=config.tpu)
+    resolver = tf.distribute.cluster_resolver.TPUClusterResolver(
+        tpu=config.tpu, zone=config.tpu_zone or None, project=config.gcp_project or None)
     tf.config.experimental_connect_to_cluster(resolver)
     tf.tpu.experimental.initialize_tpu_system(resolver)
     return resolver

@@ -27,8 +27,11 @@ def evaluate(model, source: inputs.Source, config: Config, strategy: tf.distribu
   if getattr(model, 'supervised_head', None) is None:
     raise UserError('the model has no supervised head to evaluate.')
   per_replica_batch = check_batch_divides(config.eval_batch_size, strategy, 'eval_batch_size')
-  dataset = strategy.distribute_datasets_from_function(
-      lambda ctx: inputs.eval_dataset(source, config, per_replica_batch, ctx))
+  def replica_dataset(ctx):
+    dataset = inputs.eval_dataset(source, config.data, per_replica_batch, ctx)
+    return dataset.take(config.eval_steps) if config.eval_steps else dataset  # --eval_steps: the first batches
+
+  dataset = strategy.distribute_datasets_from_function(replica_dataset)
 
   def replica_step(batch):
     logits = tf.cast(model(batch['image'], training=False)['logits_sup'], tf.float32)
@@ -53,7 +56,7 @@ def evaluate(model, source: inputs.Source, config: Config, strategy: tf.distribu
   for batch in dataset:
     totals += step(batch)
   loss, top1, top5, count = totals.numpy().tolist()[:4]
-  if int(count) != source.num_examples:
+  if int(count) != source.num_examples and not config.eval_steps:
     log.warning('evaluated %d examples, the split has %d', int(count), source.num_examples)
   examples = int(count)
   count = max(count, 1.0)
@@ -64,10 +67,18 @@ def evaluate(model, source: inputs.Source, config: Config, strategy: tf.distribu
   return result
 
 
-def write_result(model_dir: str, split: str, result: dict, kind: str = 'eval') -> str:
-  """Writes model_dir/<kind>_<split>.json (the split's characters that are unsafe in a file name become _)."""
-  safe = ''.join(c if c.isalnum() or c in '-_.' else '_' for c in split)
-  return files.write_json(os.path.join(model_dir, f'{kind}_{safe}.json'), result)
+def write_result(model_dir: str, name: str, result: dict, kind: str = 'eval') -> str:
+  """Writes model_dir/<kind>_<name>.json (the name's characters that are unsafe in a file name become _), and its
+  numbers as TensorBoard scalars at the result's step in model_dir/<kind>_<name>/."""
+  safe = ''.join(c if c.isalnum() or c in '-_.' else '_' for c in name)
+  path = files.write_json(os.path.join(model_dir, f'{kind}_{safe}.json'), result)
+  writer = tf.summary.create_file_writer(os.path.join(model_dir, f'{kind}_{safe}'))
+  with writer.as_default(step=int(result.get('step', 0))):
+    for key, value in sorted(result.items()):
+      if isinstance(value, (int, float)) and not isinstance(value, bool) and key != 'step':
+        tf.summary.scalar(key, value)
+  writer.close()
+  return path
 
 
 def embed(model, source: inputs.Source, config: Config, key: str = 'final_avg_pool', batch_size: int = 0,
@@ -79,7 +90,7 @@ def embed(model, source: inputs.Source, config: Config, key: str = 'final_avg_po
   records = source.records(0, 1).enumerate()
 
   def prepare(index, record):
-    return {'image': inputs.eval_image(source, config, record), 'label': record['label'], 'index': index}
+    return {'image': inputs.eval_image(source, config.image_size, record), 'label': record['label'], 'index': index}
 
   dataset = records.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
   if not config.strict_data:

@@ -1,36 +1,116 @@
-"""Writing SavedModels in the TF-Hub style of the published SimCLRv2 models: `m(images, trainable=False|True)` returns
-a dict of named outputs; variable lists for fine-tuning; the model under attribute `model`, so its variables keep
-the object paths of our checkpoints (simclr_tf.weights reads them back)."""
+"""Writing SavedModels that the tools people deploy and reuse models with load, and that keep the paper's API.
 
+What a SavedModel of ours holds (ExportModule), and who reads what:
+- `m(images, trainable=False|True)` -> dict of named outputs, as the published SimCLRv2 models (the paper's API);
+  the same call takes `training=` (TF-Hub's Reusable SavedModel API: `hub.KerasLayer(path, trainable=True,
+  output_key=K)` fine-tunes it, batch norm following the layer's training flag);
+- `variables`, `trainable_variables`, `regularization_losses` (the run's weight decay, as a function without
+  arguments) for TF-Hub; `all_variables` and `trainable_variables_list` as the paper's models name them;
+- signatures for TF Serving and `saved_model_cli run` (a session over the graph, the way TF Serving's C++ server
+  loads): `serving_default` (float images in [0, 1], NHWC) and `serving_bytes` (a batch of encoded JPEG/PNG/BMP/GIF
+  images; decoded and evaluation-preprocessed to the run's image size inside);
+- the variables under `model/<their object path>` (a tree of plain nodes mirroring the Keras model's attributes),
+  so that our weight loader (simclr_tf.weights) reads a SavedModel as it reads a checkpoint, without running it.
+
+The functions and the tree hold the Keras variables' underlying tf.Variables, once each: tracking the Keras model
+itself would save every variable twice (a Keras 3 variable exports a copy of itself beside the tf.Variable the
+functions capture), and a session-based loader would find the captured ones uninitialised. (Batch norm on one
+replica computes its statistics without all-reduces, see models.resnet.BatchNormalization: a SavedModel holds no
+custom gradients it cannot save.)
+"""
+
+import json
 import os
 import signal
 from typing import Optional
 
+import keras
 import tensorflow as tf
 
 from simclr_tf import files, preemption
+from simclr_tf.data import augment
 from simclr_tf.errors import Interrupted, UserError
 from simclr_tf.models.resnet import OUTPUT_KEYS
+from simclr_tf.models.simclr import HEAD_OUTPUTS
+from simclr_tf.optim.lars import excluded_from_decay
+from simclr_tf.weights.ours import variable_paths
 
-SAVED_OUTPUTS = OUTPUT_KEYS + ('proj_head_input', 'proj_head_output')
+SAVED_OUTPUTS = OUTPUT_KEYS + HEAD_OUTPUTS  # a ResNet's: the published SimCLRv2 models' keys (and logits_sup)
+SIGNATURES = ('serving_default', 'serving_bytes')
 
 
-class ExportModule(tf.Module):
-  """What a SavedModel holds: the Keras model (attribute `model`, so its variables keep the object paths of our
-  checkpoints), the lists of its variables, and a call `m(images, trainable=False|True)` -> dict of outputs."""
+def _tf_variable(v):
+  """The tf.Variable a Keras variable keeps its value in (what traced functions capture)."""
+  return v.value if isinstance(v, keras.Variable) else v
 
-  def __init__(self, model):
-    super().__init__(name='simclr_export')
-    self.model = model
-    self.all_variables = list(model.weights)
-    self.trainable_variables_list = list(model.trainable_weights)
-    self._has_logits = getattr(model, 'supervised_head', None) is not None
+
+class _Node(tf.__internal__.tracking.AutoTrackable):
+  """A plain node of the variable tree (one per attribute on the path to a variable)."""
+
+
+def _variable_tree(model) -> _Node:
+  """Plain nodes holding the model's tf.Variables at the Keras model's attribute paths."""
+  root = _Node()
+  paths = variable_paths(model)
+  for v in model.weights:
+    node = root
+    *parents, leaf = paths[id(v)].split('/')
+    for name in parents:
+      if name not in node.__dict__:
+        setattr(node, name, _Node())
+      node = getattr(node, name)
+    setattr(node, leaf, _tf_variable(v))
+  return root
+
+
+def _decayed(model) -> list:
+  """The variables weight decay applies to (as LARS applies it): every trainable one but norm parameters, biases
+  and embeddings."""
+  return [_tf_variable(v) for v in model.trainable_weights if not excluded_from_decay(v)]
+
+
+class ExportModule(tf.__internal__.tracking.AutoTrackable):
+  """The object a SavedModel of ours restores to (see the module's docstring)."""
+
+  def __init__(self, model, image_size: int, weight_decay: float = 0.0):
+    super().__init__()
+    self.model = _variable_tree(model)
+    self.variables = [_tf_variable(v) for v in model.weights]
+    self.trainable_variables = [_tf_variable(v) for v in model.trainable_weights]
+    self.all_variables = self.variables
+    self.trainable_variables_list = self.trainable_variables
+    decayed = _decayed(model)
+    self.regularization_losses = [tf.function(
+        lambda: weight_decay * tf.add_n([tf.nn.l2_loss(v) for v in decayed]), input_signature=[])] if (
+            weight_decay and decayed) else []
+    keys = model.output_keys
+    # A plain function (not tracked): what the traced functions capture are the variables above.
+    self._forward = lambda images, training: {k: v for k, v in model(images, training=training).items()
+                                              if k in keys}
+    self._image_size = image_size
 
   @tf.function
-  def __call__(self, images, trainable=False):
-    outputs = self.model(images, training=trainable)
-    keys = SAVED_OUTPUTS + (('logits_sup',) if self._has_logits else ())
-    return {k: outputs[k] for k in keys}
+  def __call__(self, images, trainable=False, training=None):
+    """The outputs of float images [N, H, W, 3] in [0, 1]; `trainable` (the paper's name) or `training` (Keras and
+    TF-Hub's) runs batch norm in training mode."""
+    return self._forward(images, trainable if training is None else training)
+
+  @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name='image_bytes')])
+  def serve_bytes(self, image_bytes):
+    """Encoded images -> the outputs, with the evaluation preprocessing of the run's image size."""
+    size = self._image_size
+    images = tf.map_fn(lambda encoded: augment.eval_view(augment.to_float(augment.decode_image(encoded)), size),
+                       image_bytes, fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32))
+    return self._forward(images, False)
+
+  def trace(self):
+    """The concrete functions to save, and the signatures."""
+    spec = tf.TensorSpec([None, None, None, 3], tf.float32, name='images')
+    serving = self.__call__.get_concrete_function(spec, False)
+    self.__call__.get_concrete_function(spec, True)
+    self.__call__.get_concrete_function(spec, training=True)
+    self.__call__.get_concrete_function(spec, training=False)
+    return {'serving_default': serving, 'serving_bytes': self.serve_bytes.get_concrete_function()}
 
 
 # What a SavedModel of ours holds. A directory with anything else in it was not written by us alone.
@@ -126,10 +206,8 @@ def export_saved_model(model, export_dir: str, config_json: Optional[str] = None
   Interrupted, the partial files removed and the old SavedModel in place."""
   export_dir = export_dir.rstrip('/')
   check_export_target(export_dir, protected)
-  module = ExportModule(model)
-  spec = tf.TensorSpec([None, None, None, 3], tf.float32, name='images')
-  serving = module.__call__.get_concrete_function(spec, False)
-  module.__call__.get_concrete_function(spec, True)
+  recorded = json.loads(config_json) if config_json else {}
+  module = ExportModule(model, recorded.get('image_size') or model.image_size, recorded.get('weight_decay', 0.0))
   local = files.is_local(export_dir)
   target = export_dir + PARTIAL if local else export_dir
   had_one = tf.io.gfile.exists(export_dir)
@@ -143,7 +221,7 @@ def export_saved_model(model, export_dir: str, config_json: Optional[str] = None
         tf.io.gfile.makedirs(files.parent(target))
       if config_json:  # first, so that it is in place before saved_model.pb (and marks a partial one as ours)
         files.write_atomically(os.path.join(target, 'config.json'), config_json)
-      tf.saved_model.save(module, target, signatures={'serving_default': serving})
+      tf.saved_model.save(module, target, signatures=module.trace())
       if local:
         with signals.deferred():  # the swap is not cut in half
           files.replace_directory(target, export_dir)

@@ -72,7 +72,7 @@ def assign_everywhere(variables, values) -> None:
 
 def encoder_and_head_weights(model, trainable_only: bool):
   """The weights of the encoder and projection head, in a fixed order (the same for two models of one config)."""
-  layers = [model.resnet, model.projection_head]
+  layers = [model.encoder, model.projection_head]
   return [w for layer in layers for w in (layer.trainable_weights if trainable_only else layer.weights)]
 
 

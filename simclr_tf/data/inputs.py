@@ -9,12 +9,12 @@ element i of pipeline p gets the stateless augmentation seed (run seed, i * num_
 import dataclasses
 import logging
 import os
-from typing import Callable, Optional
+from typing import Callable, Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
 
-from simclr_tf.config import Config
+from simclr_tf.config import DataSettings, section_of
 from simclr_tf.errors import UserError
 from simclr_tf.data import augment
 from simclr_tf.data.views import Views
@@ -104,12 +104,7 @@ def tfds_source(name: str, split: str, data_dir: str) -> Source:
   except tfds.core.registered.DatasetNotFoundError:
     raise UserError(f'--dataset={name} is not a tfds dataset (nor image_folder or shapes).') from None
   if not builder.is_prepared():
-    try:
-      builder.download_and_prepare()
-    except Exception as e:  # network, disk, manual-download datasets: all end the same way for the user
-      raise UserError(f'--dataset={name}: tfds cannot prepare it in --data_dir={data_dir or "(tfds default)"} '
-                      f'({type(e).__name__}: {str(e).splitlines()[0][:200]}). Prepare it where you are online, or '
-                      f'use --dataset=image_folder.') from None
+    prepare_tfds(builder, name, data_dir)
   splits = builder.info.splits
   if splits and split.split('[')[0] not in splits:
     raise UserError(f'split {split!r} not found in {name} (splits: {", ".join(sorted(splits))}).')
@@ -132,7 +127,46 @@ def tfds_source(name: str, split: str, data_dir: str) -> Source:
   return Source(f'tfds:{name}', split, num_examples, num_classes, records, tf.identity, class_names=names)
 
 
-def make_source(config: Config, split: str) -> Source:
+TFDS_HOST = ('storage.googleapis.com', 443)  # where tfds looks first for a prepared copy of a dataset
+
+
+def _unreachable(host: Tuple[str, int], timeout: float = 5.0) -> Optional[str]:
+  """Why `host` cannot be reached (None if it can): offline machines answer in well under a second."""
+  import socket
+  try:
+    socket.create_connection(host, timeout=timeout).close()
+    return None
+  except OSError as e:
+    return f'{host[0]}: {e.strerror or e}'
+
+
+def prepare_tfds(builder, name: str, data_dir: str) -> None:
+  """Downloads and prepares a tfds dataset; a machine that is offline is told at once (tfds would retry for
+  minutes), and a failure leaves none of the folders it created behind."""
+  where = f'--data_dir={data_dir}' if data_dir else 'the tfds data folder (~/tensorflow_datasets)'
+  advice = (f'prepare it on a machine that is online (tfds.builder({name!r}).download_and_prepare()) and copy its '
+            f'data folder here, or use --dataset=image_folder')
+  reason = _unreachable(TFDS_HOST)
+  if reason:
+    raise UserError(f'--dataset={name} is not prepared in {where}, and this machine cannot download it ({reason}); '
+                    f'{advice}.')
+  root = str(builder.data_dir_root)
+  created = [p for p in (os.path.join(root, name.split('/')[0]), os.path.join(root, 'downloads'))
+             if not tf.io.gfile.exists(p)]
+  try:
+    builder.download_and_prepare()
+  except Exception as e:  # noqa: BLE001  (network, disk, manual-download datasets: all end the same way)
+    for path in created:
+      if tf.io.gfile.exists(path):
+        tf.io.gfile.rmtree(path)
+    cause = ' '.join(str(e).split())
+    raise UserError(f'--dataset={name}: tfds cannot prepare it in {where} ({type(e).__name__}: '
+                    f'{cause[:600]}); {advice}.') from None
+
+
+def make_source(settings, split: str) -> Source:
+  """The split of --dataset (DataSettings, or a Config: its `data`)."""
+  config = section_of(settings, DataSettings)
   if config.dataset == 'image_folder':
     return image_folder_source(config.data_dir, split)
   if config.dataset == 'shapes':
@@ -222,7 +256,7 @@ def shuffled_epoch(records: tf.data.Dataset, block: int, seed, epoch) -> tf.data
   return records.batch(block).enumerate().map(permute).unbatch()
 
 
-def _epoch_stream(source: Source, config: Config, pipeline_id: int, num_pipelines: int, start_element: int):
+def _epoch_stream(source: Source, config: DataSettings, pipeline_id: int, num_pipelines: int, start_element: int):
   """(index, record) of endless shuffled epochs of this pipeline's shard, starting at `start_element`."""
   records = source.records(pipeline_id, num_pipelines)
   if config.cache_dataset:
@@ -237,14 +271,16 @@ def _epoch_stream(source: Source, config: Config, pipeline_id: int, num_pipeline
   return stream.skip(start_element - start_epoch * per_pipeline)
 
 
-def train_dataset(source: Source, config: Config, views: Views, per_replica_batch: int,
+def train_dataset(source: Source, settings, views: Views, per_replica_batch: int,
                   input_context: Optional[tf.distribute.InputContext] = None, start_step: int = 0):
   """Per-replica batches of {'image': [B,H,W,C'], 'label': [B], 'index': [B]} for one input pipeline ('index'
   is the element's position in this pipeline's stream; unreadable images are skipped unless --strict_data).
 
   views.example(encoded image, seed [2]) makes each example; views.in_pipeline finishes each batch (unless
   --augment_on=device leaves that to the training step's views.in_step). Starts at global step `start_step`.
+  `settings`: DataSettings (or a Config: its `data`).
   """
+  config = section_of(settings, DataSettings)
   pipeline_id = input_context.input_pipeline_id if input_context else 0
   num_pipelines = input_context.num_input_pipelines if input_context else 1
   replicas_per_pipeline = (input_context.num_replicas_in_sync // num_pipelines) if input_context else 1
@@ -263,17 +299,19 @@ def train_dataset(source: Source, config: Config, views: Views, per_replica_batc
   return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def eval_image(source: Source, config: Config, record: dict) -> tf.Tensor:
-  """A record's image with evaluation preprocessing (decoded, float, centre crop and resize)."""
-  return augment.eval_view(augment.to_float(augment.decode_image(source.read(record['image']))), config.image_size)
+def eval_image(source: Source, image_size: int, record: dict) -> tf.Tensor:
+  """A record's image with evaluation preprocessing (decoded, float, centre crop and resize to `image_size`)."""
+  return augment.eval_view(augment.to_float(augment.decode_image(source.read(record['image']))), image_size)
 
 
-def eval_dataset(source: Source, config: Config, batch_size: int,
+def eval_dataset(source: Source, settings, batch_size: int,
                  input_context: Optional[tf.distribute.InputContext] = None):
-  """One pass over the split with eval preprocessing, in per-replica batches of `batch_size`.
+  """One pass over the split with eval preprocessing, in per-replica batches of `batch_size` (`settings`:
+  DataSettings, or a Config: its `data`).
 
   Padding examples (mask 0) fill the last batches so that every replica runs the same number of steps.
   """
+  config = section_of(settings, DataSettings)
   pipeline_id = input_context.input_pipeline_id if input_context else 0
   num_pipelines = input_context.num_input_pipelines if input_context else 1
   replicas_per_pipeline = (input_context.num_replicas_in_sync // num_pipelines) if input_context else 1
@@ -283,7 +321,8 @@ def eval_dataset(source: Source, config: Config, batch_size: int,
   num_batches = -(-most_per_pipeline // step_examples) * replicas_per_pipeline
 
   def prepare(record):
-    return {'image': eval_image(source, config, record), 'label': record['label'], 'mask': tf.constant(1.0)}
+    return {'image': eval_image(source, config.image_size, record), 'label': record['label'],
+            'mask': tf.constant(1.0)}
 
   ds = records.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
   if not config.strict_data:

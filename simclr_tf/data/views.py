@@ -12,7 +12,7 @@ from typing import Callable
 
 import tensorflow as tf
 
-from simclr_tf.config import Config
+from simclr_tf.config import AugmentationSettings, section_of
 from simclr_tf.data import augment
 
 
@@ -35,10 +35,11 @@ def _to_float(batch):
   return dict(batch, image=augment.to_float(batch['image']))
 
 
-def pretrain_views(config: Config) -> Views:
+def pretrain_views(settings) -> Views:
   """Two SimCLR views of each image: uint8 crops 'view1', 'view2' [B, H, W, 3] in, 'image' float [B, H, W, 6] (the
   views along channels) out. Everything after the crops (augment.pretrain_finisher, one XLA-compiled function per
-  batch) runs in the input pipeline or in the step."""
+  batch) runs in the input pipeline or in the step. `settings`: AugmentationSettings (or a Config)."""
+  config = section_of(settings, AugmentationSettings)
   finisher = augment.pretrain_finisher(config.color_jitter_strength, config.image_size, config.use_blur)
 
   def example(encoded, seed):
@@ -50,8 +51,10 @@ def pretrain_views(config: Config) -> Views:
   return Views(example, finish, config.augment_on == 'device')
 
 
-def finetune_views(config: Config) -> Views:
-  """The fine-tuning and distillation view (crop and flip): 'image' [B, H, W, 3], shipped as uint8 to the device."""
+def finetune_views(settings) -> Views:
+  """The fine-tuning and distillation view (crop and flip): 'image' [B, H, W, 3], shipped as uint8 to the device.
+  `settings`: AugmentationSettings (or a Config)."""
+  config = section_of(settings, AugmentationSettings)
 
   def example(encoded, seed):
     return augment.finetune_example(encoded, seed, config.image_size, config.finetune_crop_min_area)

@@ -32,8 +32,36 @@ class Composite(keras.layers.Layer):
     del input_shape  # the sublayers build themselves, from what reaches them
 
 
+def set_trainable(layer: keras.layers.Layer, value: bool) -> None:
+  """layer.trainable = value, passed down to every sublayer and variable even when the layer already says `value`.
+  (Keras's TensorFlow layers skip an attribute assignment of the object the attribute already holds, `False is
+  False`, so a plain assignment leaves sublayers built since the last one, e.g. a MultiHeadAttention's projections,
+  trainable; the setter's own recursion assigns the same way.)"""
+  for part in layer._flatten_layers(include_self=True):  # pylint: disable=protected-access
+    type(part).trainable.fset(part, value)
+
+
 def conv_initializer():
   return keras.initializers.VarianceScaling(scale=1.0, mode='fan_in', distribution='truncated_normal')
+
+
+class BatchNormalization(keras.layers.BatchNormalization):
+  """Keras's batch norm. Synchronised (synchronized=True), its statistics are those of the global batch with the
+  reference's formula, var = E[x^2] - E[x]^2, which Keras computes with all-reduces across replicas. On one replica
+  this computes the same ops without the all-reduces (identity there, but wrapped in custom gradients that a
+  SavedModel cannot keep: every load would warn, and gradients of gradients would fail)."""
+
+  def _moments(self, inputs, mask):
+    context = tf.distribute.get_replica_context()
+    if not self.synchronized or mask is not None or context is None or context.num_replicas_in_sync > 1:
+      return super()._moments(inputs, mask)
+    axes = self._reduction_axes
+    total = tf.reduce_sum(inputs, axis=axes, keepdims=True)
+    squared_total = tf.reduce_sum(tf.square(inputs), axis=axes, keepdims=True)
+    count = tf.reduce_sum(tf.ones_like(inputs, name='count'), axis=axes, keepdims=True)
+    mean = tf.math.divide_no_nan(total, count)
+    variance = tf.maximum(tf.math.divide_no_nan(squared_total, count) - tf.square(mean), 0.0)
+    return tf.squeeze(mean, axes), tf.squeeze(variance, axes)
 
 
 class BatchNormRelu(Composite):
@@ -42,7 +70,7 @@ class BatchNormRelu(Composite):
   def __init__(self, relu=True, init_zero=False, center=True, momentum=0.9, synchronized=True, **kwargs):
     super().__init__(**kwargs)
     self.relu = relu
-    self.bn = keras.layers.BatchNormalization(
+    self.bn = BatchNormalization(
         momentum=momentum, epsilon=BN_EPSILON, center=center,
         gamma_initializer='zeros' if init_zero else 'ones', synchronized=synchronized, name='bn')
 
@@ -267,7 +295,7 @@ class ResNet(Composite):
     use (and keep) their moving statistics. stage -1 freezes nothing; 4 freezes the whole encoder."""
     self.frozen_through = stage
     for i, part in enumerate([self.stem] + self.block_groups()):
-      part.trainable = i > stage
+      set_trainable(part, i > stage)
 
   def call(self, x, training=False):
     frozen_through = getattr(self, 'frozen_through', -1)
@@ -283,3 +311,25 @@ class ResNet(Composite):
       outputs[f'block_group{g}'] = x
     outputs['final_avg_pool'] = tf.reduce_mean(x, axis=[1, 2])
     return outputs
+
+
+# ---- the encoder family (simclr_tf.models.registry) ------------------------------------------------------------
+
+ATTRIBUTE = 'resnet'
+
+
+def build(settings) -> ResNet:
+  """The ResNet of a ModelSettings: --resnet_depth, --width_multiplier, --sk_ratio, --se_ratio, the CIFAR stem
+  for --image_size <= 32, batch norm's --batch_norm_decay and --global_bn."""
+  return ResNet(settings.resnet_depth, settings.width_multiplier, settings.sk_ratio, settings.se_ratio,
+                settings.image_size <= 32, settings.batch_norm_decay, settings.global_bn, name=ATTRIBUTE)
+
+
+def output_keys(settings) -> tuple:
+  del settings
+  return OUTPUT_KEYS
+
+
+def describe(settings) -> str:
+  extras = ''.join(f'+{name}' for name, on in (('SK', settings.sk_ratio), ('SE', settings.se_ratio)) if on)
+  return f'ResNet-{settings.resnet_depth} {settings.width_multiplier:g}x{extras}'

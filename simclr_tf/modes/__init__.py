@@ -8,30 +8,14 @@ simclr_tf.modes.common holds what several modes share. A mode's module is import
 (it imports TensorFlow), so the names are known without it.
 """
 
-import importlib
 from types import ModuleType
-from typing import Iterator, Mapping
+from typing import Mapping
 
 from simclr_tf.errors import UserError
+from simclr_tf.lazy_modules import LazyModules
 
 
-class _Registry(Mapping):
-  """{mode name: its module}, each module imported on first access."""
-
-  def __init__(self, modules: dict):
-    self._modules = modules
-
-  def __getitem__(self, name: str) -> ModuleType:
-    return importlib.import_module(self._modules[name])
-
-  def __iter__(self) -> Iterator[str]:
-    return iter(self._modules)
-
-  def __len__(self) -> int:
-    return len(self._modules)
-
-
-MODES: Mapping[str, ModuleType] = _Registry({
+MODES: Mapping[str, ModuleType] = LazyModules({
     'pretrain': 'simclr_tf.modes.pretrain',
     'finetune': 'simclr_tf.modes.finetune',
     'distill': 'simclr_tf.modes.distill',
@@ -49,6 +33,13 @@ def get(name: str) -> ModuleType:
   return MODES[name]
 
 
+def validate(config):
+  """Config.check_fields, then the rules of its mode; returns the config."""
+  config.check_fields()
+  get(config.mode).validate(config)
+  return config
+
+
 def check_places(config) -> None:
   """Before any work: the places the mode writes can be used (simclr_tf.modes.common.check_places)."""
   from simclr_tf.modes import common
@@ -59,7 +50,7 @@ def run(config, strategy=None, places_checked: bool = False) -> dict:
   """Validates `config`, checks the places it writes (unless `places_checked`) and runs its mode on `strategy`
   (default: the one --strategy names, made here)."""
   from simclr_tf import distribute
-  config = config.validate()
+  config = validate(config)
   if not places_checked:
     check_places(config)
   if strategy is None:

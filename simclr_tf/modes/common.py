@@ -13,6 +13,8 @@ from simclr_tf.config import Config
 from simclr_tf.data import inputs
 from simclr_tf.errors import UserError
 from simclr_tf.evaluation import evaluate, write_result
+from simclr_tf.models.registry import ENCODERS
+from simclr_tf.models.simclr import HEAD_OUTPUTS
 
 log = logging.getLogger('simclr_tf')
 
@@ -39,7 +41,7 @@ def require_model_dir(config: Config) -> None:
 def validate_encoder_use(config: Config) -> None:
   """The rules of the modes that run a trained model over a split (embed, knn)."""
   require(config.checkpoint, f'--mode={config.mode} needs --checkpoint (a model_dir, checkpoint or SavedModel).')
-  outputs = export.SAVED_OUTPUTS + ('logits_sup',)
+  outputs = ENCODERS[config.encoder].output_keys(config.architecture) + HEAD_OUTPUTS + ('logits_sup',)
   require(config.embed_output in outputs, f'--embed_output={config.embed_output} is not an output of the model; '
                                           f'use one of {", ".join(outputs)}.')
   require_data(config)
@@ -100,7 +102,7 @@ def check_places(config: Config, is_training: bool) -> None:
 
 def labelled_train_source(config: Config, strategy) -> inputs.Source:
   """The training split, reduced to --label_fraction (ids written to model_dir/label_subset.json)."""
-  source = inputs.make_source(config, config.train_split)
+  source = inputs.make_source(config.data, config.train_split)
   if not source.labeled:
     raise UserError(f'--mode={config.mode} needs labels, and split {config.train_split!r} of {source.name} has '
                     f'none (use ROOT/<split>/<class>/*.jpg).')
@@ -141,7 +143,8 @@ def load_encoder(config: Config, strategy):
 
 
 class Pooled(tf.Module):
-  """The model's output `key`, averaged over height and width when it is spatial."""
+  """The model's output `key` as one vector per image: averaged over its positions (a ResNet's height and width,
+  a transformer's tokens) when it has any."""
 
   def __init__(self, model, key: str):
     super().__init__()
@@ -149,12 +152,13 @@ class Pooled(tf.Module):
 
   def __call__(self, images, training=False):
     value = self.model(images, training=training)[self.key]
-    return {self.key: tf.reduce_mean(value, axis=[1, 2]) if value.shape.rank == 4 else value}
+    rank = value.shape.rank
+    return {self.key: tf.reduce_mean(value, axis=list(range(1, rank - 1))) if rank > 2 else value}
 
 
 def knn_source(config: Config, split: str, role: str) -> inputs.Source:
   """The source of `split`, which kNN needs labelled (`role` names the flag it comes from)."""
-  source = inputs.make_source(config, split)
+  source = inputs.make_source(config.data, split)
   if not source.labeled:
     raise UserError(f'kNN needs labels in its {role} split, and {split!r} of {source.name} has none.')
   return source
@@ -169,7 +173,7 @@ def initialise_from_checkpoint(config: Config, model, without_checkpoint: str) -
   if not config.checkpoint:
     log.info('no --checkpoint: %s', without_checkpoint)
     return
-  count, layout = weights.restore(model, model.resnet.weights + model.projection_head.weights, config.checkpoint,
+  count, layout = weights.restore(model, model.encoder.weights + model.projection_head.weights, config.checkpoint,
                                   allow_partial=config.partial_checkpoint)
   log.info('initialised %d encoder and projection-head variables from %s (%s)', count, config.checkpoint, layout)
 
@@ -190,10 +194,10 @@ def evaluate_and_record(config: Config, strategy, model, step: int, teacher_mode
   result also holds the teacher's accuracy and the student's top-1 agreement with it."""
   if not config.eval_split:
     return None
-  result = evaluate(model, inputs.make_source(config, config.eval_split), config, strategy, teacher_model)
+  result = evaluate(model, inputs.make_source(config.data, config.eval_split), config, strategy, teacher_model)
   result.update(split=config.eval_split, step=step, mode=config.mode, **extra)
   log.info('eval on %s: top1 %.4f  top5 %.4f  loss %.4f  (%d examples)', config.eval_split, result['top1'],
            result['top5'], result['loss'], result['num_examples'])
   if distribute.is_chief(strategy):
-    write_result(config.model_dir, config.eval_split, result)
+    write_result(config.model_dir, config.eval_name or config.eval_split, result)
   return result

@@ -12,6 +12,7 @@ from simclr_tf import checkpoints, files, losses, metrics, weights
 from simclr_tf.config import ARCHITECTURE_FIELDS, Config
 from simclr_tf.data import inputs, views
 from simclr_tf.errors import UserError
+from simclr_tf.models.registry import ENCODERS
 from simclr_tf.models.simclr import build_model
 from simclr_tf.modes import common
 from simclr_tf.optim.build import learning_rate_schedule, make_optimizer, weight_decay_loss
@@ -57,7 +58,7 @@ def distillation_replica_step(student, teacher, config: Config):
     teacher_logits = tf.stop_gradient(teacher(batch['image'], training=False)['logits_sup'])
     logits = student(batch['image'], training=True)['logits_sup']
     distill_loss = losses.distillation_loss(teacher_logits, logits, temperature)
-    loss = distill_loss + weight_decay_loss(student, config)
+    loss = distill_loss + weight_decay_loss(student, config.optim)
     values = {'distill_loss': distill_loss,
               'teacher_agreement': tf.reduce_mean(metrics.agreement(logits, teacher_logits))}
     if alpha > 0:
@@ -71,7 +72,7 @@ def distillation_replica_step(student, teacher, config: Config):
 
 @common.training_mode
 def run(config: Config, strategy: tf.distribute.Strategy) -> Dict[str, float]:
-  source = inputs.make_source(config, config.train_split)
+  source = inputs.make_source(config.data, config.train_split)
   alpha = config.distill_label_weight
   if alpha > 0 and not source.labeled:
     raise UserError(f'--distill_label_weight={alpha} needs labels, and split {config.train_split!r} of '
@@ -79,12 +80,13 @@ def run(config: Config, strategy: tf.distribute.Strategy) -> Dict[str, float]:
   teacher, teacher_prefix = load_teacher(config, strategy)
   num_classes = int(teacher.supervised_head.dense.kernel.shape[-1])
   with strategy.scope():
-    student = build_model(config, num_classes=num_classes, pretraining=False)
-    optimizer = make_optimizer(config, learning_rate_schedule(config, source.num_examples))
+    student = build_model(config.architecture, num_classes=num_classes, pretraining=False)
+    optimizer = make_optimizer(config.optim, learning_rate_schedule(config.optim, source.num_examples))
   common.initialise_from_checkpoint(config, student, 'the student starts from random weights')
-  log.info('distilling %s (teacher) into ResNet-%d %gx at T=%g%s', teacher_prefix, config.resnet_depth,
-           config.width_multiplier, config.distill_temperature, f', label weight {alpha}' if alpha else '')
-  task = Task(student, optimizer, source, views.finetune_views(config),
+  log.info('distilling %s (teacher) into %s at T=%g%s', teacher_prefix,
+           ENCODERS[config.encoder].describe(config.architecture), config.distill_temperature,
+           f', label weight {alpha}' if alpha else '')
+  task = Task(student, optimizer, source, views.finetune_views(config.augmentation),
               distillation_replica_step(student, teacher, config))
   step = fit(config, strategy, task)
   common.export_at_end(config, strategy, student)

@@ -59,7 +59,7 @@ def pca_scatter(vectors: np.ndarray, labels: np.ndarray, class_names, title: str
 
 def run(config: Config, strategy: tf.distribute.Strategy) -> Dict[str, object]:
   model, found, model_dir = common.load_encoder(config, strategy)
-  source = inputs.make_source(config, config.embed_split)
+  source = inputs.make_source(config.data, config.embed_split)
   result = embed(common.Pooled(model, config.embed_output), source, config, config.embed_output,
                  progress=f'embedding {source.name} ({config.embed_split})')
   if not len(result['ids']):

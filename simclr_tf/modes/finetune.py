@@ -27,7 +27,7 @@ def supervised_replica_step(model, config: Config):
   def replica_step(batch):
     logits = model(batch['image'], training=True)['logits_sup']
     sup_loss = losses.supervised_loss(batch['label'], logits)
-    loss = sup_loss + weight_decay_loss(model, config)
+    loss = sup_loss + weight_decay_loss(model, config.optim)
     return loss, {'loss': loss, 'sup_loss': sup_loss, 'sup_acc': metrics.accuracy(batch['label'], logits)}
 
   return replica_step
@@ -38,13 +38,14 @@ def run(config: Config, strategy: tf.distribute.Strategy) -> Dict[str, float]:
   source = common.labelled_train_source(config, strategy)
   num_classes = config.num_classes or source.num_classes
   with strategy.scope():
-    model = build_model(config, num_classes=num_classes, pretraining=False)
-    optimizer = make_optimizer(config, learning_rate_schedule(config, source.num_examples))
+    model = build_model(config.architecture, num_classes=num_classes, pretraining=False)
+    optimizer = make_optimizer(config.optim, learning_rate_schedule(config.optim, source.num_examples))
   common.initialise_from_checkpoint(config, model, 'fine-tuning starts from random weights (the supervised baseline)')
   if config.fine_tune_after_block >= 0:
     log.info('frozen: stem%s (weights and batch-norm statistics)',
              f' and block groups 1..{config.fine_tune_after_block}' if config.fine_tune_after_block else '')
-  task = Task(model, optimizer, source, views.finetune_views(config), supervised_replica_step(model, config))
+  task = Task(model, optimizer, source, views.finetune_views(config.augmentation),
+              supervised_replica_step(model, config))
   step = fit(config, strategy, task)
   common.export_at_end(config, strategy, model)
   result = common.evaluate_and_record(config, strategy, model, step, initialised_from=config.checkpoint or 'random')

@@ -32,5 +32,5 @@ def run(config: Config, strategy: tf.distribute.Strategy) -> Dict[str, object]:
            config.knn_k, config.knn_temperature, config.embed_output, config.eval_split, result['top1'],
            result['top5'], result['num_examples'], result['memory_examples'], result['linear_probe_top1'])
   if distribute.is_chief(strategy):
-    result['path'] = write_result(model_dir, config.eval_split, result, kind='knn')
+    result['path'] = write_result(model_dir, config.eval_name or config.eval_split, result, kind='knn')
   return result

@@ -3,11 +3,12 @@ negatives from a momentum network), with linear evaluation of a stop-gradient su
 when the data has labels."""
 
 import logging
+import os
 from typing import Dict, Optional
 
 import tensorflow as tf
 
-from simclr_tf import losses, memory, metrics
+from simclr_tf import checkpoints, distribute, losses, memory, metrics
 from simclr_tf.config import Config
 from simclr_tf.data import inputs, views
 from simclr_tf.evaluation import knn_evaluate
@@ -44,7 +45,7 @@ def knn_monitor(config: Config, model, source: inputs.Source) -> Optional[Measur
     result = knn_evaluate(model, config, memory, queries, 'final_avg_pool', progress=False)
     return {'knn_top1': result['top1'], 'knn_top5': result['top5'], 'probe_top1': result['linear_probe_top1']}
 
-  return Measurement(config.knn_every_epochs * steps_per_epoch(config, source.num_examples), measure)
+  return Measurement(config.knn_every_epochs * steps_per_epoch(config.optim, source.num_examples), measure)
 
 
 def contrastive_replica_step(model, config: Config, num_classes: int,
@@ -62,7 +63,7 @@ def contrastive_replica_step(model, config: Config, num_classes: int,
     queued, valid = negatives.negatives() if negatives else (None, None)
     con_loss, logits, labels = losses.nt_xent(z1, z2, config.temperature, config.hidden_norm, queued, valid, keys)
     accuracy, entropy = losses.contrastive_metrics(logits, labels)
-    loss = con_loss + weight_decay_loss(model, config)
+    loss = con_loss + weight_decay_loss(model, config.optim)
     values = {'contrast_loss': con_loss, 'contrast_acc': accuracy, 'contrast_entropy': entropy}
     if negatives:
       values['memory_fill'] = negatives.fill()
@@ -87,22 +88,36 @@ def make_task(config: Config, strategy: tf.distribute.Strategy, source: Optional
   """The pretraining task: model and optimizer made in the strategy's scope, the two-view augmentation and the
   contrastive step. Without a source (benchmarks feed their own batches), num_examples sets the schedule."""
   with strategy.scope():
-    model = build_model(config, num_classes=num_classes, pretraining=True)
-    optimizer = make_optimizer(config, learning_rate_schedule(config, source.num_examples if source else
+    model = build_model(config.architecture, num_classes=num_classes, pretraining=True)
+    optimizer = make_optimizer(config.optim, learning_rate_schedule(config.optim, source.num_examples if source else
                                                               num_examples))
     negatives = None
     if config.memory_size:
-      negatives = memory.NegativesMemory(config, model, build_model(config, pretraining=True))
+      negatives = memory.NegativesMemory(config, model, build_model(config.architecture, pretraining=True))
       negatives.start_from_online()  # a resumed run then restores it
-  return Task(model, optimizer, source, views.pretrain_views(config),
+  return Task(model, optimizer, source, views.pretrain_views(config.augmentation),
               contrastive_replica_step(model, config, num_classes, negatives),
               after_update=negatives.after_update if negatives else None,
               extra_checkpoint=negatives.checkpoint_objects() if negatives else {})
 
 
+def write_view_pairs(config: Config, source: inputs.Source, views_of: views.Views, count: int = 4) -> None:
+  """TensorBoard image 'augmented_pairs' in model_dir/pretrain/ at step 0: the two views of the first `count`
+  images of the training stream, side by side (from a pipeline of their own: the run's is untouched)."""
+  dataset = inputs.train_dataset(source, config.data, views_of, min(count, config.train_batch_size)).take(1)
+  for batch in dataset:
+    images = views_of.in_step(batch)['image']
+    pairs = tf.concat(tf.split(images, 2, axis=-1), axis=2)  # [B, H, 2W, 3]
+    writer = tf.summary.create_file_writer(os.path.join(config.model_dir, config.mode))
+    with writer.as_default(step=0):
+      tf.summary.image('augmented_pairs', pairs, max_outputs=count,
+                       description='The two augmented views of the first training images (view 1 | view 2).')
+    writer.close()
+
+
 @common.training_mode
 def run(config: Config, strategy: tf.distribute.Strategy) -> Dict[str, float]:
-  source = inputs.make_source(config, config.train_split)
+  source = inputs.make_source(config.data, config.train_split)
   num_classes = 0
   if config.lineareval_while_pretraining:
     if source.labeled:
@@ -110,6 +125,8 @@ def run(config: Config, strategy: tf.distribute.Strategy) -> Dict[str, float]:
     else:
       log.info('%s has no labels: linear evaluation while pretraining is off', source.name)
   task = make_task(config, strategy, source, num_classes)
+  if distribute.is_chief(strategy) and not checkpoints.latest_checkpoint(config.model_dir):
+    write_view_pairs(config, source, task.views)
   monitor = knn_monitor(config, task.model, source)
   step = fit(config, strategy, task, [monitor] if monitor else [])
   common.export_at_end(config, strategy, task.extra_checkpoint['momentum_network'] if config.export_momentum_network

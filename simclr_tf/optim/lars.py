@@ -6,9 +6,13 @@ import keras
 from keras import ops
 
 
-def is_bn_or_bias(variable) -> bool:
-  """Batch-norm gamma/beta and biases: no weight decay, no trust ratio (plain momentum SGD)."""
-  return variable.name in ('gamma', 'beta', 'bias')
+NORMS_AND_BIASES = ('gamma', 'beta', 'bias')  # batch and layer norms' parameters, biases
+EMBEDDINGS = ()  # embeddings an encoder family adds (none in a ResNet)
+
+
+def excluded_from_decay(variable) -> bool:
+  """Norm parameters, biases and EMBEDDINGS: no weight decay, no trust ratio (plain momentum SGD)."""
+  return variable.name in NORMS_AND_BIASES + EMBEDDINGS
 
 
 class LARS(keras.optimizers.Optimizer):
@@ -19,7 +23,7 @@ class LARS(keras.optimizers.Optimizer):
   """
 
   def __init__(self, learning_rate=0.001, momentum=0.9, weight_decay_rate=0.0, eta=0.001,
-               exclude: Callable = is_bn_or_bias, name='LARS', **kwargs):
+               exclude: Callable = excluded_from_decay, name='LARS', **kwargs):
     super().__init__(learning_rate=learning_rate, name=name, **kwargs)
     self.momentum = momentum
     self.weight_decay_rate = weight_decay_rate

@@ -219,8 +219,8 @@ class TrainingRun:
     self.measurements = [m for m in measurements if m.every_steps > 0]
     self.per_replica_batch = distribute.check_batch_divides(config.train_batch_size, strategy, 'train_batch_size')
     self.jit = jit_compile_step(config, strategy)
-    self.steps = total_steps(config, task.source.num_examples)
-    self.epoch_steps = steps_per_epoch(config, task.source.num_examples)
+    self.steps = total_steps(config.optim, task.source.num_examples)
+    self.epoch_steps = steps_per_epoch(config.optim, task.source.num_examples)
     if config.train_batch_size > task.source.num_examples:
       log.warning('--train_batch_size=%d is larger than the %d examples of %s (%s): every batch repeats examples, '
                   'and an epoch is one step.', config.train_batch_size, task.source.num_examples, task.source.name,
@@ -256,7 +256,7 @@ class TrainingRun:
       log.info('already trained to step %d of %d', start, steps)
       return start
     dataset = strategy.distribute_datasets_from_function(
-        lambda ctx: inputs.train_dataset(task.source, config, task.views, self.per_replica_batch, ctx,
+        lambda ctx: inputs.train_dataset(task.source, config.data, task.views, self.per_replica_batch, ctx,
                                          start_step=start))
     iterator = iter(dataset)
     train_loop, state = make_train_loop(strategy, task, self.jit)

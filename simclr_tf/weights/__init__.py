@@ -63,6 +63,6 @@ def load_model(config, path: str, strategy: tf.distribute.Strategy = None, flag:
   weights = WeightFile(path, flag, network)
   num_classes, proj_layers = describe_head(weights)
   with (strategy or tf.distribute.get_strategy()).scope():
-    model = build_model(config, pretraining=False, num_classes=num_classes, proj_keep_layers=proj_layers)
+    model = build_model(config.architecture, pretraining=False, num_classes=num_classes, proj_keep_layers=proj_layers)
   restore(model, model.weights, weights, flag, allow_partial=config.partial_checkpoint)
   return model, weights

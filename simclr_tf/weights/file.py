@@ -28,6 +28,21 @@ def is_saved_model(path: str) -> bool:
   return tf.io.gfile.isdir(path) and tf.io.gfile.exists(os.path.join(path, 'saved_model.pb'))
 
 
+def saved_model_in(path: str) -> Optional[str]:
+  """The SavedModel a run's folder holds when it holds no checkpoint: PATH/saved_model (ours), or the highest
+  PATH/saved_model/<step>/ or PATH/<step>/ (the reference code's export layout); None if none."""
+  for base in (os.path.join(path, 'saved_model'), path):
+    if not tf.io.gfile.isdir(base):
+      continue
+    if base != path and is_saved_model(base):
+      return base
+    steps = [int(n.rstrip('/')) for n in tf.io.gfile.listdir(base) if n.rstrip('/').isdigit()]
+    steps = [step for step in steps if is_saved_model(os.path.join(base, str(step)))]
+    if steps:
+      return os.path.join(base, str(max(steps)))
+  return None
+
+
 def object_paths(reader, root: Optional[str] = None) -> Dict[str, str]:
   """{attribute path below `root` (None: below the graph's root): checkpoint key} of every variable in the object
   graph of a checkpoint (`reader`: checkpoints.read_checkpoint).
@@ -61,6 +76,8 @@ class WeightFile:
   def __init__(self, path: str, flag: str = 'checkpoint', network: str = 'model'):
     """network: which network of the file is 'the model' (model_paths): 'model', or 'momentum_network', the memory
     of negatives' momentum copy in a checkpoint of pretraining with --memory_size."""
+    if not is_saved_model(path) and checkpoints.latest_checkpoint(path) is None and saved_model_in(path):
+      path = saved_model_in(path)
     self.path = path
     self.flag = flag
     self.network = network
@@ -83,12 +100,14 @@ class WeightFile:
                       f'with --memory_size only).')
 
   def _detect(self) -> str:
-    if any(p.startswith('model/resnet/') for p in self.keys):
+    from simclr_tf.models.registry import ENCODERS
+    ours = tuple(f'model/{ENCODERS[name].ATTRIBUTE}/' for name in ENCODERS)  # an encoder of any family
+    if any(p.startswith(ours) for p in self.keys):
       return OURS_SAVEDMODEL if self.saved_model else OURS
     if any(p.startswith('model/resnet_model/') for p in self.keys):
       return REFERENCE_SAVEDMODEL if self.saved_model else REFERENCE_CHECKPOINT
     raise UserError(f'{self.path} holds neither a simclr-tf model nor a SimCLRv2 reference model (no '
-                    f'model/resnet or model/resnet_model variables).')
+                    f'{", ".join(p.rstrip("/") for p in ours)} or model/resnet_model variables).')
 
   @property
   def ours(self) -> bool:

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 import run as run_py
@@ -32,6 +33,28 @@ def test_pretrain_cli_on_mock_cifar10(tmp_path):
   result = json.loads((model_dir / 'eval_test.json').read_text())
   assert result['num_examples'] == 24 and 0 <= result['top1'] <= 1
   assert any(f.startswith('events.out.tfevents') for f in os.listdir(model_dir / 'pretrain'))
+  # TensorBoard: the augmented pairs at the start (4 images of two views side by side), and the evaluation at its
+  # step.
+  events = tensorboard_events(model_dir / 'pretrain')
+  (step, pairs), = events['augmented_pairs']
+  assert step == 0 and pairs.shape == (4, 32, 64, 3) and pairs.std() > 0
+  evaluation = tensorboard_events(model_dir / 'eval_test')
+  assert evaluation['top1'] == [(4, result['top1'])] and evaluation['num_examples'] == [(4, 24)]
+
+
+def tensorboard_events(folder):
+  """{tag: [(step, value)]} of the event files in `folder`; an image's value is the decoded batch [N, H, W, 3]."""
+  found = {}
+  for name in sorted(os.listdir(folder)):
+    for event in tf.compat.v1.train.summary_iterator(str(folder / name)):
+      for value in event.summary.value:
+        tensor = tf.make_ndarray(value.tensor)
+        if value.metadata.plugin_data.plugin_name == 'images':
+          tensor = np.stack([tf.io.decode_png(png).numpy() for png in tensor[2:]])
+        else:
+          tensor = pytest.approx(float(tensor))
+        found.setdefault(value.tag, []).append((event.step, tensor))
+  return found
 
 
 def test_pretrain_on_image_folder_and_eval(tmp_path, shapes_dir):
