@@ -156,11 +156,22 @@ class Config:
 
   # Architecture.
   encoder: str = _field('resnet', 'The encoder\'s family (simclr_tf.models.ENCODERS): resnet (--resnet_depth, '
-                        '--width_multiplier, --sk_ratio, --se_ratio).', tuple(ENCODERS))
+                        '--width_multiplier, --sk_ratio, --se_ratio) or vit (a Vision Transformer: --vit_depth, '
+                        '--vit_width, --vit_heads, --vit_patch_size, ...).', tuple(ENCODERS))
   resnet_depth: int = _field(50, 'ResNet depth: 18, 34, 50, 101, 152 or 200.')
   width_multiplier: float = _field(1.0, 'Width multiplier of the ResNet (1, 2, 3 as published; fractions allowed).')
   sk_ratio: float = _field(0.0, 'Selective-kernel ratio (0.0625 in SimCLRv2; 0 = no SK). Implies ResNet-D.')
   se_ratio: float = _field(0.0, 'Squeeze-and-excitation ratio (0 = no SE).')
+  vit_depth: int = _field(6, 'ViT: transformer blocks.')
+  vit_width: int = _field(192, 'ViT: token width (the representation\'s size).')
+  vit_heads: int = _field(3, 'ViT: attention heads (a divisor of --vit_width).')
+  vit_patch_size: int = _field(4, 'ViT: patch side in pixels (a divisor of --image_size; 4 for 32 px, 16 for '
+                               '224 px).')
+  vit_mlp_ratio: float = _field(4.0, 'ViT: width of each block\'s MLP, as a multiple of --vit_width.')
+  vit_pooling: str = _field('cls', 'ViT: the representation (final_avg_pool) is the class token (cls) or the mean '
+                            'of the patch tokens (mean).', ('cls', 'mean'))
+  vit_frozen_patch_embedding: bool = _field(False, 'ViT: keep the patch projection at its random initialisation '
+                                            '(MoCo v3\'s trick against instability).')
   global_bn: bool = _field(True, 'Synchronise batch-norm statistics across replicas.')
   batch_norm_decay: float = _field(0.9, 'Batch-norm moving-average momentum.')
 
@@ -288,17 +299,28 @@ class Config:
   def _encoder_checks(self):
     """(ok, message) of the encoder family's fields, and of --fine_tune_after_block, whose range is the family's
     number of stages."""
-    stages, what = 4, 'the stem (0) and block groups 1..4'
-    checks = [
-        (self.resnet_depth in RESNET_DEPTHS, f'--resnet_depth={self.resnet_depth} is not supported; use one of '
-                                             f'{", ".join(map(str, RESNET_DEPTHS))}.'),
-        (self.width_multiplier > 0 and int(64 * self.width_multiplier) >= 1,
-         f'--width_multiplier={self.width_multiplier} gives layers without channels; use at least 1/64.'),
-        (self.sk_ratio >= 0, f'--sk_ratio must not be negative, got {self.sk_ratio}.'),
-        (self.se_ratio >= 0, f'--se_ratio must not be negative, got {self.se_ratio}.'),
-        (self.image_size >= 8, f'--image_size={self.image_size} is too small; the ResNet needs at least 8 '
-                               f'pixels.'),
-    ]
+    if self.encoder == 'vit':
+      stages, what = self.vit_depth, 'the patch embedding (0) and blocks 1..--vit_depth'
+      checks = [
+          (self.vit_depth >= 1, f'--vit_depth must be at least 1, got {self.vit_depth}.'),
+          (self.vit_width >= 1 and self.vit_heads >= 1 and self.vit_width % self.vit_heads == 0,
+           f'--vit_width={self.vit_width} must be a positive multiple of --vit_heads={self.vit_heads}.'),
+          (self.vit_patch_size >= 1 and self.image_size % self.vit_patch_size == 0,
+           f'--vit_patch_size={self.vit_patch_size} must divide --image_size={self.image_size}.'),
+          (self.vit_mlp_ratio > 0, f'--vit_mlp_ratio must be positive, got {self.vit_mlp_ratio}.'),
+      ]
+    else:
+      stages, what = 4, 'the stem (0) and block groups 1..4'
+      checks = [
+          (self.resnet_depth in RESNET_DEPTHS, f'--resnet_depth={self.resnet_depth} is not supported; use one of '
+                                               f'{", ".join(map(str, RESNET_DEPTHS))}.'),
+          (self.width_multiplier > 0 and int(64 * self.width_multiplier) >= 1,
+           f'--width_multiplier={self.width_multiplier} gives layers without channels; use at least 1/64.'),
+          (self.sk_ratio >= 0, f'--sk_ratio must not be negative, got {self.sk_ratio}.'),
+          (self.se_ratio >= 0, f'--se_ratio must not be negative, got {self.se_ratio}.'),
+          (self.image_size >= 8, f'--image_size={self.image_size} is too small; the ResNet needs at least 8 '
+                                 f'pixels.'),
+      ]
     return checks + [(-1 <= self.fine_tune_after_block <= stages,
                       f'--fine_tune_after_block must be between -1 and {stages} ({what}), got '
                       f'{self.fine_tune_after_block}.')]

@@ -65,7 +65,7 @@ def _variable_tree(model) -> _Node:
 
 def _decayed(model) -> list:
   """The variables weight decay applies to (as LARS applies it): every trainable one but norm parameters, biases
-  and embeddings."""
+  and a ViT's embeddings."""
   return [_tf_variable(v) for v in model.trainable_weights if not excluded_from_decay(v)]
 
 

@@ -20,9 +20,12 @@ from simclr_tf.lazy_modules import LazyModules
 
 ENCODER_MODULES = {
     'resnet': 'simclr_tf.models.resnet',
+    'vit': 'simclr_tf.models.vit',
 }
 ENCODER_FIELDS = {
     'resnet': ('resnet_depth', 'width_multiplier', 'sk_ratio', 'se_ratio'),
+    'vit': ('vit_depth', 'vit_width', 'vit_heads', 'vit_patch_size', 'vit_mlp_ratio', 'vit_pooling',
+            'vit_frozen_patch_embedding'),
 }
 
 

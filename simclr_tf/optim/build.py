@@ -50,7 +50,7 @@ def make_optimizer(settings, schedule) -> keras.optimizers.Optimizer:
 
 def weight_decay_loss(model, settings) -> tf.Tensor:
   """The part of weight decay that goes through the loss: the supervised kernel under LARS, else every variable
-  but norm parameters and embeddings (lars.EMBEDDINGS; biases are decayed, as in the paper's code)."""
+  but norm parameters and a ViT's position embedding and class token (biases too, as in the paper's code)."""
   settings = section_of(settings, OptimizerSettings)
   if not settings.weight_decay:
     return tf.constant(0.0)

@@ -7,11 +7,12 @@ from keras import ops
 
 
 NORMS_AND_BIASES = ('gamma', 'beta', 'bias')  # batch and layer norms' parameters, biases
-EMBEDDINGS = ()  # embeddings an encoder family adds (none in a ResNet)
+EMBEDDINGS = ('position_embedding', 'class_token')  # a Vision Transformer's (simclr_tf.models.vit)
 
 
 def excluded_from_decay(variable) -> bool:
-  """Norm parameters, biases and EMBEDDINGS: no weight decay, no trust ratio (plain momentum SGD)."""
+  """Norm parameters, biases and a ViT's position embedding and class token: no weight decay, no trust ratio
+  (plain momentum SGD)."""
   return variable.name in NORMS_AND_BIASES + EMBEDDINGS
 
 
