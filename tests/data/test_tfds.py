@@ -48,9 +48,9 @@ class SimclrTfTestImages(tfds.core.GeneratorBasedBuilder):
 
   def _split_generators(self, dl_manager):
     del dl_manager
-    return {'train': self._generate(24, 0), 'test': self._generate(9, 1)}
+    return {'train': self._generate_examples(24, 0), 'test': self._generate_examples(9, 1)}
 
-  def _generate(self, count, seed):
+  def _generate_examples(self, count, seed):
     rng = np.random.RandomState(seed)
     for i in range(count):
       yield i, {'image': (rng.rand(32, 32, 3) * 255).astype(np.uint8), 'label': i % 3}
