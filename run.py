@@ -34,24 +34,44 @@ def declare_flags(flag_values=FLAGS):
     _declare(flag_values, name, str if choices else kind, None, help_text, choices)
 
 
+# The module our flags are listed under in --help, whichever way run.py runs (`python run.py`: as __main__, named
+# after sys.argv[0]; the `simclr-tf` command: imported as `run`).
+HELP_MODULE = 'simclr-tf'
+HELP_FLAGS = ('--help', '-help', '-h', '-?', '--helpshort', '-helpshort', '--helpfull', '-helpfull')
+
+
 def _declare(flag_values, name, kind, default, help_text, choices):
+  where = dict(flag_values=flag_values, module_name=HELP_MODULE)
   if choices and kind is str:
-    flags.DEFINE_enum(name, default, list(choices), help_text, flag_values=flag_values)
+    flags.DEFINE_enum(name, default, list(choices), help_text, **where)
   elif kind is bool:
-    flags.DEFINE_bool(name, default, help_text, flag_values=flag_values)
+    flags.DEFINE_bool(name, default, help_text, **where)
   elif kind is int:
-    flags.DEFINE_integer(name, default, help_text, flag_values=flag_values)
+    flags.DEFINE_integer(name, default, help_text, **where)
   elif kind is float:
-    flags.DEFINE_float(name, default, help_text, flag_values=flag_values)
+    flags.DEFINE_float(name, default, help_text, **where)
   else:
-    flags.DEFINE_string(name, default, help_text, flag_values=flag_values)
+    flags.DEFINE_string(name, default, help_text, **where)
+
+
+def print_help(full: bool = False) -> None:
+  """What --help prints (the same for `python run.py` and `simclr-tf`): this module's description and every flag of
+  ours; --helpfull adds absl's own flags."""
+  print(__doc__.strip())
+  print()
+  print(FLAGS.get_help() if full else FLAGS.module_help(HELP_MODULE))
+
+
+def _read(flag_values):
+  """(every flag's value, ours and the reference's; the names of the flags the command line or a flagfile set)."""
+  names = [name for name, *_ in config_lib.flag_fields()] + list(reference_cli.REFERENCE_ONLY)
+  return ({name: flag_values[name].value for name in names},
+          frozenset(name for name in names if flag_values[name].present))
 
 
 def config_from_flags(flag_values=FLAGS) -> config_lib.Config:
   """The Config of the parsed flags, the reference's flags translated (one log line says how)."""
-  names = [name for name, *_ in config_lib.flag_fields()] + list(reference_cli.REFERENCE_ONLY)
-  values = {name: flag_values[name].value for name in names}
-  given = {name for name in names if flag_values[name].present}
+  values, given = _read(flag_values)
   changes, notes = reference_cli.translate(values, given)
   if notes:
     import logging
@@ -59,8 +79,19 @@ def config_from_flags(flag_values=FLAGS) -> config_lib.Config:
   return config_lib.Config(**{name: changes.get(name, values[name]) for name, *_ in config_lib.flag_fields()})
 
 
+def given_flags(flag_values=FLAGS) -> frozenset:
+  """The Config fields the user set: by their flags, or through the reference's flags."""
+  values, given = _read(flag_values)
+  return given | frozenset(reference_cli.translate(values, given)[0])
+
+
 def parse_flags(argv):
-  """absl parsing, but a bad flag ends in one line and exit code 2 instead of absl's usage dump."""
+  """absl parsing, but a bad flag ends in one line and exit code 2 instead of absl's usage dump, and --help prints
+  the flags with exit code 0 (absl's exits 1)."""
+  asked = [a.split('=')[0] for a in argv[1:] if a.split('=')[0] in HELP_FLAGS]
+  if asked:
+    print_help(full=any('full' in a for a in asked))
+    sys.exit(0)
   try:
     return FLAGS(argv)
   except flags.Error as e:
@@ -131,7 +162,8 @@ def main(argv):
   try:
     config = config_from_flags().check_fields()  # the mistakes that need no TensorFlow, before it loads
     import_tensorflow_quietly()
-    config = modes.validate(config)
+    from simclr_tf.weights import architecture
+    config = modes.validate(architecture.adopt(config, given_flags()))  # a --checkpoint's own architecture
     modes.check_places(config)  # before the log file goes into model_dir
     redirect_native_stderr(config.model_dir)
     run(config, places_checked=True)

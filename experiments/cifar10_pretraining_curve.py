@@ -41,11 +41,6 @@ PRESETS = {
 PRETRAIN = 'pretrain'
 
 
-def steps_per_epoch(num_examples, batch):
-  """As simclr_tf.optim.build: checkpoints every epoch fall on multiples of it."""
-  return max(1, num_examples // batch)
-
-
 def count_images(data_dir, split='train'):
   root = os.path.join(data_dir, split)
   return sum(len(os.listdir(os.path.join(root, c))) for c in os.listdir(root))
@@ -221,9 +216,12 @@ def main():
   common = ['--dataset=image_folder', '--image_size=32', '--resnet_depth=18', f'--width_multiplier={p["width"]}',
             '--seed=0', '--export_at_end=false', '--log_every_steps=50', '--proj_out_dim=128', '--num_proj_layers=3',
             f'--precision={p["precision"]}']
-  epoch_steps = steps_per_epoch(count_images(data), p['pretrain_batch'])
-  total = p['pretrain_epochs'] * count_images(data) // p['pretrain_batch']
-  kept_steps = {e: (total if e == p['pretrain_epochs'] else e * epoch_steps) for e in p['kept_epochs']}
+  # Epoch E ends at step E * N // batch (simclr_tf.optim.build.epoch_period), where --checkpoint_epochs=1 saves.
+  # The checkpoints kept at 12, 25 and 50 epochs were written before that (epoch = N // batch = 390 steps): ledger
+  # pretrain/epoch_12 is ckpt-4680, not 4687; a kept folder is never written again.
+  end_of = lambda epochs: epochs * count_images(data) // p['pretrain_batch']
+  total = end_of(p['pretrain_epochs'])
+  kept_steps = {e: end_of(e) for e in p['kept_epochs']}
   pretraining = LongPretraining(chain, common + [
       f'--data_dir={data}', '--mode=pretrain', f'--train_batch_size={p["pretrain_batch"]}',
       f'--train_epochs={p["pretrain_epochs"]}', '--optimizer=lars', '--learning_rate=1.0',

@@ -69,9 +69,22 @@ def evaluate(model, source: inputs.Source, config: Config, strategy: tf.distribu
 
 def write_result(model_dir: str, name: str, result: dict, kind: str = 'eval') -> str:
   """Writes model_dir/<kind>_<name>.json (the name's characters that are unsafe in a file name become _), and its
-  numbers as TensorBoard scalars at the result's step in model_dir/<kind>_<name>/."""
+  numbers as TensorBoard scalars at the result's step in model_dir/<kind>_<name>/.
+
+  A rerun of a finished command writes the result of the same step again: what the file already holds for that
+  step and `result` lacks (the kNN accuracy measured while training, which a rerun does not measure again) is kept,
+  and added to `result`; the rest is replaced. A result of another step replaces the file whole."""
   safe = ''.join(c if c.isalnum() or c in '-_.' else '_' for c in name)
-  path = files.write_json(os.path.join(model_dir, f'{kind}_{safe}.json'), result)
+  path = os.path.join(model_dir, f'{kind}_{safe}.json')
+  try:
+    recorded = files.read_json(path) if tf.io.gfile.exists(path) else {}
+  except (ValueError, tf.errors.OpError):  # unreadable: replaced
+    recorded = {}
+  if isinstance(recorded, dict) and 'step' in result and recorded.get('step') == result['step'] and \
+      recorded.get('mode') == result.get('mode'):
+    for key, value in recorded.items():
+      result.setdefault(key, value)
+  files.write_json(path, result)
   writer = tf.summary.create_file_writer(os.path.join(model_dir, f'{kind}_{safe}'))
   with writer.as_default(step=int(result.get('step', 0))):
     for key, value in sorted(result.items()):

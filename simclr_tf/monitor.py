@@ -8,7 +8,7 @@ import logging
 import math
 import os
 import time
-from typing import Dict, Optional
+from typing import Dict, List, Optional, Tuple
 
 import tensorflow as tf
 
@@ -69,8 +69,37 @@ def read_metrics(model_dir: str):
   return [json.loads(line) for line in files.read_text(path).splitlines() if line.strip()]
 
 
+def unit_of(metric: str) -> str:
+  """The y-axis label of a logged metric: what it counts, in which unit."""
+  if metric == 'images_per_second':
+    return 'images / s'
+  if metric == 'skipped_images':
+    return 'unreadable images so far'
+  if metric == 'learning_rate':
+    return 'learning rate'
+  if any(word in metric for word in ('acc', 'top1', 'top5', 'agreement')):
+    return 'accuracy (fraction)'
+  if 'loss' in metric and 'scale' in metric:
+    return 'loss scale'
+  if 'loss' in metric or 'entropy' in metric:
+    return 'nats'
+  return metric
+
+
+def curve_panels(records) -> Tuple[List[str], Dict[str, float]]:
+  """(the metrics that get a panel, {metric: value} of those that never moved and get none) of metric records."""
+  names = sorted({k for r in records for k in r if k not in ('step', 'mode') and isinstance(r[k], (int, float))
+                  and not isinstance(r[k], bool)})
+  values = {name: [r[name] for r in records if name in r] for name in names}
+  constant = {name: values[name][0] for name in names if len(values[name]) > 1 and len(set(values[name])) == 1}
+  moving = [name for name in names if name not in constant]
+  return (moving, constant) if moving else (names, {})
+
+
 def plot_curves(model_dir: str, out_path: Optional[str] = None) -> Optional[str]:
-  """Draws every logged metric against the step into model_dir/curves.png (one panel per metric)."""
+  """Draws every logged metric against the step into model_dir/curves.png (one panel per metric, its unit on the
+  y axis). A metric that never moved (e.g. kNN top-5 with 5 classes, always 1) gets no panel: it is named with its
+  value below the panels."""
   records = read_metrics(model_dir)
   if not records:
     return None
@@ -82,21 +111,25 @@ def plot_curves(model_dir: str, out_path: Optional[str] = None) -> Optional[str]
   for r in records:
     by_step[(r.get('mode', 'train'), r['step'])] = r
   records = [by_step[k] for k in sorted(by_step)]
-  names = sorted({k for r in records for k in r if k not in ('step', 'mode') and isinstance(r[k], (int, float))})
+  names, constant = curve_panels(records)
   cols = min(3, len(names))
   rows = math.ceil(len(names) / cols)
-  fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.2 * rows), squeeze=False)
+  fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.2 * rows + (0.3 if constant else 0)), squeeze=False)
   for ax, name in zip(axes.flat, names):
     for mode in sorted({r.get('mode', 'train') for r in records}):
       pts = [(r['step'], r[name]) for r in records if r.get('mode', 'train') == mode and name in r]
       if pts:
-        ax.plot(*zip(*pts), label=mode)
+        ax.plot(*zip(*pts), label=mode, marker='o' if len(pts) < 12 else None)
     ax.set_title(name)
-    ax.set_xlabel('step')
+    ax.set_xlabel('training step')
+    ax.set_ylabel(unit_of(name))
     ax.grid(alpha=0.3)
+  if constant:
+    fig.text(0.01, 0.005, 'constant throughout: ' + ', '.join(f'{n} = {v:g}' for n, v in constant.items()),
+             fontsize=9)
   for ax in list(axes.flat)[len(names):]:
     ax.axis('off')
-  fig.tight_layout()
+  fig.tight_layout(rect=(0, 0.04 if constant else 0, 1, 1))
   out_path = out_path or os.path.join(model_dir, 'curves.png')
   png = io.BytesIO()
   fig.savefig(png, format='png', dpi=80)

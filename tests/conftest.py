@@ -19,6 +19,20 @@ tf.config.set_logical_device_configuration(_cpu, [tf.config.LogicalDeviceConfigu
 
 from simclr_tf.config import Config  # noqa: E402
 
+# What sits beside the project in its development workspace: real data (data/cifar10) and files written by the
+# paper's own code (reference/golden, reference_flags.md). A user's clone has none of it; SIMCLR_TF_SHARED=/none
+# runs the suite as that clone does (CI runs the tests that read it both ways).
+SHARED = os.environ.get('SIMCLR_TF_SHARED', os.path.join(os.path.dirname(ROOT), 'shared'))
+
+
+def needs_shared(relative: str, what: str):
+  """Skips a test (or, as `pytestmark`, a file) unless SHARED/relative exists, with a reason naming what did not
+  run, so that `pytest -rs` tells a user of a clone which proofs ran only in the project's own workspace."""
+  path = os.path.join(SHARED, relative)
+  return pytest.mark.skipif(not os.path.exists(path),
+                            reason=f'{what} did not run: it needs ../shared/{relative}, which only the project\'s '
+                                   f'development workspace has (not a clone)')
+
 
 # A ResNet-18 at 1/8 width on 32x32 images, batch 8: seconds per run on two CPU cores.
 TINY = dict(resnet_depth=18, width_multiplier=0.125, image_size=32, proj_out_dim=16, train_batch_size=8,
@@ -103,7 +117,17 @@ SLOWEST_FILES = ('training/test_scale.py', 'training/test_reliability.py', 'trai
                  'modes/test_embed_knn.py', 'modes/test_finetune.py')
 
 
+def pytest_configure(config):
+  config.addinivalue_line('markers', 'reads_shared: reads ../shared when it is there (needs_shared, or a fallback); '
+                                     'CI runs these again with SIMCLR_TF_SHARED=/nonexistent (-m reads_shared)')
+
+
 def pytest_collection_modifyitems(session, config, items):
+  for item in items:
+    if any(mark.name == 'skipif' and '../shared/' in str(mark.kwargs.get('reason', ''))
+           for mark in item.iter_markers()):
+      item.add_marker(pytest.mark.reads_shared)
+
   def rank(item):
     path = os.path.relpath(str(item.path), os.path.join(ROOT, 'tests'))
     return SLOWEST_FILES.index(path) if path in SLOWEST_FILES else len(SLOWEST_FILES)

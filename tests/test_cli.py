@@ -63,3 +63,12 @@ def test_installed_package_and_command(tmp_path):
     by_script = run_cli(*args, timeout=120)
     assert by_command.returncode == by_script.returncode == 2, by_command.stderr
     assert by_command.stderr.strip() == by_script.stderr.strip(), (by_command.stderr, by_script.stderr)
+  # --help: the description and every flag, exit 0, the same both ways.
+  by_command = subprocess.run([command, '--help'], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+  by_script = run_cli('--help', timeout=120)
+  assert by_command.returncode == by_script.returncode == 0, by_command.stderr
+  assert by_command.stdout == by_script.stdout
+  assert by_script.stdout.startswith('simclr-tf: SimCLRv2')
+  from simclr_tf.config import flag_fields
+  listed = lambda name: f'--{name}:' in by_script.stdout or f'--[no]{name}:' in by_script.stdout
+  assert [name for name, *_ in flag_fields() if not listed(name)] == [] and listed('train_mode')

@@ -10,9 +10,9 @@ import sys
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, SHARED, needs_shared
 
-CIFAR = os.path.join(os.path.dirname(ROOT), 'shared', 'data', 'cifar10')
+CIFAR = os.path.join(SHARED, 'data', 'cifar10')
 
 
 def driver():
@@ -23,11 +23,11 @@ def driver():
   return module
 
 
-@pytest.mark.skipif(not os.path.isdir(os.path.join(CIFAR, 'train')), reason='../shared/data/cifar10 not present')
+@needs_shared('data/cifar10/train', 'The CIFAR-10 chain\'s fast preset (real data)')
 def test_fast_chain_runs_every_stage(tmp_path, tmp_path_factory):
   ledger = tmp_path_factory.mktemp('ledger')
   command = [sys.executable, os.path.join(ROOT, 'experiments', 'cifar10_semisup.py'), '--preset=fast',
-             f'--out={tmp_path}', f'--ledger={ledger}']
+             f'--out={tmp_path}', f'--ledger={ledger}', f'--data_dir={CIFAR}']
   proc = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=1500)
   assert proc.returncode == 0, proc.stderr[-3000:]
   summary = json.load(open(tmp_path / 'results.json'))

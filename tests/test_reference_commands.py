@@ -14,15 +14,12 @@ import sys
 
 import pytest
 
-from conftest import ROOT, run_cli, tiny_flags
+from conftest import ROOT, SHARED, needs_shared, run_cli, tiny_flags
 
-FLAGS_MD = os.path.join(os.path.dirname(ROOT), 'shared', 'reference', 'reference_flags.md')
-GOLDEN = os.path.join(os.path.dirname(ROOT), 'shared', 'reference', 'golden', 'r18_cifar_w0.125')
-needs_flags_md = pytest.mark.skipif(not os.path.exists(FLAGS_MD),
-                                    reason='needs ../shared/reference/reference_flags.md (the reference\'s flags and '
-                                           'published commands), which a clone of this project alone lacks')
-needs_golden = pytest.mark.skipif(not os.path.isdir(GOLDEN), reason='needs ../shared/reference/golden (files written '
-                                                                     'by the reference code)')
+FLAGS_MD = os.path.join(SHARED, 'reference', 'reference_flags.md')
+GOLDEN = os.path.join(SHARED, 'reference', 'golden', 'r18_cifar_w0.125')
+needs_flags_md = needs_shared('reference/reference_flags.md', 'The reference\'s published commands, run as pasted,')
+needs_golden = needs_shared('reference/golden/r18_cifar_w0.125', 'The reference\'s commands on its own checkpoint')
 SIZE = ['--width_multiplier=0.125', '--proj_out_dim=16', '--image_size=32', '--resnet_depth=18',
         '--train_batch_size=8', '--eval_batch_size=8', '--train_steps=2']
 

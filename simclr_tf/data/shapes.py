@@ -10,9 +10,13 @@ batch, and the shape does. Measured with the quick-start recipe (40 epochs): kNN
 interrupted generation, or one of an earlier version, is redone on the next use.
 """
 
+import logging
 import os
+import time
 
 import numpy as np
+
+log = logging.getLogger('simclr_tf')
 
 CLASSES = ('circle', 'cross', 'ring', 'square', 'triangle')
 SPLITS = {'train': 400, 'test': 100}
@@ -93,6 +97,10 @@ def ensure(root):
       raise UserError(f'--data_dir={root} holds other files ({", ".join(others[:3])}) and no complete shapes '
                       f'dataset; give --dataset=shapes an empty or new directory.')
     if any(tf.io.gfile.exists(os.path.join(root, old)) for old in OLD_MARKERS):
-      import logging
-      logging.getLogger('simclr_tf').info('%s holds shapes of an earlier version; drawing them again', root)
+      log.info('%s holds shapes of an earlier version; drawing them again', root)
+  total = sum(SPLITS.values()) * len(CLASSES)
+  log.info('drawing the shapes dataset (%d images of %d classes) into %s (once)', total,
+           len(CLASSES), root)
+  started = time.time()
   generate(root)
+  log.info('drew %d images in %.0f s', total, time.time() - started)

@@ -1,7 +1,8 @@
 """--mode=embed: the vectors of one output of a model (--embed_output, default final_avg_pool) for every image of a
 split (--embed_split of an image folder, labelled or not, or of a tfds dataset), in one pass with a progress line:
-model_dir/embeddings.npz (ids: file paths or `split[i]`; labels, -1 without; vectors [N, D]) and a 2-D PCA scatter
-of them coloured by label, model_dir/embeddings_pca.png."""
+model_dir/embeddings.npz (ids: file paths or `split[i]`; labels, -1 without; vectors [N, D]) and two pictures of
+them coloured by label: model_dir/embeddings_tsne.png (t-SNE, neighbourhoods: the class structure kNN sees) and
+model_dir/embeddings_pca.png (the two directions of largest variance)."""
 
 import io
 import logging
@@ -25,17 +26,34 @@ def validate(config: Config) -> None:
   common.validate_encoder_use(config)
 
 
-def pca_scatter(vectors: np.ndarray, labels: np.ndarray, class_names, title: str) -> bytes:
-  """PNG of the vectors' first two principal components, coloured by label (grey: unlabeled)."""
+TSNE_MAX_POINTS = 5000  # t-SNE of more is minutes on two cores; the picture of a seeded sample shows the same
+
+
+def pca_points(vectors: np.ndarray) -> np.ndarray:
+  """[N, 2]: the vectors' first two principal components."""
+  centred = vectors - vectors.mean(axis=0, keepdims=True)
+  if len(centred) < 2 or centred.shape[1] < 2:
+    return np.zeros([len(centred), 2])
+  _, _, components = np.linalg.svd(centred, full_matrices=False)
+  return centred @ components[:2].T
+
+
+def tsne_points(vectors: np.ndarray, seed: int = 0) -> np.ndarray:
+  """[N, 2]: t-SNE (scikit-learn, PCA-initialised, seeded) of the L2-normalised vectors, the geometry the
+  contrastive loss and kNN use."""
+  from sklearn.manifold import TSNE
+  if len(vectors) < 4:
+    return pca_points(vectors)
+  unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+  perplexity = float(min(30.0, (len(unit) - 1) / 3))
+  return TSNE(2, perplexity=perplexity, init='pca', random_state=seed).fit_transform(unit.astype(np.float64))
+
+
+def scatter(points: np.ndarray, labels: np.ndarray, class_names, title: str, axis_name: str) -> bytes:
+  """PNG of 2-D points coloured by label (grey: unlabeled)."""
   import matplotlib
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
-  centred = vectors - vectors.mean(axis=0, keepdims=True)
-  if len(centred) >= 2 and centred.shape[1] >= 2:
-    _, _, components = np.linalg.svd(centred, full_matrices=False)
-    points = centred @ components[:2].T
-  else:
-    points = np.zeros([len(centred), 2])
   fig, ax = plt.subplots(figsize=(6.5, 5.5))
   if np.all(labels < 0):
     ax.scatter(points[:, 0], points[:, 1], s=6, c='grey', alpha=0.6)
@@ -48,13 +66,27 @@ def pca_scatter(vectors: np.ndarray, labels: np.ndarray, class_names, title: str
     if len(np.unique(labels)) <= 20:
       ax.legend(markerscale=3, fontsize=8, loc='best')
   ax.set_title(title, fontsize=10)
-  ax.set_xlabel('PC 1')
-  ax.set_ylabel('PC 2')
+  ax.set_xlabel(f'{axis_name} 1')
+  ax.set_ylabel(f'{axis_name} 2')
   fig.tight_layout()
   png = io.BytesIO()
   fig.savefig(png, format='png', dpi=90)
   plt.close(fig)
   return png.getvalue()
+
+
+def pictures(vectors: np.ndarray, labels: np.ndarray, class_names, title: str, seed: int = 0) -> Dict[str, bytes]:
+  """{'tsne': PNG, 'pca': PNG}. t-SNE keeps neighbourhoods: it shows the clusters of classes that kNN sees (the
+  picture to look at). PCA is linear and shows the directions of largest variance, which in a contrastive
+  embedding are often nuisances (colour, size) that mix every class: kept beside it because it is exact and
+  fast, and tells that story."""
+  chosen = np.arange(len(vectors))
+  if len(vectors) > TSNE_MAX_POINTS:
+    chosen = np.sort(np.random.default_rng(seed).choice(len(vectors), TSNE_MAX_POINTS, replace=False))
+  sampled = f', {len(chosen)} of {len(vectors)} sampled' if len(chosen) < len(vectors) else ''
+  return {'tsne': scatter(tsne_points(vectors[chosen], seed), labels[chosen], class_names,
+                          f'{title}, t-SNE{sampled}', 't-SNE'),
+          'pca': scatter(pca_points(vectors), labels, class_names, f'{title}, PCA', 'PC')}
 
 
 def run(config: Config, strategy: tf.distribute.Strategy) -> Dict[str, object]:
@@ -67,16 +99,17 @@ def run(config: Config, strategy: tf.distribute.Strategy) -> Dict[str, object]:
   if result['skipped']:
     log.warning('skipped %d unreadable image(s)', result['skipped'])
   path = os.path.join(model_dir, 'embeddings.npz')
-  plot = os.path.join(model_dir, 'embeddings_pca.png')
+  plots = {kind: os.path.join(model_dir, f'embeddings_{kind}.png') for kind in ('tsne', 'pca')}
   if distribute.is_chief(strategy):
     buffer = io.BytesIO()
     np.savez(buffer, ids=result['ids'], labels=result['labels'], vectors=result['vectors'].astype(np.float32),
              output=config.embed_output, checkpoint=found.prefix, split=config.embed_split)
     files.write_atomically(path, buffer.getvalue())
-    files.write_atomically(plot, pca_scatter(result['vectors'], result['labels'], source.class_names,
-                                             f'{config.embed_output} of {os.path.basename(source.name)} '
-                                             f'({config.embed_split}), PCA'))
-  log.info('wrote %d vectors of %s (%d dimensions) to %s and %s', len(result['ids']), config.embed_output,
-           result['vectors'].shape[1], path, plot)
-  return {'embeddings': path, 'plot': plot, 'num_examples': len(result['ids']), 'dimensions':
-          int(result['vectors'].shape[1]), 'skipped': result['skipped']}
+    drawn = pictures(result['vectors'], result['labels'], source.class_names,
+                     f'{config.embed_output} of {os.path.basename(source.name)} ({config.embed_split})', config.seed)
+    for kind, png in drawn.items():
+      files.write_atomically(plots[kind], png)
+  log.info('wrote %d vectors of %s (%d dimensions) to %s, pictures %s', len(result['ids']), config.embed_output,
+           result['vectors'].shape[1], path, ' and '.join(plots.values()))
+  return {'embeddings': path, 'plot': plots['tsne'], 'plots': plots, 'num_examples': len(result['ids']),
+          'dimensions': int(result['vectors'].shape[1]), 'skipped': result['skipped']}

@@ -14,7 +14,7 @@ from simclr_tf.data import inputs, views
 from simclr_tf.evaluation import knn_evaluate
 from simclr_tf.models.simclr import build_model
 from simclr_tf.modes import common
-from simclr_tf.optim.build import learning_rate_schedule, make_optimizer, steps_per_epoch, weight_decay_loss
+from simclr_tf.optim.build import epoch_period, learning_rate_schedule, make_optimizer, weight_decay_loss
 from simclr_tf.training.loop import Measurement, Task, fit
 
 log = logging.getLogger('simclr_tf')
@@ -45,7 +45,7 @@ def knn_monitor(config: Config, model, source: inputs.Source) -> Optional[Measur
     result = knn_evaluate(model, config, memory, queries, 'final_avg_pool', progress=False)
     return {'knn_top1': result['top1'], 'knn_top5': result['top5'], 'probe_top1': result['linear_probe_top1']}
 
-  return Measurement(config.knn_every_epochs * steps_per_epoch(config.optim, source.num_examples), measure)
+  return Measurement(epoch_period(config.optim, source.num_examples, config.knn_every_epochs), measure)
 
 
 def contrastive_replica_step(model, config: Config, num_classes: int,
@@ -137,7 +137,10 @@ def run(config: Config, strategy: tf.distribute.Strategy) -> Dict[str, float]:
            'probe_top1': monitor.last['probe_top1'], 'knn_step': monitor.last['step'], 'knn_k': config.knn_k,
            'chance': 1 / max(source.num_classes, 1)}
   result = common.evaluate_and_record(config, strategy, task.model, step, **knn) if num_classes else None
-  if knn:
+  if monitor and not knn and result and 'knn_top1' in result:  # a rerun of a finished run: the first run's kNN
+    knn = {key: result[key] for key in ('knn_top1', 'knn_top5', 'probe_top1', 'knn_step', 'knn_k', 'chance')
+           if key in result}
+  if all(key in knn for key in ('knn_top1', 'knn_step', 'probe_top1', 'chance')):
     log.info('on %s after %d steps: kNN top-1 %.4f, linear probe top-1 %.4f%s; chance %.4f', config.eval_split,
              knn['knn_step'], knn['knn_top1'], knn['probe_top1'],
              f', linear head top-1 {result["top1"]:.4f}' if result else '', knn['chance'])

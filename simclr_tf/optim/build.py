@@ -2,6 +2,8 @@
 training mode optimises with: the length of the run, the learning-rate schedule, the optimizer (LARS, momentum SGD
 or Adam; loss-scaled under mixed_float16) and the part of weight decay that goes through the loss."""
 
+import dataclasses
+
 import keras
 import tensorflow as tf
 
@@ -11,9 +13,26 @@ from simclr_tf.optim.lars import EMBEDDINGS, LARS, excluded_from_decay
 from simclr_tf.optim.schedule import WarmupCosine, scaled_learning_rate
 
 
-def steps_per_epoch(settings, num_examples: int) -> int:
+@dataclasses.dataclass(frozen=True)
+class Period:
+  """Every numerator/denominator steps, a fraction: the k-th time is step k * numerator // denominator. An epoch of N
+  examples at batch B is N/B steps, so with (epochs * N, B) the k-th time is the step where epoch k * epochs ends
+  as total_steps counts epochs: the schedule, the checkpoints and the measurements agree on what an epoch is."""
+  numerator: int
+  denominator: int = 1
+
+  def next_after(self, step: int) -> int:
+    """The first step after `step` at which the period comes round."""
+    k = ((step + 1) * self.denominator + self.numerator - 1) // self.numerator
+    return k * self.numerator // self.denominator
+
+  def holds(self, step: int) -> bool:
+    return step > 0 and self.next_after(step - 1) == step
+
+
+def epoch_period(settings, num_examples: int, epochs: int) -> Period:
   settings = section_of(settings, OptimizerSettings)
-  return max(1, num_examples // settings.train_batch_size)
+  return Period(epochs * num_examples, settings.train_batch_size)
 
 
 def total_steps(settings, num_examples: int) -> int:

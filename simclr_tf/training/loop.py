@@ -28,7 +28,7 @@ from simclr_tf.config import Config, resume_conflicts
 from simclr_tf.data import inputs
 from simclr_tf.data.views import Views
 from simclr_tf.errors import Interrupted, UserError, tf_error_summary
-from simclr_tf.optim.build import steps_per_epoch, total_steps
+from simclr_tf.optim.build import Period, epoch_period, total_steps
 
 log = logging.getLogger('simclr_tf')
 
@@ -88,9 +88,10 @@ def make_replica_update(task: Task, num_replicas: int, jit: bool = False) -> Cal
 
 @dataclasses.dataclass
 class Measurement:
-  """Something measured every `every_steps` steps of a run and at its last step (e.g. kNN accuracy), logged with
-  the metrics of that step. measure() -> {name: value} must not change the training state (inference mode only)."""
-  every_steps: int
+  """Something measured at each step of `every` (a Period, e.g. every 10 epochs) and at a run's last step (e.g.
+  kNN accuracy), logged with the metrics of that step. measure() -> {name: value} must not change the training
+  state (inference mode only)."""
+  every: Period
   measure: Callable[[], Dict[str, float]]
   last: Dict[str, float] = dataclasses.field(default_factory=dict)  # the latest values, with their 'step'
 
@@ -156,18 +157,18 @@ def make_train_loop(strategy: tf.distribute.Strategy, task: Task, jit: bool = Fa
 
 # ---- run-level checks ------------------------------------------------------------------------------------------
 
-def checkpoint_every(config: Config, epoch_steps: int) -> int:
+def checkpoint_every(config: Config, num_examples: int) -> Optional[Period]:
   if config.checkpoint_steps:
-    return config.checkpoint_steps
-  return max(1, config.checkpoint_epochs * epoch_steps) if config.checkpoint_epochs else 0
+    return Period(config.checkpoint_steps)
+  return epoch_period(config.optim, num_examples, config.checkpoint_epochs) if config.checkpoint_epochs else None
 
 
-def next_boundary(step: int, steps: int, config: Config, save_every: int, measure_every=()) -> int:
+def next_boundary(step: int, steps: int, config: Config, save_every: Optional[Period], measure_every=()) -> int:
   """The first step after `step` at which the loop must hand back to the host: a logging step, a checkpoint step,
-  a measurement step, the end, or --steps_per_loop steps on."""
+  a measurement step (Periods), the end, or --steps_per_loop steps on."""
   candidates = [steps, step + config.steps_per_loop, (step // config.log_every_steps + 1) * config.log_every_steps]
   for every in ([save_every] if save_every else []) + list(measure_every):
-    candidates.append((step // every + 1) * every)
+    candidates.append(every.next_after(step))
   return min(candidates)
 
 
@@ -216,11 +217,10 @@ class TrainingRun:
 
   def __init__(self, config: Config, strategy: tf.distribute.Strategy, task: Task, measurements=()):
     self.config, self.strategy, self.task = config, strategy, task
-    self.measurements = [m for m in measurements if m.every_steps > 0]
+    self.measurements = [m for m in measurements if m.every.numerator > 0]
     self.per_replica_batch = distribute.check_batch_divides(config.train_batch_size, strategy, 'train_batch_size')
     self.jit = jit_compile_step(config, strategy)
     self.steps = total_steps(config.optim, task.source.num_examples)
-    self.epoch_steps = steps_per_epoch(config.optim, task.source.num_examples)
     if config.train_batch_size > task.source.num_examples:
       log.warning('--train_batch_size=%d is larger than the %d examples of %s (%s): every batch repeats examples, '
                   'and an epoch is one step.', config.train_batch_size, task.source.num_examples, task.source.name,
@@ -280,11 +280,12 @@ class TrainingRun:
                        keeper.latest)
       return keeper.save(step)
 
-    save_every = checkpoint_every(config, self.epoch_steps)
+    save_every = checkpoint_every(config, task.source.num_examples)
     progress = monitor.Monitor(self.out_dir, steps, config.train_batch_size, start, write=self.chief,
                                prefix=config.mode)
-    log.info('%s: %d steps (%d per epoch) at global batch %d on %d replica(s), %s', config.mode, steps,
-             self.epoch_steps, config.train_batch_size, strategy.num_replicas_in_sync, task.source.name)
+    log.info('%s: %d steps (%.4g per epoch) at global batch %d on %d replica(s), %s', config.mode, steps,
+             task.source.num_examples / config.train_batch_size, config.train_batch_size,
+             strategy.num_replicas_in_sync, task.source.name)
     handler = None
     if distribute.uses_preemption_handler(strategy):
       handler = preemption.cluster_handler(
@@ -295,12 +296,12 @@ class TrainingRun:
     reported_skips = 0
     with preemption.StopRequests() if handler is None else contextlib.nullcontext() as stop:
       while step < steps:
-        boundary = next_boundary(step, steps, config, save_every, [m.every_steps for m in self.measurements])
+        boundary = next_boundary(step, steps, config, save_every, [m.every for m in self.measurements])
         self._run_loop(train_loop, iterator, boundary - step, boundary, handler)
         step = boundary
         if int(state.first_bad_step.numpy()) >= 0:
           _finite_or_raise(step, {}, int(state.first_bad_step.numpy()), keeper.latest)
-        due = [m for m in self.measurements if step % m.every_steps == 0 or step == steps]
+        due = [m for m in self.measurements if m.every.holds(step) or step == steps]
         if step % config.log_every_steps == 0 or step == steps or due:
           values = state.take_means()
           values['learning_rate'] = learning_rate_now(task.optimizer)
@@ -315,7 +316,7 @@ class TrainingRun:
               log.warning('skipped %d unreadable image(s) so far (use --strict_data to stop at the first)', skipped)
               reported_skips = skipped
           progress.report(step, values)
-        if (save_every and step % save_every == 0) or step == steps:
+        if (save_every and save_every.holds(step)) or step == steps:
           save(step)
         runlock.heartbeat()
         if handler is None and stop.requested and step < steps:

@@ -110,7 +110,8 @@ def test_every_mode_trains_and_reads_a_vit(tmp_path, shapes_dir):
   loaded = tf.saved_model.load(str(tmp_path / 'exported'))
   served = loaded.signatures['serving_bytes'](image_bytes=tf.constant(
       [tf.io.encode_png(tf.zeros([40, 40, 3], tf.uint8)).numpy()]))
-  assert served['final_avg_pool'].shape == (1, 32) and served['block2'].shape == (1, 17, 32)  # 16 patches and the class token
+  # 16 patches and the class token
+  assert served['final_avg_pool'].shape == (1, 32) and served['block2'].shape == (1, 17, 32)
   for mode, extra in (('embed', ['--embed_output=block1']), ('knn', ['--knn_k=3'])):
     proc = run_cli(*tiny_flags(), *data, *VIT_FLAGS, f'--mode={mode}', f'--checkpoint={tmp_path / "pre"}',
                    f'--model_dir={tmp_path / mode}', *extra, timeout=600)

@@ -135,3 +135,23 @@ def test_bad_input_is_one_line(tmp_path, shapes_dir, unlabeled_dir, pretrained, 
                  *data, *args, timeout=120)
   lines = proc.stderr.strip().splitlines()
   assert proc.returncode == 2 and len(lines) == 1 and expected in lines[0], proc.stderr
+
+
+def test_the_tsne_picture_shows_the_classes_that_the_variance_hides():
+  """Five classes apart in five directions, and two binary directions of larger variance that ignore the classes
+  (as a background colour can in a contrastive embedding): PCA's picture shows four clusters that mix every class,
+  t-SNE's the classes inside them."""
+  from simclr_tf.modes import embed as embed_mode
+  rng = np.random.default_rng(0)
+  labels = np.repeat(np.arange(5), 60)
+  vectors = np.concatenate([np.eye(5)[labels] * 2.0 + rng.normal(0, 0.2, (300, 5)),
+                            rng.choice([-4.0, 4.0], (300, 2)) + rng.normal(0, 0.5, (300, 2))], axis=1)
+
+  def neighbours_agree(points):  # leave-one-out 1-NN accuracy in the picture
+    distances = np.linalg.norm(points[:, None] - points[None], axis=-1) + np.eye(len(points)) * 1e9
+    return np.mean(labels[distances.argmin(axis=1)] == labels)
+
+  assert neighbours_agree(embed_mode.tsne_points(vectors)) > 0.95
+  assert neighbours_agree(embed_mode.pca_points(vectors)) < 0.6
+  drawn = embed_mode.pictures(vectors, labels, [str(c) for c in range(5)], 'test')
+  assert all(png[:8] == b'\x89PNG\r\n\x1a\n' for png in drawn.values())

@@ -128,12 +128,16 @@ def test_checkpoint_that_does_not_fit_is_one_line(tmp_path, shapes_dir, pretrain
                  f'--data_dir={shapes_dir}', f'--model_dir={tmp_path}', '--image_size=32', '--resnet_depth=34',
                  '--width_multiplier=0.125', '--train_batch_size=8', '--train_steps=1', timeout=120)
   assert proc.returncode == 2
-  lines = proc.stderr.strip().splitlines()
-  assert len(lines) == 1 and 'does not fit' in lines[0] and '--resnet_depth' in lines[0], proc.stderr
+  lines = proc.stderr.strip().splitlines()  # the run's config.json says otherwise: both values named
+  assert len(lines) == 1 and '--resnet_depth=34 contradicts' in lines[0] and 'resnet_depth=18' in lines[0], \
+      proc.stderr
+  # Asked for anyway (--partial_checkpoint): the first variable that does not fit, by its shapes.
   proc = run_cli('--mode=finetune', f'--checkpoint={pretrained}', '--dataset=image_folder',
                  f'--data_dir={shapes_dir}', f'--model_dir={tmp_path}/b', '--image_size=32', '--resnet_depth=18',
-                 '--width_multiplier=0.25', '--train_batch_size=8', '--train_steps=1', timeout=120)
+                 '--width_multiplier=0.25', '--train_batch_size=8', '--train_steps=1', '--partial_checkpoint',
+                 timeout=120)
   assert proc.returncode == 2
   line = proc.stderr.strip()
+  assert len(line.splitlines()) == 1 and 'does not fit' in line, line
   assert 'resnet/stem/conv0/conv/conv/_kernel has shape [3, 3, 3, 8] in the checkpoint, the model ' \
          'expects [3, 3, 3, 16]' in line, line

@@ -124,3 +124,14 @@ def test_augmentation_on_the_device_trains_exactly_as_on_the_host(tmp_path, shap
   assert host.keys() == device.keys()
   for key in host:
     np.testing.assert_array_equal(host[key], device[key], err_msg=key)
+
+
+def test_curves_have_units_and_no_panel_that_cannot_move(tmp_path):
+  records = [dict(step=s, mode='pretrain', loss=5.0 - s, contrast_acc=0.1 * s, knn_top5=1.0, learning_rate=0.1)
+             for s in (1, 2, 3)]
+  moving, constant = monitor.curve_panels(records)
+  assert moving == ['contrast_acc', 'loss'] and constant == {'knn_top5': 1.0, 'learning_rate': 0.1}
+  assert [monitor.unit_of(n) for n in ('loss', 'contrast_acc', 'knn_top1', 'images_per_second', 'learning_rate')] == [
+      'nats', 'accuracy (fraction)', 'accuracy (fraction)', 'images / s', 'learning rate']
+  (tmp_path / 'metrics.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in records))
+  assert open(monitor.plot_curves(str(tmp_path)), 'rb').read(8) == b'\x89PNG\r\n\x1a\n'

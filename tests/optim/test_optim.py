@@ -4,6 +4,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from simclr_tf.config import Config
 from simclr_tf.optim.lars import LARS
 from simclr_tf.optim.schedule import WarmupCosine, scaled_learning_rate
 
@@ -46,3 +47,17 @@ def test_warmup_cosine_and_scaling():
   assert float(WarmupCosine(1.0, 0, 10)(0)) == 1.0
   assert scaled_learning_rate(0.3, 4096, 'linear') == 0.3 * 16
   np.testing.assert_allclose(scaled_learning_rate(0.075, 4096, 'sqrt'), 4.8)
+
+
+def test_an_epoch_ends_at_the_same_step_for_the_schedule_checkpoints_and_measurements():
+  from simclr_tf.optim.build import Period, epoch_period, total_steps
+  config = Config(train_batch_size=128, train_epochs=40)
+  every_10 = epoch_period(config, 2000, 10)  # 156.25 steps
+  ends = [s for s in range(1, 700) if every_10.holds(s)]
+  assert ends == [156, 312, 468, 625] and ends[-1] == total_steps(config, 2000)
+  assert [every_10.next_after(s) for s in (0, 155, 156, 624)] == [156, 156, 312, 625]
+  for n, b in ((2000, 128), (50000, 128), (7, 3), (10, 10), (3, 8)):
+    period = epoch_period(Config(train_batch_size=b), n, 1)
+    for epochs in range(1, 30):  # a run of E epochs ends where its epoch E ends
+      assert period.holds(total_steps(Config(train_batch_size=b, train_epochs=epochs), n)), (n, b, epochs)
+  assert [s for s in range(1, 13) if Period(4).holds(s)] == [4, 8, 12]

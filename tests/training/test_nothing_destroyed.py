@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import ROOT, run_cli, tiny_flags
+from conftest import ROOT, run_cli, tiny_config, tiny_flags
+from simclr_tf import weights
 
 TINY = tiny_flags(dataset='image_folder', log_every_steps=1)
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', PYTHONUNBUFFERED='1')
@@ -242,9 +243,11 @@ def test_a_deeper_checkpoint_is_refused_unless_a_partial_start_is_asked_for(tmp_
   assert proc.returncode == 0, proc.stderr[-2000:]
   finetune = (*TINY, f'--data_dir={shapes_dir}', '--mode=finetune', f'--checkpoint={r34}', '--train_steps=1',
               '--export_at_end=false')
-  proc = run_cli(*finetune, f'--model_dir={tmp_path / "ft"}')
-  one_error_line(proc, f'--checkpoint={r34} holds 80 variables the model has no place for',
-                 'resnet/block_group1/block2/', '--resnet_depth', '--partial_checkpoint')
+  proc = run_cli(*finetune, f'--model_dir={tmp_path / "ft"}')  # TINY says --resnet_depth=18; the run's config.json 34
+  one_error_line(proc, '--resnet_depth=18 contradicts', 'resnet_depth=34', '--partial_checkpoint')
+  # Through the Python API (a Config, no flags): the variables the model has no place for, in one line.
+  with pytest.raises(weights.UserError, match=f'--checkpoint={r34} holds 80 variables the model has no place for'):
+    weights.load_model(tiny_config(), str(r34))
   proc = run_cli(*finetune, f'--model_dir={tmp_path / "ft_partial"}', '--partial_checkpoint')
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert 'left out 80 variables' in proc.stdout and 'resnet/block_group1/block2/' in proc.stdout
@@ -358,12 +361,12 @@ def assert_nothing_or_a_saved_model_that_loads(export):
   assert np.all(np.isfinite(outputs['final_avg_pool'].numpy()))
 
 
-POINTS = int(os.environ.get('SIMCLR_TF_KILL_POINTS', '5'))
+POINTS = int(os.environ.get('SIMCLR_TF_KILL_POINTS', '3'))
 
 
 @pytest.mark.parametrize('point', range(POINTS))
 def test_sigkill_at_seeded_moments_then_rerun(tmp_path, shapes_dir, uninterrupted, point):
-  """SIMCLR_TF_KILL_POINTS=20 runs 20 points (the default 5 keep the suite short)."""
+  """SIMCLR_TF_KILL_POINTS=20 runs 20 points (the default 3 keep the suite short)."""
   event, delay = kill_points(max(POINTS, 20))[point]
   base = tmp_path / 'parent'
   base.mkdir()

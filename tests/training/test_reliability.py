@@ -32,7 +32,8 @@ def assert_checkpoints_intact(model_dir, final_step):
   assert int(reader.get_tensor(iterations[0])) == final_step
 
 
-@pytest.mark.parametrize('seed', [0, 1, 2])
+# One seeded step: the fault injection of test_nothing_destroyed.py kills at seeded moments of the saves themselves.
+@pytest.mark.parametrize('seed', [0])
 def test_kill_9_at_a_random_step_then_resume(tmp_path, shapes_dir, seed):
   kill_after = random.Random(seed).randint(2, 9)
   cmd = command(tmp_path, shapes_dir, '--train_steps=12', '--checkpoint_steps=3')

@@ -13,13 +13,13 @@ import pytest
 import tensorflow as tf
 
 import run as run_py
-from conftest import ROOT, run_cli, tiny_config
+from conftest import ROOT, SHARED, needs_shared, run_cli, tiny_config
 from simclr_tf import export, weights
 from simclr_tf.config import Config
 from simclr_tf.models.simclr import build_model
 
-REFERENCE = os.path.join(os.path.dirname(ROOT), 'shared', 'reference')
-needs_reference = pytest.mark.skipif(not os.path.isdir(REFERENCE), reason='../shared/reference not present')
+REFERENCE = os.path.join(SHARED, 'reference')
+needs_reference = needs_shared('reference', 'Exporting the paper\'s own checkpoint')
 
 
 @pytest.fixture(scope='module')
