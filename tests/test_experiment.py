@@ -26,8 +26,9 @@ def driver():
 @needs_shared('data/cifar10/train', 'The CIFAR-10 chain\'s fast preset (real data)')
 def test_fast_chain_runs_every_stage(tmp_path, tmp_path_factory):
   ledger = tmp_path_factory.mktemp('ledger')
-  command = [sys.executable, os.path.join(ROOT, 'experiments', 'cifar10_semisup.py'), '--preset=fast',
-             f'--out={tmp_path}', f'--ledger={ledger}', f'--data_dir={CIFAR}']
+  base = [sys.executable, os.path.join(ROOT, 'experiments', 'cifar10_semisup.py'), '--preset=fast',
+          f'--data_dir={CIFAR}']
+  command = base + [f'--out={tmp_path}', f'--ledger={ledger}']
   proc = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=1500)
   assert proc.returncode == 0, proc.stderr[-3000:]
   summary = json.load(open(tmp_path / 'results.json'))
@@ -71,7 +72,7 @@ def test_fast_chain_runs_every_stage(tmp_path, tmp_path_factory):
   # whose checkpoint is not kept, is trained again first.
   shutil.rmtree(ledger / 'distill_m64_10pct')
   elsewhere = tmp_path_factory.mktemp('elsewhere')
-  moved = subprocess.run(command[:-2] + [f'--out={elsewhere}', f'--ledger={ledger}'], capture_output=True,
+  moved = subprocess.run(base + [f'--out={elsewhere}', f'--ledger={ledger}'], capture_output=True,
                          text=True, cwd=ROOT, timeout=900)
   assert moved.returncode == 0, moved.stderr[-3000:]
   ran = [line.split('--model_dir=')[1].split()[0] for line in moved.stdout.splitlines() if line.startswith('$ ')]
