@@ -3,12 +3,11 @@ crop+flip augmentation. Loss: T^2 * CE(softmax(teacher/T), student/T) [+ alpha *
 --distill_label_weight]."""
 
 import logging
-import os
 from typing import Dict
 
 import tensorflow as tf
 
-from simclr_tf import checkpoints, files, losses, metrics, weights
+from simclr_tf import losses, metrics, weights
 from simclr_tf.config import ARCHITECTURE_FIELDS, Config
 from simclr_tf.data import inputs, views
 from simclr_tf.errors import UserError
@@ -17,6 +16,7 @@ from simclr_tf.models.simclr import build_model
 from simclr_tf.modes import common
 from simclr_tf.optim.build import learning_rate_schedule, make_optimizer, weight_decay_loss
 from simclr_tf.training.loop import Task, fit
+from simclr_tf.weights.architecture import recorded_architecture
 
 log = logging.getLogger('simclr_tf')
 
@@ -31,18 +31,10 @@ def load_teacher(config: Config, strategy):
   its run wrote (a model_dir of ours, or a SavedModel we exported); a file of the paper's reference code has none
   and is read from its variables (weights.reference_architecture)."""
   path = config.teacher
-  directory = checkpoints.directory_of(path)
-  config_path = os.path.join(directory, 'config.json')
-  if tf.io.gfile.exists(config_path):
-    recorded = files.read_json(config_path)
-    architecture = {k: recorded[k] for k in ARCHITECTURE_FIELDS if k in recorded}
-  else:
-    found = weights.WeightFile(path, 'teacher')
-    if found.ours:
-      raise UserError(f'--teacher={path}: no config.json in {directory or "."} to tell the teacher\'s architecture '
-                      f'(give the model_dir of a finetune run, or a SavedModel this project exported).')
-    architecture = weights.reference_architecture(found, config.ft_proj_selector)
-    log.info('teacher %s (%s): %s', path, found.layout, ', '.join(f'{k}={v}' for k, v in architecture.items()))
+  recorded, source = recorded_architecture(path, 'teacher', config.ft_proj_selector)
+  architecture = {k: recorded[k] for k in ARCHITECTURE_FIELDS if k in recorded}
+  log.info('teacher %s: architecture from %s: %s', path, source,
+           ', '.join(f'{k}={v}' for k, v in architecture.items()))
   teacher, found = weights.load_model(config.replace(**architecture), path, strategy, flag='teacher')
   if teacher.supervised_head is None:
     raise UserError(f'--teacher={path} has no supervised head: distil from a fine-tuned model.')
