@@ -18,7 +18,7 @@ import logging
 import math
 import os
 import shutil
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, List, Optional
 
 import keras
 import tensorflow as tf
@@ -99,7 +99,8 @@ class Measurement:
 @dataclasses.dataclass
 class LoopState:
   """What the training loop accumulates on the device between two visits of the host."""
-  sums: Dict[str, tf.Variable]  # per metric, the sum over the steps since the last logging step (made when traced)
+  names: List[str]  # the metrics' names, in the order of `sums` (filled when the step is traced)
+  sums: tf.Variable  # per metric, the sum over the steps since the last logging step
   count: tf.Variable  # steps since the last logging step
   first_bad_step: tf.Variable  # first step whose loss was not finite (-1: none)
   last_index: tf.Variable  # highest stream position consumed so far (on this worker)
@@ -107,16 +108,20 @@ class LoopState:
   def take_means(self) -> Dict[str, float]:
     """The metrics averaged over the steps since the last call; starts the next window."""
     n = max(float(self.count.numpy()), 1.0)
-    values = {name: float(v.numpy()) / n for name, v in self.sums.items()}
-    for v in list(self.sums.values()) + [self.count]:
-      v.assign(0.0)
+    sums = self.sums.numpy()
+    values = {name: float(sums[i]) / n if i < len(sums) else 0.0 for i, name in enumerate(self.names)}
+    self.sums.assign(tf.zeros_like(self.sums))
+    self.count.assign(0.0)
     return values
 
 
 def make_train_loop(strategy: tf.distribute.Strategy, task: Task, jit: bool = False):
   """(train_loop, LoopState): train_loop(iterator, num_steps) runs num_steps training steps in one tf.function
   call, a loop in the graph over the distributed iterator, with the metrics accumulated on the device."""
-  state = LoopState(sums={}, count=tf.Variable(0.0, trainable=False),
+  # The sums are one vector whose length the first trace sets: a variable made while tracing would make
+  # tf.function trace the whole step a second time.
+  state = LoopState(names=[], sums=tf.Variable(tf.zeros([0]), shape=tf.TensorShape(None), trainable=False),
+                    count=tf.Variable(0.0, trainable=False),
                     first_bad_step=tf.Variable(-1, dtype=tf.int64, trainable=False),
                     last_index=tf.Variable(-1, dtype=tf.int64, trainable=False))
   replica_update = make_replica_update(task, strategy.num_replicas_in_sync, jit)
@@ -126,10 +131,12 @@ def make_train_loop(strategy: tf.distribute.Strategy, task: Task, jit: bool = Fa
 
   def train_step(iterator):
     metrics, index = strategy.run(replica_train_step, args=(next(iterator),))
-    for name, value in metrics.items():
-      if name not in state.sums:  # at the first trace: the metrics are what the step returns
-        state.sums[name] = tf.Variable(0.0, trainable=False, name=f'sum_{name}')
-      state.sums[name].assign_add(strategy.reduce(tf.distribute.ReduceOp.MEAN, value, axis=None))
+    if not state.names:  # at the first trace: the metrics are what the step returns
+      state.names.extend(metrics)
+    values = tf.stack([tf.cast(strategy.reduce(tf.distribute.ReduceOp.MEAN, metrics[name], axis=None), tf.float32)
+                       for name in state.names])
+    sums = state.sums.read_value()
+    state.sums.assign(tf.cond(tf.size(sums) > 0, lambda: sums + values, lambda: values))
     loss = strategy.reduce(tf.distribute.ReduceOp.MEAN, metrics['loss'], axis=None)
     bad = tf.logical_and(tf.logical_not(tf.math.is_finite(loss)), state.first_bad_step < 0)
     state.first_bad_step.assign(tf.where(bad, task.optimizer.iterations, state.first_bad_step))
