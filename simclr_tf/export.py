@@ -19,6 +19,7 @@ replica computes its statistics without all-reduces, see models.resnet.BatchNorm
 custom gradients it cannot save.)
 """
 
+import contextlib
 import json
 import os
 import signal
@@ -197,6 +198,17 @@ def _clear_leftovers(export_dir: str, flag: str) -> None:
       files.remove_tree(leftover)
 
 
+def _tracing_as_saved(options):
+  """The context tf.saved_model.save traces in. A function traced outside it is traced again while saving (the
+  save options are part of tf.function's cache key): five more traces of the network. TF keeps it internal; without
+  it the export is the same, only slower."""
+  try:
+    from tensorflow.python.saved_model import save_context
+    return save_context.save_context(options)
+  except (ImportError, AttributeError):
+    return contextlib.nullcontext()
+
+
 def export_saved_model(model, export_dir: str, config_json: Optional[str] = None, protected=()) -> str:
   """Writes a SavedModel to export_dir (any filesystem TF knows), after check_export_target: what was there is
   replaced only if it is one of our SavedModels. On local disks the new one is written beside the target and
@@ -221,7 +233,10 @@ def export_saved_model(model, export_dir: str, config_json: Optional[str] = None
         tf.io.gfile.makedirs(files.parent(target))
       if config_json:  # first, so that it is in place before saved_model.pb (and marks a partial one as ours)
         files.write_atomically(os.path.join(target, 'config.json'), config_json)
-      tf.saved_model.save(module, target, signatures=module.trace())
+      options = tf.saved_model.SaveOptions()
+      with _tracing_as_saved(options):
+        signatures = module.trace()
+      tf.saved_model.save(module, target, signatures=signatures, options=options)
       if local:
         with signals.deferred():  # the swap is not cut in half
           files.replace_directory(target, export_dir)
