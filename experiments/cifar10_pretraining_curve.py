@@ -32,61 +32,34 @@ import cifar10_semisup as chain_lib  # noqa: E402  (the chain's stages, ledger a
 ROOT = chain_lib.ROOT
 
 PRESETS = {
-    # 100 epochs at batch 128 is 39,062 steps, about 5.5 hours of a 2-core CPU in bfloat16.
+    # 100 epochs at batch 128 is 39,062 steps, about 5.5 hours of a 2-core CPU in bfloat16. Fine-tuning, the
+    # supervised baseline and their grids are the 12-epoch chain's (experiments/cifar10_semisup.py), whose
+    # baseline runs are taken from its ledger where the settings are the same; the baseline's epochs go on past
+    # the chain's longest (x3 each time) while validation accuracy improves and the run fits in the clock of the
+    # longest pretraining plus its fine-tuning. Linear evaluation: the learning rate on the grid, then longer while
+    # validation improves. The small student (half the width) is trained from scratch by distillation alone.
     'full': dict(width=0.25, pretrain_epochs=100, kept_epochs=(12, 25, 50, 100), pretrain_batch=128,
-                 warmup_epochs=5, precision='mixed_bfloat16'),
+                 warmup_epochs=5, precision='mixed_bfloat16',
+                 batch=64, lrs=(0.05, 0.2, 0.8), crop_min_areas=(0.08, 0.35, 0.7),
+                 baseline_epochs={'1pct': (100, 300, 900, 2700), '10pct': (20, 60, 180, 540)},
+                 finetune_epochs={'1pct': (30, 100, 300), '10pct': (10, 30, 90)},
+                 linear_lrs=(0.1, 0.4, 1.6), linear_epochs=(10, 30, 90), linear_batch=256,
+                 distill_epochs=20, student_width=0.125, seeds=(0, 1, 2), knn_k=200, val_fraction=0.1,
+                 also_from=os.path.join('results', 'cifar10_semisup_full', 'ledger')),
     'fast': dict(width=0.125, pretrain_epochs=4, kept_epochs=(1, 2, 4), pretrain_batch=32, warmup_epochs=1,
-                 precision='float32', per_class=(40, 10)),
+                 precision='float32', per_class=(40, 10),
+                 batch=16, lrs=(0.2,), crop_min_areas=(0.35,), baseline_epochs={'1pct': (1, 2), '10pct': (1, 2)},
+                 finetune_epochs={'1pct': (1,), '10pct': (1,)}, linear_lrs=(0.4,), linear_epochs=(1,),
+                 linear_batch=32, distill_epochs=1, student_width=0.0625, seeds=(0, 1), knn_k=5, val_fraction=0.25,
+                 also_from=None),
 }
+FRACTIONS = chain_lib.FRACTIONS
 PRETRAIN = 'pretrain'
 
 
 def count_images(data_dir, split='train'):
   root = os.path.join(data_dir, split)
   return sum(len(os.listdir(os.path.join(root, c))) for c in os.listdir(root))
-
-
-def checkpoint_files(model_dir, step):
-  """The files of model_dir's ckpt-<step> (empty if it is not complete)."""
-  prefix = f'ckpt-{step}'
-  names = [n for n in os.listdir(model_dir) if n.startswith(prefix + '.')] if os.path.isdir(model_dir) else []
-  return names if f'{prefix}.index' in names else []
-
-
-def listed_checkpoints(model_dir):
-  """The steps of the checkpoints the `checkpoint` state file lists: TF writes it after a checkpoint's files,
-  so these are complete."""
-  state = os.path.join(model_dir, 'checkpoint')
-  if not os.path.exists(state):
-    return []
-  steps = []
-  for line in open(state):
-    if line.startswith('all_model_checkpoint_paths:'):
-      name = os.path.basename(line.split('"')[1])
-      if name.rsplit('-', 1)[-1].isdigit():
-        steps.append(int(name.rsplit('-', 1)[1]))
-  return sorted(steps)
-
-
-def copy_checkpoint(model_dir, step, target, extra=()):
-  """Copies ckpt-<step> (and `extra` files of model_dir) into a new folder `target` with its own state file,
-  replacing what was there: the copy is made beside it and renamed into place, the old one moved aside first."""
-  names = checkpoint_files(model_dir, step)
-  if not names:
-    raise FileNotFoundError(f'{model_dir}/ckpt-{step} is not complete')
-  tmp = f'{target}.partial'
-  shutil.rmtree(tmp, ignore_errors=True)
-  chain_lib.copy_files(model_dir, tmp, names + [n for n in extra if os.path.exists(os.path.join(model_dir, n))])
-  written = os.path.getmtime(os.path.join(model_dir, f'ckpt-{step}.index'))
-  with open(os.path.join(tmp, 'checkpoint'), 'w') as f:  # as TF's CheckpointManager writes it
-    f.write(f'model_checkpoint_path: "ckpt-{step}"\nall_model_checkpoint_paths: "ckpt-{step}"\n'
-            f'all_model_checkpoint_timestamps: {written}\nlast_preserved_timestamp: {written - 1}\n')
-  old = f'{target}.old'
-  if os.path.exists(target):
-    shutil.rmtree(old, ignore_errors=True)
-    os.rename(target, old)
-  os.rename(tmp, target)
-  shutil.rmtree(old, ignore_errors=True)
 
 
 class LongPretraining:
@@ -125,18 +98,18 @@ class LongPretraining:
       if os.path.isdir(source) and not os.path.isdir(self.kept(epochs)):
         shutil.copytree(source, self.kept(epochs))
     latest = latest and os.path.join(self.ledger_dir, 'latest')
-    if latest and os.path.isdir(latest) and not listed_checkpoints(self.model_dir):
-      step = listed_checkpoints(latest)[-1]
+    if latest and os.path.isdir(latest) and not chain_lib.listed_checkpoints(self.model_dir):
+      step = chain_lib.listed_checkpoints(latest)[-1]
       os.makedirs(self.model_dir, exist_ok=True)
       chain_lib.copy_files(latest, self.model_dir, sorted(os.listdir(latest)))
       print(f'\n{PRETRAIN}: resuming from the ledger\'s checkpoint of step {step}', flush=True)
 
   def sync(self):
     """Keeps the kept epochs' checkpoints (locally and in the ledger) and the ledger's latest checkpoint."""
-    listed = listed_checkpoints(self.model_dir)
+    listed = chain_lib.listed_checkpoints(self.model_dir)
     for epochs, step in self.kept_steps.items():
       if step in listed and not os.path.isdir(self.kept(epochs)):
-        copy_checkpoint(self.model_dir, step, self.kept(epochs), extra=('config.json',))
+        chain_lib.copy_checkpoint(self.model_dir, step, self.kept(epochs), extra=('config.json',))
         print(f'{PRETRAIN}: kept the checkpoint of epoch {epochs} (step {step})', flush=True)
       if self.ledger_dir and os.path.isdir(self.kept(epochs)):
         target = os.path.join(self.ledger_dir, f'epoch_{epochs}')
@@ -144,10 +117,7 @@ class LongPretraining:
           shutil.copytree(self.kept(epochs), target + '.partial')
           os.rename(target + '.partial', target)
     if self.ledger_dir and listed:
-      latest = os.path.join(self.ledger_dir, 'latest')
-      if listed_checkpoints(latest)[-1:] != listed[-1:]:
-        copy_checkpoint(self.model_dir, listed[-1], latest, extra=('config.json', 'metrics.jsonl',
-                                                                   'stage_args.json'))
+      chain_lib.keep_newest(self.model_dir, os.path.join(self.ledger_dir, 'latest'))
 
   def run(self):
     """Runs (or resumes) the pretraining to its end, keeping checkpoints as they appear."""
@@ -166,15 +136,16 @@ class LongPretraining:
     while process.poll() is None:
       time.sleep(self.POLL_SECONDS)
       self.sync()
+    self.sync()  # the checkpoint a SIGTERM (a session's end) saved last
     if process.returncode:
       raise subprocess.CalledProcessError(process.returncode, cmd)
-    self.sync()
     missing = [e for e in self.kept_steps if not os.path.isdir(self.kept(e))]
     if missing:
       sys.exit(f'error: the checkpoints of epochs {missing} were not kept (removed before the driver saw them?); '
                f'see {self.model_dir}.')
     # Its time over every session: the metrics log's intervals (steps x batch / images per second).
-    stage = {'seconds': round(training_seconds(self.model_dir), 1), 'commit': self.chain.commit, 'args': self.args}
+    stage = {'seconds': round(chain_lib.training_seconds(self.model_dir), 1), 'commit': self.chain.commit,
+             'args': self.args}
     for folder in filter(None, (self.model_dir, self.ledger_dir)):
       os.makedirs(folder, exist_ok=True)
       with open(os.path.join(folder, 'stage.json'), 'w') as f:
@@ -184,19 +155,6 @@ class LongPretraining:
     return bool(self.ledger_dir) and os.path.isdir(os.path.join(self.ledger_dir, f'epoch_{epochs}'))
 
 
-def training_seconds(model_dir):
-  """The time a run spent training, from its metrics log (the last record of each step counts), whatever number
-  of sessions it took."""
-  with open(os.path.join(model_dir, 'metrics.jsonl')) as f:
-    by_step = {r['step']: r for r in map(json.loads, filter(str.strip, f))}
-  seconds, previous = 0.0, 0
-  batch = json.load(open(os.path.join(model_dir, 'config.json')))['train_batch_size']
-  for step in sorted(by_step):
-    seconds += (step - previous) * batch / by_step[step]['images_per_second']
-    previous = step
-  return seconds
-
-
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--preset', choices=sorted(PRESETS), default='full')
@@ -204,6 +162,9 @@ def main():
   parser.add_argument('--out', default=None, help='default: runs/cifar10_pretraining_curve_<preset>')
   parser.add_argument('--until', default='report', choices=('pretrain', 'report'))
   parser.add_argument('--ledger', default=None, help='as in experiments/cifar10_semisup.py')
+  parser.add_argument('--part', default='all', choices=('all', 'baseline'),
+                      help='baseline: only the supervised baseline (hours), e.g. in a second process beside the '
+                           'rest; all: everything, then the report')
   options = parser.parse_args()
   p = PRESETS[options.preset]
   out = os.path.abspath(options.out or os.path.join(ROOT, 'runs', f'cifar10_pretraining_curve_{options.preset}'))
@@ -211,7 +172,9 @@ def main():
   if not os.path.isdir(os.path.join(options.data_dir, 'train')):
     sys.exit(f'error: --data_dir={options.data_dir} has no train/ split (expected ROOT/train/<class>/*.jpg).')
   data = chain_lib.link_subset(options.data_dir, out, *p['per_class']) if 'per_class' in p else options.data_dir
-  chain = chain_lib.Chain(out, chain_lib.git_commit(), options.ledger and os.path.abspath(options.ledger))
+  also_from = [os.path.join(HERE, p['also_from'])] if p['also_from'] else []
+  chain = chain_lib.Chain(out, chain_lib.git_commit(), options.ledger and os.path.abspath(options.ledger),
+                          also_from=also_from)
 
   common = ['--dataset=image_folder', '--image_size=32', '--resnet_depth=18', f'--width_multiplier={p["width"]}',
             '--seed=0', '--export_at_end=false', '--log_every_steps=50', '--proj_out_dim=128', '--num_proj_layers=3',
@@ -228,9 +191,280 @@ def main():
       '--learning_rate_scaling=linear', '--weight_decay=1e-4', '--temperature=0.5', '--color_jitter_strength=0.5',
       '--use_blur=false', f'--warmup_epochs={p["warmup_epochs"]}', '--checkpoint_epochs=1',
       '--keep_checkpoint_max=1000'], kept_steps, total)
-  pretraining.run()
-  if options.until == 'pretrain':
-    return
+  if options.part != 'baseline':
+    pretraining.run()
+    if options.until == 'pretrain':
+      return
+  stages = Stages(chain, p, data, common, {e: pretraining.kept(e) for e in p['kept_epochs']}, pretraining)
+  report = stages.baseline() if options.part == 'baseline' else stages.all()
+  if report is not None and options.part == 'all':
+    write_report(out, p, report, chain.timings, chain.commit)
+
+
+def curve_rows(p, results):
+  """{pretraining epochs: {what: test top-1}} for every kept checkpoint (None where a run is missing)."""
+  top1 = lambda key: results.get(key, {}).get('top1')
+  return {e: {'finetune_1pct': top1(f'finetune_e{e}_1pct'), 'finetune_10pct': top1(f'finetune_e{e}_10pct'),
+              'linear': top1(f'linear_e{e}'), 'knn': top1(f'knn_e{e}')} for e in sorted(p['kept_epochs'])}
+
+
+def seed_summary(p, results, keys):
+  """{key: {'top1': [per seed], 'mean', 'std'}} for the runs repeated with every seed."""
+  summary = {}
+  for key in keys:
+    values = [results[with_seed(key, s)]['top1'] for s in p['seeds'] if with_seed(key, s) in results]
+    if len(values) == len(p['seeds']):
+      mean, std = mean_std(values)
+      summary[key] = {'top1': values, 'mean': mean, 'std': std}
+  return summary
+
+
+def write_report(out, p, report, timings, commit):
+  """results.json (the chain's schema: rows with top1, students with teacher_top1; plus the curve and the seeds),
+  results.md (the tables) and results.png (test top-1 against pretraining epochs, the baselines as lines)."""
+  from simclr_tf import files
+  results, tuning, longest = report['results'], report['tuning'], max(p['kept_epochs'])
+  curve = curve_rows(p, results)
+  seeds = seed_summary(p, results, [f'finetune_e{longest}_1pct', f'finetune_e{longest}_10pct', 'supervised_1pct',
+                                    'supervised_10pct'])
+  summary = dict(settings=p, commit=commit, tuning=tuning, results=results, curve=curve, seeds=seeds,
+                 seconds=timings, total_hours=round(sum(timings.values()) / 3600, 2))
+  files.write_json(os.path.join(out, 'results.json'), summary)
+  pct = lambda v: '–' if v is None else f'{100 * v:.1f}'
+  spread = lambda key: (f'{100 * seeds[key]["mean"]:.1f} ± {100 * seeds[key]["std"]:.1f}' if key in seeds else
+                        pct(results.get(key, {}).get('top1')))
+  lines = [f'| pretraining epochs | fine-tune 1% | fine-tune 10% | linear eval | kNN (k={p["knn_k"]}) |',
+           '| ---: | ---: | ---: | ---: | ---: |']
+  lines += [f'| {e} | {pct(r["finetune_1pct"])} | {pct(r["finetune_10pct"])} | {pct(r["linear"])} | '
+            f'{pct(r["knn"])} |' for e, r in curve.items()]
+  lines += [f'| supervised only (tuned) | {pct(results["supervised_1pct"]["top1"])} | '
+            f'{pct(results["supervised_10pct"]["top1"])} | | |', '',
+            f'At {longest} epochs, {len(p["seeds"])} seeds (mean ± standard deviation):', '',
+            '| | 1% labels | 10% labels |', '| --- | ---: | ---: |',
+            f'| supervised only (tuned) | {spread("supervised_1pct")} | {spread("supervised_10pct")} |',
+            f'| SimCLRv2 fine-tuned | {spread(f"finetune_e{longest}_1pct")} | '
+            f'{spread(f"finetune_e{longest}_10pct")} |', '',
+            '| distillation of the 10% model | student top-1 | teacher top-1 |', '| --- | ---: | ---: |']
+  for kind, label in (('self', 'into itself'), ('half', f'into width {p["student_width"]} (from scratch)')):
+    r = results.get(f'distill_e{longest}_10pct_{kind}', {})
+    lines.append(f'| {label} | {pct(r.get("top1"))} | {pct(r.get("teacher_top1"))} |')
+  lines += ['', '| chosen on the validation split | learning rate | crop min. area | epochs | val top-1 |',
+            '| --- | ---: | ---: | ---: | ---: |']
+  lines += [f'| {key} | {t["learning_rate"]:g} | {t["crop_min_area"]:g} | {t["epochs"]} | {pct(t["val_top1"])} |'
+            for key, t in tuning.items()]
+  lines += ['', 'Validation top-1 (%) of every grid point:'] + chain_lib.grid_tables(tuning, pct)
+  lines += ['', f'Test split. ResNet-18 at width {p["width"]} (CIFAR stem), one pretraining of '
+            f'{p["pretrain_epochs"]} epochs at batch {p["pretrain_batch"]}, checkpoints kept at '
+            f'{", ".join(map(str, p["kept_epochs"]))} epochs; commit {commit}; {summary["total_hours"]} hours of '
+            f'runs in all.']
+  with open(os.path.join(out, 'results.md'), 'w') as f:
+    f.write('\n'.join(lines) + '\n')
+  plot_curve(os.path.join(out, 'results.png'), curve, results)
+  print('\n'.join(lines))
+
+
+def plot_curve(path, curve, results):
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots(figsize=(7.5, 4.8))
+  epochs = sorted(curve)
+  for key, label, style in (('finetune_1pct', 'fine-tuned, 1% labels', 'o-'),
+                            ('finetune_10pct', 'fine-tuned, 10% labels', 's-'),
+                            ('linear', 'linear evaluation (all labels)', '^-'), ('knn', 'kNN (all labels)', 'v-')):
+    points = [(e, 100 * curve[e][key]) for e in epochs if curve[e][key] is not None]
+    line, = ax.plot([e for e, _ in points], [v for _, v in points], style, label=label)
+    baseline = {'finetune_1pct': 'supervised_1pct', 'finetune_10pct': 'supervised_10pct'}.get(key)
+    if baseline and baseline in results:
+      ax.axhline(100 * results[baseline]['top1'], color=line.get_color(), linestyle='--', linewidth=1,
+                 label=f'supervised only, {key[-5:].replace("pct", "%").lstrip("_")} labels (tuned)')
+  ax.set_xscale('log')
+  ax.minorticks_off()
+  ax.set_xticks(epochs, [str(e) for e in epochs])
+  ax.set_xlabel('pretraining epochs')
+  ax.set_ylabel('test top-1 (%)')
+  ax.set_title('CIFAR-10: accuracy against the length of pretraining')
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=90)
+  plt.close(fig)
+
+
+def seeded(args, seed):
+  """args with --seed=seed instead of the run's seed."""
+  return [f'--seed={seed}' if a.startswith('--seed=') else a for a in args]
+
+
+def with_seed(name, seed):
+  """Stage names: the first seed's run keeps the plain name (it is the run the curve shows)."""
+  return name if seed == 0 else f'{name}_seed{seed}'
+
+
+def extended_epochs(listed, seconds_per_epoch, budget):
+  """The baseline's epoch counts: the chain's, then three times the last while a run that long takes at most
+  `budget` seconds, the last one cut to what fits (rounded down to a multiple of 10)."""
+  epochs = list(listed)
+  if not (seconds_per_epoch and budget):
+    return tuple(epochs)
+  fits = int(budget // seconds_per_epoch) // 10 * 10
+  while epochs[-1] * 3 <= fits:
+    epochs.append(epochs[-1] * 3)
+  if fits > epochs[-1]:
+    epochs.append(fits)
+  return tuple(epochs)
+
+
+def mean_std(values):
+  mean = sum(values) / len(values)
+  std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5 if len(values) > 1 else 0.0
+  return round(mean, 5), round(std, 5)
+
+
+class Stages:
+  """The runs that follow the pretraining, in the order they are worth having: kNN at every kept checkpoint;
+  fine-tuning tuned on the validation split at the longest pretraining and run with those settings from every
+  kept checkpoint; linear evaluation likewise; distillation of the longest's 10% model into itself and into a
+  network of half the width; the other seeds at the longest; then the supervised baseline, whose longest runs
+  take hours (`--part=baseline` runs it alone, beside the rest)."""
+
+  def __init__(self, chain, preset, data, common, kept, pretraining):
+    self.chain, self.p, self.kept, self.pretraining = chain, preset, kept, pretraining
+    self.longest, self.data = max(kept), data
+    tuning_data = chain_lib.tuning_split(data, chain.out, preset['val_fraction'])
+    self.final = common + [f'--data_dir={data}', '--eval_split=test']
+    self.tuning = common + [f'--data_dir={tuning_data}', '--eval_split=val']
+    # As in the chain: fine-tuning and supervised-only training share everything but their start.
+    self.supervised = ['--mode=finetune', f'--train_batch_size={preset["batch"]}', '--optimizer=momentum',
+                       '--learning_rate_scaling=linear', '--weight_decay=1e-4', '--warmup_epochs=0',
+                       '--checkpoint_epochs=0', '--checkpoint_steps=0']
+    self.from_scratch = ['--ft_proj_selector=0']
+    self.tuned, self.results = {}, {}
+
+  def from_pretrained(self, epochs):
+    return [f'--checkpoint={self.kept[epochs]}', '--ft_proj_selector=1', '--zero_init_logits_layer']
+
+  def linear(self, epochs):
+    """Linear evaluation: a new head on the frozen encoder (after block group 4), no weight decay."""
+    return ['--mode=finetune', f'--checkpoint={self.kept[epochs]}', '--fine_tune_after_block=4',
+            '--ft_proj_selector=0', f'--train_batch_size={self.p["linear_batch"]}', '--optimizer=momentum',
+            '--learning_rate_scaling=linear', '--weight_decay=0', '--warmup_epochs=0', '--zero_init_logits_layer',
+            '--checkpoint_epochs=1']
+
+  @staticmethod
+  def chosen(t):
+    return [f'--learning_rate={t["learning_rate"]}', f'--finetune_crop_min_area={t["crop_min_area"]}',
+            f'--train_epochs={t["epochs"]}']
+
+  def all(self):
+    p, chain, results, tuned, longest = self.p, self.chain, self.results, self.tuned, self.longest
+    for epochs in sorted(self.kept, reverse=True):
+      results[f'knn_e{epochs}'] = chain.run(f'knn_e{epochs}', [
+          '--mode=knn', f'--checkpoint={self.kept[epochs]}', '--dataset=image_folder', f'--data_dir={self.data}',
+          '--image_size=32', f'--knn_k={p["knn_k"]}', '--knn_temperature=0.1', '--eval_split=test'],
+          'knn_test.json')
+    for frac, fraction in FRACTIONS.items():
+      tuned[f'finetune_{frac}'] = chain_lib.grid_search(
+          chain, f'tune/finetune_e{longest}_{frac}',
+          self.tuning + self.supervised + self.from_pretrained(longest) + [f'--label_fraction={fraction}'],
+          p['lrs'], p['crop_min_areas'], p['finetune_epochs'][frac])
+    for epochs in sorted(self.kept, reverse=True):  # the settings tuned at the longest, for every checkpoint
+      for frac in FRACTIONS:
+        results[f'finetune_e{epochs}_{frac}'] = self.finetune(epochs, frac)
+    tuned['linear'] = chain_lib.grid_search(chain, f'tune/linear_e{longest}', self.tuning + self.linear(longest),
+                                            p['linear_lrs'], (0.08,), p['linear_epochs'])
+    for epochs in sorted(self.kept, reverse=True):
+      results[f'linear_e{epochs}'] = chain.run(f'linear_e{epochs}', self.final + self.linear(epochs) +
+                                               self.chosen(tuned['linear']), 'eval_test.json')
+    self.distill()
+    for seed in p['seeds'][1:]:
+      for frac in FRACTIONS:
+        results[with_seed(f'finetune_e{longest}_{frac}', seed)] = self.finetune(longest, frac, seed)
+    if self.baseline() is None:
+      return None
+    return {'tuning': tuned, 'results': results}
+
+  def finetune(self, epochs, frac, seed=0):
+    # The 10% model of the longest pretraining teaches the distillations: its checkpoint is kept in the ledger.
+    return self.chain.run(
+        with_seed(f'finetune_e{epochs}_{frac}', seed),
+        seeded(self.final, seed) + self.supervised + self.from_pretrained(epochs) +
+        [f'--label_fraction={FRACTIONS[frac]}'] + self.chosen(self.tuned[f'finetune_{frac}']), 'eval_test.json',
+        keep_checkpoint=(epochs, frac, seed) == (self.longest, '10pct', 0))
+
+  def distill(self):
+    """The longest's 10% model teaches on every training image (labels unused): a student of its own size
+    started from the same pretraining (self-distillation, the teacher's learning rate and crop), and one of half
+    the width trained from scratch (the supervised baseline's learning rate and crop at 10%)."""
+    p, longest = self.p, self.longest
+    teacher = os.path.join(self.chain.out, f'finetune_e{longest}_10pct')
+    from simclr_tf import checkpoints
+    if not checkpoints.latest_checkpoint(teacher):  # its stage restored without its checkpoint: train it again
+      self.chain.forget(f'finetune_e{longest}_10pct')
+      self.results[f'finetune_e{longest}_10pct'] = self.finetune(longest, '10pct')
+    student = ['--mode=distill', f'--teacher={teacher}', f'--train_batch_size={p["batch"]}',
+               f'--train_epochs={p["distill_epochs"]}', '--optimizer=momentum', '--learning_rate_scaling=linear',
+               '--weight_decay=1e-4', '--warmup_epochs=0', '--distill_temperature=1.0', '--checkpoint_epochs=1']
+    t = self.tuned['finetune_10pct']
+    self.results[f'distill_e{longest}_10pct_self'] = self.chain.run(
+        f'distill_e{longest}_10pct_self', self.final + student + [
+            f'--checkpoint={self.kept[longest]}', '--ft_proj_selector=1', f'--learning_rate={t["learning_rate"]}',
+            f'--finetune_crop_min_area={t["crop_min_area"]}'], 'eval_test.json', resumable=True)
+    b = self.baseline_tuning('10pct', extend=False)
+    small = [f'--width_multiplier={p["student_width"]}' if a.startswith('--width_multiplier=') else a
+             for a in self.final]
+    self.results[f'distill_e{longest}_10pct_half'] = self.chain.run(
+        f'distill_e{longest}_10pct_half', small + student + self.from_scratch + [
+            f'--learning_rate={b["learning_rate"]}', f'--finetune_crop_min_area={b["crop_min_area"]}'],
+        'eval_test.json', resumable=True)
+
+  def baseline_tuning(self, frac, extend=True):
+    """The chain's grid for the supervised baseline (its runs taken from its ledger), and with `extend` longer
+    runs while validation improves and they fit in the clock of the longest pretraining plus its fine-tuning.
+    None while that clock is not known and the next run may not fit in what the pretraining has taken so far."""
+    p, chain = self.p, self.chain
+    base = self.tuning + self.supervised + self.from_scratch + [f'--label_fraction={FRACTIONS[frac]}']
+    listed = p['baseline_epochs'][frac]
+    t = chain_lib.grid_search(chain, f'tune/supervised_{frac}', base, p['lrs'], p['crop_min_areas'],
+                              listed if extend else listed[:1])
+    if not extend or t['epochs'] != listed[-1] or len(listed) < 2:
+      return t
+    # The longest listed run still improved: how long may the next be?
+    longest_run = f'tune/supervised_{frac}_{chain_lib.tag_of(t["learning_rate"], t["crop_min_area"], listed[-1])}'
+    per_epoch = chain.timings[longest_run] / listed[-1] / (1 - p['val_fraction'])  # on every training image
+    pretrain_seconds, finished = self.pretraining_seconds()
+    finetune = chain.timings.get(f'finetune_e{self.longest}_{frac}', 0.0)
+    epochs = extended_epochs(listed, per_epoch, pretrain_seconds + finetune)
+    nxt = epochs[len(listed)] if len(epochs) > len(listed) else None
+    if nxt is None and not finished:
+      print(f'\nsupervised_{frac}: the next run ({listed[-1] * 3} epochs, about '
+            f'{listed[-1] * 3 * per_epoch / 3600:.1f} h) waits for the pretraining\'s clock', flush=True)
+      return None
+    # Runs longer than the listed ones take hours: they keep their newest checkpoint in the ledger.
+    return chain_lib.grid_search(chain, f'tune/supervised_{frac}', base, p['lrs'], p['crop_min_areas'], epochs,
+                                 resumable_after=listed[-1])
+
+  def pretraining_seconds(self):
+    """(seconds the long pretraining has trained so far, whether it is finished)."""
+    model_dir = self.pretraining.model_dir
+    if not os.path.exists(os.path.join(model_dir, 'metrics.jsonl')):
+      return 0.0, False
+    return chain_lib.training_seconds(model_dir), self.chain.finished(PRETRAIN)
+
+  def baseline(self):
+    """The tuned baseline at both fractions, with every seed; None when it has to wait."""
+    for frac in FRACTIONS:
+      t = self.baseline_tuning(frac)
+      if t is None:
+        return None
+      self.tuned[f'supervised_{frac}'] = t
+      for seed in self.p['seeds']:
+        args = (seeded(self.final, seed) + self.supervised + self.from_scratch +
+                [f'--label_fraction={FRACTIONS[frac]}'] + self.chosen(t))
+        long = t['epochs'] > self.p['baseline_epochs'][frac][-1]  # hours: kept in the ledger as it goes
+        self.results[with_seed(f'supervised_{frac}', seed)] = self.chain.run(
+            with_seed(f'supervised_{frac}', seed), chain_lib.saving_every(args, t['epochs'] // 20) if long else args,
+            'eval_test.json', resumable=long)
+    return {'tuning': self.tuned, 'results': self.results}
 
 
 if __name__ == '__main__':

@@ -92,14 +92,19 @@ class Chain:
   With a `ledger` directory, every finished stage is also recorded there: its stage.json, config.json, metrics and
   result files (a few KB), and with `keep_checkpoint` its last checkpoint. A stage recorded in the ledger is not
   run again, even with a new `out` on another machine: its files are copied back. Committed with the results, the
-  ledger lets a chain longer than one machine's life go on where it stopped."""
+  ledger lets a chain longer than one machine's life go on where it stopped. `also_from`: ledgers of other chains
+  whose stages count as done here when their settings are the same (read only; what is taken from them is
+  recorded in `ledger` too). A `resumable` stage (one longer than a session) keeps its newest checkpoint in
+  LEDGER/in_progress/NAME while it runs, and a new machine resumes it from there."""
 
   KEPT = ('config.json', 'metrics.jsonl')  # with the result file, and stage.json last
+  POLL_SECONDS = 15
 
-  def __init__(self, out, commit, ledger=None):
+  def __init__(self, out, commit, ledger=None, also_from=()):
     self.out = out
     self.commit = commit
     self.ledger = ledger
+    self.also_from = tuple(also_from)
     self.timings = {}
 
   def ledger_record(self, name):
@@ -110,8 +115,20 @@ class Chain:
     """Whether the ledger holds stage `name` as finished."""
     return bool(self.ledger) and os.path.exists(self.ledger_record(name))
 
+  def record_elsewhere(self, name, args):
+    """The folder of stage `name` in one of the `also_from` ledgers, recorded there with the same settings."""
+    for ledger in self.also_from:
+      record = os.path.join(ledger, name, 'stage.json')
+      if os.path.exists(record) and settings(json.load(open(record))['args']) == settings(args):
+        return os.path.dirname(record)
+    return None
+
   def finished(self, name):
     return os.path.exists(os.path.join(self.out, name, 'stage.json')) or self.recorded(name)
+
+  def in_progress(self, name):
+    """Where the ledger keeps the newest checkpoint of resumable stage `name` while it is not finished."""
+    return self.ledger and os.path.join(self.ledger, 'in_progress', name)
 
   def forget(self, name):
     """Runs stage `name` again, from an empty model_dir, next time it is asked for (its record in the ledger goes
@@ -119,37 +136,62 @@ class Chain:
     shutil.rmtree(os.path.join(self.out, name), ignore_errors=True)
     if self.recorded(name):
       os.remove(self.ledger_record(name))
+    if self.ledger:
+      shutil.rmtree(self.in_progress(name), ignore_errors=True)
 
-  def run(self, name, args, result=None, may_fail=False, keep_checkpoint=False):
+  def run(self, name, args, result=None, may_fail=False, keep_checkpoint=False, resumable=False):
     """Runs `run.py --model_dir=OUT/name args` unless OUT/name/stage.json (or the ledger's) says it finished;
     returns the result file (model_dir/`result`) as a dict, or {}. With may_fail, a run that ends in one of
     run.py's one-line errors (exit code 2: a learning rate past the grid's edge that diverges) is recorded as such
-    and returns {'failed': 2}; any other failure stops the chain (a killed run is run again next time)."""
+    and returns {'failed': 2}; any other failure stops the chain (a killed run is run again next time, or, when
+    `resumable`, continues from its newest checkpoint)."""
     model_dir = os.path.join(self.out, name)
     done = os.path.join(model_dir, 'stage.json')
     started = os.path.join(model_dir, 'stage_args.json')  # written as a run starts: a cut-short run's settings
-    for recorded in (done, started, self.ledger_record(name)):
+    partial = self.in_progress(name)
+    for recorded in (done, started, self.ledger_record(name), partial and os.path.join(partial, 'stage_args.json')):
       if recorded and os.path.exists(recorded) and settings(json.load(open(recorded))['args']) != settings(args):
         print(f'\n{name}: recorded with other settings, run again from the start', flush=True)
         self.forget(name)
-    if not os.path.exists(done) and self.recorded(name):
-      copy_files(os.path.join(self.ledger, name), model_dir, sorted(os.listdir(os.path.join(self.ledger, name))))
     if not os.path.exists(done):
+      source = (os.path.join(self.ledger, name) if self.recorded(name) else self.record_elsewhere(name, args))
+      if source:
+        copy_files(source, model_dir, sorted(os.listdir(source)))
+    if not os.path.exists(done):
+      if resumable and partial and os.path.isdir(partial) and not listed_checkpoints(model_dir):
+        copy_files(partial, model_dir, sorted(os.listdir(partial)))
+        print(f'\n{name}: resuming from the ledger\'s checkpoint of step {listed_checkpoints(model_dir)[-1]}',
+              flush=True)
       cmd = [sys.executable, os.path.join(ROOT, 'run.py'), f'--model_dir={model_dir}', *args]
       os.makedirs(model_dir, exist_ok=True)
       with open(started, 'w') as f:
         json.dump({'args': args}, f, indent=1)
       print('\n$ ' + ' '.join(cmd[1:]), flush=True)
       start = time.time()
-      code = subprocess.run(cmd, cwd=ROOT).returncode
+      process = subprocess.Popen(cmd, cwd=ROOT)
+      while True:
+        try:
+          code = process.wait(timeout=self.POLL_SECONDS if resumable and partial else None)
+          break
+        except subprocess.TimeoutExpired:
+          keep_newest(model_dir, partial)
+      if resumable and partial:
+        keep_newest(model_dir, partial)  # the checkpoint a SIGTERM (a session's end) saved last
       if code and not (may_fail and code == 2):  # 2: run.py's one-line errors, divergence among them
         raise subprocess.CalledProcessError(code, cmd)
       os.makedirs(model_dir, exist_ok=True)
-      stage = {'seconds': round(time.time() - start, 1), 'commit': self.commit, 'args': args}
+      seconds = round(time.time() - start, 1)
+      if resumable and os.path.exists(os.path.join(model_dir, 'metrics.jsonl')):
+        seconds = round(training_seconds(model_dir), 1)  # over every session it took
+      stage = {'seconds': seconds, 'commit': self.commit, 'args': args}
       with open(done, 'w') as f:
         json.dump(dict(stage, exit_code=code) if code else stage, f, indent=1)
     if self.ledger and not self.recorded(name):
       self.record(name, result, keep_checkpoint)
+    if partial and os.path.isdir(partial):
+      shutil.rmtree(partial)
+      if not os.listdir(os.path.dirname(partial)):
+        os.rmdir(os.path.dirname(partial))
     stage = json.load(open(done))
     self.timings[name] = stage['seconds']
     if stage.get('exit_code'):
@@ -172,12 +214,81 @@ class Chain:
     copy_files(model_dir, target, names + ['stage.json'])
 
 
+def checkpoint_files(model_dir, step):
+  """The files of model_dir's ckpt-<step> (empty if it is not complete)."""
+  prefix = f'ckpt-{step}'
+  names = [n for n in os.listdir(model_dir) if n.startswith(prefix + '.')] if os.path.isdir(model_dir) else []
+  return names if f'{prefix}.index' in names else []
+
+
+def listed_checkpoints(model_dir):
+  """The steps of the checkpoints the `checkpoint` state file lists: TF writes it after a checkpoint's files,
+  so these are complete."""
+  state = os.path.join(model_dir, 'checkpoint')
+  if not os.path.exists(state):
+    return []
+  steps = []
+  for line in open(state):
+    if line.startswith('all_model_checkpoint_paths:'):
+      name = os.path.basename(line.split('"')[1])
+      if name.rsplit('-', 1)[-1].isdigit():
+        steps.append(int(name.rsplit('-', 1)[1]))
+  return sorted(steps)
+
+
+def copy_checkpoint(model_dir, step, target, extra=()):
+  """Copies ckpt-<step> (and `extra` files of model_dir) into a new folder `target` with its own state file,
+  replacing what was there: the copy is made beside it and renamed into place, the old one moved aside first."""
+  names = checkpoint_files(model_dir, step)
+  if not names:
+    raise FileNotFoundError(f'{model_dir}/ckpt-{step} is not complete')
+  tmp = f'{target}.partial'
+  shutil.rmtree(tmp, ignore_errors=True)
+  copy_files(model_dir, tmp, names + [n for n in extra if os.path.exists(os.path.join(model_dir, n))])
+  written = os.path.getmtime(os.path.join(model_dir, f'ckpt-{step}.index'))
+  with open(os.path.join(tmp, 'checkpoint'), 'w') as f:  # as TF's CheckpointManager writes it
+    f.write(f'model_checkpoint_path: "ckpt-{step}"\nall_model_checkpoint_paths: "ckpt-{step}"\n'
+            f'all_model_checkpoint_timestamps: {written}\nlast_preserved_timestamp: {written - 1}\n')
+  old = f'{target}.old'
+  if os.path.exists(target):
+    shutil.rmtree(old, ignore_errors=True)
+    os.rename(target, old)
+  os.rename(tmp, target)
+  shutil.rmtree(old, ignore_errors=True)
+
+
+def keep_newest(model_dir, target):
+  """Keeps model_dir's newest complete checkpoint (with the run's config, metrics and settings) in `target`,
+  replacing an older one there."""
+  listed = listed_checkpoints(model_dir)
+  if listed and listed_checkpoints(target)[-1:] != listed[-1:]:
+    copy_checkpoint(model_dir, listed[-1], target, extra=('config.json', 'metrics.jsonl', 'stage_args.json'))
+
+
+def training_seconds(model_dir):
+  """The time a run spent training, from its metrics log (the last record of each step counts), whatever number
+  of sessions it took."""
+  with open(os.path.join(model_dir, 'metrics.jsonl')) as f:
+    by_step = {r['step']: r for r in map(json.loads, filter(str.strip, f))}
+  seconds, previous = 0.0, 0
+  batch = json.load(open(os.path.join(model_dir, 'config.json')))['train_batch_size']
+  for step in sorted(by_step):
+    if 'images_per_second' in by_step[step]:
+      seconds += (step - previous) * batch / by_step[step]['images_per_second']
+      previous = step
+  return seconds
+
+
 PATH_FLAGS = ('--data_dir', '--checkpoint', '--teacher')  # where things are, which moves with --out
+# How often a run saves changes nothing it computes (a resumed run continues exactly): a stage may save more often
+# than the record it is compared with.
+CADENCE_FLAGS = ('--checkpoint_epochs', '--checkpoint_steps', '--keep_checkpoint_max')
 
 
 def settings(args):
-  """A stage's run.py arguments without the paths: what must match for a recorded stage to stand."""
-  return sorted(a for a in args if a.split('=', 1)[0] not in PATH_FLAGS)
+  """A stage's run.py arguments without the paths and the checkpoint cadence: what must match for a recorded stage
+  to stand."""
+  return sorted(a for a in args if a.split('=', 1)[0] not in PATH_FLAGS + CADENCE_FLAGS)
 
 
 def copy_files(source_dir, target_dir, names):
@@ -196,7 +307,13 @@ def setting_of(tag):
   return float(lr), float(crop), int(epochs)
 
 
-def grid_search(chain, prefix, base_args, lrs, crops, epoch_list, max_steps_out=2):
+def saving_every(args, epochs):
+  """args with a checkpoint every `epochs` epochs (the cadence is not part of a stage's settings)."""
+  return [a for a in args if a.split('=', 1)[0] not in CADENCE_FLAGS] + [f'--checkpoint_epochs={epochs}',
+                                                                         '--keep_checkpoint_max=2']
+
+
+def grid_search(chain, prefix, base_args, lrs, crops, epoch_list, max_steps_out=2, resumable_after=None):
   """Validation top-1 of every run, and the chosen (lr, crop, epochs).
 
   1. lr x crop at epoch_list[0].
@@ -205,14 +322,19 @@ def grid_search(chain, prefix, base_args, lrs, crops, epoch_list, max_steps_out=
      rate, the crop's minimum area 1.0 (no crop, flips only) when the largest area was best. Only along an axis with
      two or more values.
   3. The best setting at each longer epoch count while validation accuracy still improves.
-  A setting must beat the best so far to be chosen: ties go to the earlier one."""
+  A setting must beat the best so far to be chosen: ties go to the earlier one. Runs longer than
+  `resumable_after` epochs save a checkpoint every 5% of their epochs and continue from it on a new machine
+  (Chain.run's `resumable`)."""
   scores = {}
 
   def score(lr, crop, epochs, may_fail=False):
     tag = tag_of(lr, crop, epochs)
     if tag not in scores:
-      result = chain.run(f'{prefix}_{tag}', base_args + [f'--learning_rate={lr}', f'--finetune_crop_min_area={crop}',
-                                                         f'--train_epochs={epochs}'], 'eval_val.json', may_fail)
+      args = base_args + [f'--learning_rate={lr}', f'--finetune_crop_min_area={crop}', f'--train_epochs={epochs}']
+      resumable = resumable_after is not None and epochs > resumable_after
+      if resumable:
+        args = saving_every(args, max(1, epochs // 20))
+      result = chain.run(f'{prefix}_{tag}', args, 'eval_val.json', may_fail, resumable=resumable)
       scores[tag] = 0.0 if 'failed' in result else result['top1']  # failed: diverged
     return scores[tag]
 

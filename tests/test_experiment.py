@@ -90,7 +90,7 @@ class FakeChain:
   def __init__(self, scores):
     self.scores, self.ran = scores, []
 
-  def run(self, name, args, result=None, may_fail=False):
+  def run(self, name, args, result=None, may_fail=False, resumable=False):
     values = dict(a[2:].split('=') for a in args if a.startswith('--'))
     key = (float(values['learning_rate']), float(values['finetune_crop_min_area']), int(values['train_epochs']))
     self.ran.append(key)
@@ -213,3 +213,134 @@ def test_a_stage_recorded_with_other_settings_runs_again(tmp_path, capsys):
   (tmp_path / 'out' / 'cut' / 'ckpt-5.index').write_text('')
   assert chain.run('cut', other, may_fail=True) == {'failed': 2} and ran() == 1
   assert not (tmp_path / 'out' / 'cut' / 'ckpt-5.index').exists()
+
+
+def curve_driver():
+  sys.path.insert(0, os.path.join(ROOT, 'experiments'))
+  spec = importlib.util.spec_from_file_location('cifar10_pretraining_curve',
+                                                os.path.join(ROOT, 'experiments', 'cifar10_pretraining_curve.py'))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+CHAIN_LEDGER = os.path.join(ROOT, 'experiments', 'results', 'cifar10_semisup_full', 'ledger')
+
+
+def tiny_image_folder(root):
+  for cls in ('a', 'b'):
+    os.makedirs(root / 'train' / cls)
+    for i in range(10):
+      (root / 'train' / cls / f'{i}.png').write_bytes(b'')
+  return str(root)
+
+
+def test_the_curve_takes_the_chains_baseline_runs_and_waits_for_the_pretrainings_clock(tmp_path, capsys):
+  """The curve's supervised baseline is the committed chain's: its grid points are taken from the chain's ledger
+  (same settings, nothing run), and a run past the chain's longest waits until the pretraining's clock allows it."""
+  curve = curve_driver()
+  p = curve.PRESETS['full']
+  data = tiny_image_folder(tmp_path / 'data')
+  chain = curve.chain_lib.Chain(str(tmp_path / 'out'), 'test', str(tmp_path / 'ledger'), also_from=[CHAIN_LEDGER])
+  pretraining = type('Pretraining', (), {'model_dir': str(tmp_path / 'out' / 'pretrain')})
+  common = ['--dataset=image_folder', '--image_size=32', '--resnet_depth=18', '--width_multiplier=0.25', '--seed=0',
+            '--export_at_end=false', '--log_every_steps=50', '--proj_out_dim=128', '--num_proj_layers=3',
+            '--precision=mixed_bfloat16']
+  stages = curve.Stages(chain, p, data, common, {e: f'kept/{e}' for e in p['kept_epochs']}, pretraining)
+  first = stages.baseline_tuning('10pct', extend=False)
+  assert '$ ' not in capsys.readouterr().out  # nothing ran
+  assert (first['learning_rate'], first['crop_min_area'], round(first['val_top1'], 3)) == (0.8, 0.7, 0.66)
+  # Taken into this chain's own ledger too.
+  assert (tmp_path / 'ledger' / 'tune' / 'supervised_10pct_lr0.8_crop0.7_ep20' / 'eval_val.json').exists()
+  # At 10% the chain's longest run (540 epochs) still improved: the next one waits for the pretraining's clock.
+  assert stages.baseline_tuning('10pct') is None
+  assert 'waits for the pretraining' in capsys.readouterr().out
+  # At 1% the chain's grid stopped improving before its longest run: its choice stands.
+  assert stages.baseline_tuning('1pct')['epochs'] == 900
+
+
+def test_the_baselines_epochs_grow_threefold_within_the_clock():
+  curve = curve_driver()
+  listed = (20, 60, 180, 540)
+  assert curve.extended_epochs(listed, 5.0, 10_000) == (20, 60, 180, 540, 1620, 2000)
+  assert curve.extended_epochs(listed, 5.0, 3_000) == (20, 60, 180, 540, 600)
+  assert curve.extended_epochs(listed, 5.0, 2_000) == listed
+  assert curve.extended_epochs(listed, 5.0, 0) == listed
+
+
+FAKE_RUN = '''import json, os, sys
+args = dict(a[2:].split('=', 1) for a in sys.argv[1:])
+model_dir, steps = args['model_dir'], int(args['train_steps'])
+state = os.path.join(model_dir, 'checkpoint')
+start = int(open(state).readline().split('"')[1].split('-')[1]) if os.path.exists(state) else 0
+with open(os.path.join(model_dir, 'started_at'), 'a') as f:
+  f.write(f'{start}\\n')
+stop = min(steps, start + 2)  # two steps per session: then "the session ends" (SIGTERM's exit code)
+for name in ('index', 'data-00000-of-00001'):
+  open(os.path.join(model_dir, f'ckpt-{stop}.{name}'), 'w').write(str(stop))
+open(state, 'w').write(f'model_checkpoint_path: "ckpt-{stop}"\\nall_model_checkpoint_paths: "ckpt-{stop}"\\n')
+json.dump({'top1': 0.5, 'step': stop}, open(os.path.join(model_dir, 'eval_val.json'), 'w'))
+json.dump({'train_batch_size': 1}, open(os.path.join(model_dir, 'config.json'), 'w'))
+with open(os.path.join(model_dir, 'metrics.jsonl'), 'a') as f:
+  f.write(json.dumps({'step': stop, 'images_per_second': 1.0}) + '\\n')
+sys.exit(0 if stop == steps else 143)
+'''
+
+
+def test_a_resumable_stage_goes_on_from_the_ledger_on_a_new_machine(tmp_path, monkeypatch):
+  """A stage longer than a session keeps its newest checkpoint in LEDGER/in_progress/NAME; cut short, it resumes
+  from there on a new machine (a new --out), and once finished it is recorded and its in-progress copy removed.
+  (run.py's own resume is proven in tests/modes; here a stand-in run.py saves two steps per session.)"""
+  module = driver()
+  fake_root = tmp_path / 'root'
+  fake_root.mkdir()
+  (fake_root / 'run.py').write_text(FAKE_RUN)
+  monkeypatch.setattr(module, 'ROOT', str(fake_root))
+  monkeypatch.setattr(module.Chain, 'POLL_SECONDS', 0.1)
+  ledger = tmp_path / 'ledger'
+  args = ['--train_steps=5', '--checkpoint_epochs=1']
+  for session in range(2):
+    chain = module.Chain(str(tmp_path / f'machine{session}'), 'test', str(ledger))
+    with pytest.raises(subprocess.CalledProcessError):
+      chain.run('long', args, 'eval_val.json', resumable=True)
+    assert module.listed_checkpoints(ledger / 'in_progress' / 'long') == [2 * (session + 1)]
+  chain = module.Chain(str(tmp_path / 'machine2'), 'test', str(ledger))
+  # The checkpoint cadence is not part of the settings: a different one still continues the run.
+  assert chain.run('long', args[:1] + ['--checkpoint_epochs=5'], 'eval_val.json', resumable=True)['step'] == 5
+  assert [(tmp_path / f'machine{m}' / 'long' / 'started_at').read_text().split() for m in range(3)] == [
+      ['0'], ['2'], ['4']]
+  assert not (ledger / 'in_progress' / 'long').exists() and (ledger / 'long' / 'stage.json').exists()
+  assert json.load(open(ledger / 'long' / 'stage.json'))['seconds'] == 5.0  # over the three sessions
+  # Other settings: the kept checkpoint is not resumed.
+  with pytest.raises(subprocess.CalledProcessError):
+    module.Chain(str(tmp_path / 'machine3'), 'test', str(ledger)).run('other', args, resumable=True)
+  with pytest.raises(subprocess.CalledProcessError):
+    module.Chain(str(tmp_path / 'machine4'), 'test', str(ledger)).run('other', ['--train_steps=9'], resumable=True)
+  assert (tmp_path / 'machine4' / 'other' / 'started_at').read_text().split() == ['0']
+
+
+def test_the_curves_report_has_the_curve_the_seeds_and_the_students(tmp_path):
+  curve = curve_driver()
+  p = curve.PRESETS['full']
+  results = {'supervised_1pct': {'top1': 0.42}, 'supervised_1pct_seed1': {'top1': 0.40},
+             'supervised_1pct_seed2': {'top1': 0.44}, 'supervised_10pct': {'top1': 0.76},
+             'supervised_10pct_seed1': {'top1': 0.76}, 'supervised_10pct_seed2': {'top1': 0.76},
+             'distill_e100_10pct_self': {'top1': 0.81, 'teacher_top1': 0.8},
+             'distill_e100_10pct_half': {'top1': 0.78, 'teacher_top1': 0.8}}
+  for e in p['kept_epochs']:
+    results.update({f'finetune_e{e}_1pct': {'top1': 0.5 + e / 1000}, f'finetune_e{e}_10pct': {'top1': 0.7 + e / 1000},
+                    f'linear_e{e}': {'top1': 0.6}, f'knn_e{e}': {'top1': 0.55}})
+  results.update({'finetune_e100_1pct_seed1': {'top1': 0.58}, 'finetune_e100_1pct_seed2': {'top1': 0.62},
+                  'finetune_e100_10pct_seed1': {'top1': 0.8}, 'finetune_e100_10pct_seed2': {'top1': 0.8}})
+  tuning = {'supervised_1pct': {'scores': {curve.chain_lib.tag_of(0.8, 0.7, 900): 0.42}, 'learning_rate': 0.8,
+                                'crop_min_area': 0.7, 'epochs': 900, 'val_top1': 0.42}}
+  curve.write_report(str(tmp_path), p, {'results': results, 'tuning': tuning}, {'x': 3600}, 'abc')
+  summary = json.load(open(tmp_path / 'results.json'))
+  assert summary['curve']['12'] == {'finetune_1pct': 0.512, 'finetune_10pct': 0.712, 'linear': 0.6, 'knn': 0.55}
+  assert summary['seeds']['finetune_e100_1pct'] == {'top1': [0.6, 0.58, 0.62], 'mean': 0.6, 'std': 0.02}
+  assert summary['results']['distill_e100_10pct_half']['teacher_top1'] == 0.8
+  lines = (tmp_path / 'results.md').read_text().splitlines()
+  assert '| 100 | 60.0 | 80.0 | 60.0 | 55.0 |' in lines
+  assert '| SimCLRv2 fine-tuned | 60.0 ± 2.0 | 80.0 ± 0.0 |' in lines
+  assert '| into width 0.125 (from scratch) | 78.0 | 80.0 |' in lines
+  assert (tmp_path / 'results.png').stat().st_size > 10000
