@@ -8,6 +8,7 @@ Every flag is a field of simclr_tf.config.Config (see `python run.py --helpfull`
 reads flags: it turns them into one frozen Config and hands it down.
 """
 
+import contextlib
 import os
 import sys
 
@@ -116,18 +117,36 @@ def import_tensorflow_quietly():
   """Loads TF with stderr silenced: its C++ start-up lines (oneDNN notices) would bury our one-line messages.
   Python exceptions still surface. SIMCLR_TF_VERBOSE=1 shows everything."""
   if os.environ.get('SIMCLR_TF_VERBOSE'):
-    import tensorflow  # noqa: F401
+    with keras_without_scikit_learn():
+      import tensorflow  # noqa: F401
     return
   saved = os.dup(2)
   devnull = os.open(os.devnull, os.O_WRONLY)
   os.dup2(devnull, 2)
   try:
-    import tensorflow  # noqa: F401
-    import keras  # noqa: F401
+    with keras_without_scikit_learn():
+      import tensorflow  # noqa: F401
+      import keras  # noqa: F401
   finally:
     os.dup2(saved, 2)
     os.close(saved)
     os.close(devnull)
+
+
+@contextlib.contextmanager
+def keras_without_scikit_learn():
+  """Keras (which TF loads) imports scikit-learn when it is installed, for its scikit-learn wrappers, which we do
+  not use: about a second of every run's start on these CPUs. Hidden while Keras loads; `embed` imports it when it
+  draws its t-SNE picture."""
+  if 'sklearn' in sys.modules:
+    yield
+    return
+  sys.modules['sklearn'] = None  # `import sklearn` raises ImportError, which Keras takes as "not installed"
+  try:
+    yield
+  finally:
+    if sys.modules.get('sklearn', 0) is None:
+      del sys.modules['sklearn']
 
 
 def redirect_native_stderr(model_dir: str):
