@@ -162,9 +162,10 @@ def main():
   parser.add_argument('--out', default=None, help='default: runs/cifar10_pretraining_curve_<preset>')
   parser.add_argument('--until', default='report', choices=('pretrain', 'report'))
   parser.add_argument('--ledger', default=None, help='as in experiments/cifar10_semisup.py')
-  parser.add_argument('--part', default='all', choices=('all', 'baseline'),
-                      help='baseline: only the supervised baseline (hours), e.g. in a second process beside the '
-                           'rest; all: everything, then the report')
+  parser.add_argument('--part', default='all', choices=('all', 'pretrained', 'baseline'),
+                      help='baseline: only the supervised baseline (hours); pretrained: everything else. The two '
+                           'may run at once, in two processes with the same --out and --ledger (never two of the '
+                           'same part). all: everything, then the report.')
   options = parser.parse_args()
   p = PRESETS[options.preset]
   out = os.path.abspath(options.out or os.path.join(ROOT, 'runs', f'cifar10_pretraining_curve_{options.preset}'))
@@ -196,7 +197,10 @@ def main():
     if options.until == 'pretrain':
       return
   stages = Stages(chain, p, data, common, {e: pretraining.kept(e) for e in p['kept_epochs']}, pretraining)
-  report = stages.baseline() if options.part == 'baseline' else stages.all()
+  if options.part == 'baseline':
+    report = stages.baseline()
+  else:
+    report = stages.all(with_baseline=options.part == 'all')
   if report is not None and options.part == 'all':
     write_report(out, p, report, chain.timings, chain.commit)
 
@@ -355,7 +359,7 @@ class Stages:
     return [f'--learning_rate={t["learning_rate"]}', f'--finetune_crop_min_area={t["crop_min_area"]}',
             f'--train_epochs={t["epochs"]}']
 
-  def all(self):
+  def all(self, with_baseline=True):
     p, chain, results, tuned, longest = self.p, self.chain, self.results, self.tuned, self.longest
     for epochs in sorted(self.kept, reverse=True):
       results[f'knn_e{epochs}'] = chain.run(f'knn_e{epochs}', [
@@ -379,7 +383,7 @@ class Stages:
     for seed in p['seeds'][1:]:
       for frac in FRACTIONS:
         results[with_seed(f'finetune_e{longest}_{frac}', seed)] = self.finetune(longest, frac, seed)
-    if self.baseline() is None:
+    if not with_baseline or self.baseline() is None:
       return None
     return {'tuning': tuned, 'results': results}
 
