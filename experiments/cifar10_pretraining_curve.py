@@ -436,7 +436,7 @@ class Stages:
     longest_run = f'tune/supervised_{frac}_{chain_lib.tag_of(t["learning_rate"], t["crop_min_area"], listed[-1])}'
     per_epoch = chain.timings[longest_run] / listed[-1] / (1 - p['val_fraction'])  # on every training image
     pretrain_seconds, finished = self.pretraining_seconds()
-    finetune = chain.timings.get(f'finetune_e{self.longest}_{frac}', 0.0)
+    finetune = chain.stage_seconds(f'finetune_e{self.longest}_{frac}') or 0.0
     epochs = extended_epochs(listed, per_epoch, pretrain_seconds + finetune)
     nxt = epochs[len(listed)] if len(epochs) > len(listed) else None
     if nxt is None and not finished:
@@ -448,11 +448,16 @@ class Stages:
                                  resumable_after=listed[-1])
 
   def pretraining_seconds(self):
-    """(seconds the long pretraining has trained so far, whether it is finished)."""
-    model_dir = self.pretraining.model_dir
-    if not os.path.exists(os.path.join(model_dir, 'metrics.jsonl')):
-      return 0.0, False
-    return chain_lib.training_seconds(model_dir), self.chain.finished(PRETRAIN)
+    """(seconds the long pretraining has trained so far, whether it is finished): its record once finished (here
+    or in the ledger), else its metrics so far (here, or in the ledger's latest checkpoint on a new machine)."""
+    model_dir, ledger_dir = self.pretraining.model_dir, self.pretraining.ledger_dir
+    for folder in filter(None, (model_dir, ledger_dir)):
+      if os.path.exists(os.path.join(folder, 'stage.json')):
+        return json.load(open(os.path.join(folder, 'stage.json')))['seconds'], True
+    for folder in filter(None, (model_dir, ledger_dir and os.path.join(ledger_dir, 'latest'))):
+      if os.path.exists(os.path.join(folder, 'metrics.jsonl')):
+        return chain_lib.training_seconds(folder), False
+    return 0.0, False
 
   def baseline(self):
     """The tuned baseline at both fractions, with every seed; None when it has to wait."""

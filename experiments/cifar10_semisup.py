@@ -123,6 +123,13 @@ class Chain:
         return os.path.dirname(record)
     return None
 
+  def stage_seconds(self, name):
+    """How long finished stage `name` took (its record here or in the ledger), or None."""
+    for record in (os.path.join(self.out, name, 'stage.json'), self.ledger_record(name)):
+      if record and os.path.exists(record):
+        return json.load(open(record))['seconds']
+    return None
+
   def finished(self, name):
     return os.path.exists(os.path.join(self.out, name, 'stage.json')) or self.recorded(name)
 

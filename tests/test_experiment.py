@@ -242,7 +242,8 @@ def test_the_curve_takes_the_chains_baseline_runs_and_waits_for_the_pretrainings
   p = curve.PRESETS['full']
   data = tiny_image_folder(tmp_path / 'data')
   chain = curve.chain_lib.Chain(str(tmp_path / 'out'), 'test', str(tmp_path / 'ledger'), also_from=[CHAIN_LEDGER])
-  pretraining = type('Pretraining', (), {'model_dir': str(tmp_path / 'out' / 'pretrain')})
+  pretraining = type('Pretraining', (), {'model_dir': str(tmp_path / 'out' / 'pretrain'),
+                                         'ledger_dir': str(tmp_path / 'ledger' / 'pretrain')})
   common = ['--dataset=image_folder', '--image_size=32', '--resnet_depth=18', '--width_multiplier=0.25', '--seed=0',
             '--export_at_end=false', '--log_every_steps=50', '--proj_out_dim=128', '--num_proj_layers=3',
             '--precision=mixed_bfloat16']
@@ -257,6 +258,14 @@ def test_the_curve_takes_the_chains_baseline_runs_and_waits_for_the_pretrainings
   assert 'waits for the pretraining' in capsys.readouterr().out
   # At 1% the chain's grid stopped improving before its longest run: its choice stands.
   assert stages.baseline_tuning('1pct')['epochs'] == 900
+  # The clock is the pretraining's record, here or (on a new machine) in the ledger; before it ends, its metrics.
+  os.makedirs(tmp_path / 'ledger' / 'pretrain' / 'latest')
+  (tmp_path / 'ledger' / 'pretrain' / 'latest' / 'config.json').write_text(json.dumps({'train_batch_size': 128}))
+  (tmp_path / 'ledger' / 'pretrain' / 'latest' / 'metrics.jsonl').write_text(
+      json.dumps({'step': 100, 'images_per_second': 64.0}) + '\n')
+  assert stages.pretraining_seconds() == (200.0, False)
+  (tmp_path / 'ledger' / 'pretrain' / 'stage.json').write_text(json.dumps({'seconds': 15000.0}))
+  assert stages.pretraining_seconds() == (15000.0, True)
 
 
 def test_the_baselines_epochs_grow_threefold_within_the_clock():
