@@ -82,12 +82,12 @@ class LongPretraining:
 
   def check_settings(self):
     """A run recorded with other settings is never discarded (it is hours of work): stop and say so."""
-    for folder in (self.model_dir, self.ledger_dir):
-      recorded = folder and os.path.join(folder, 'stage_args.json')
-      if recorded and os.path.exists(recorded):
+    for recorded in [os.path.join(f, n) for f in filter(None, (self.model_dir, self.ledger_dir))
+                     for n in ('stage_args.json', 'stage.json')]:
+      if os.path.exists(recorded):
         if chain_lib.settings(json.load(open(recorded))['args']) != chain_lib.settings(self.args):
-          sys.exit(f'error: {recorded} records the long pretraining with other settings; move {folder} away to '
-                   f'start another one.')
+          sys.exit(f'error: {recorded} records the long pretraining with other settings; move '
+                   f'{os.path.dirname(recorded)} away to start another one.')
 
   def bring_back(self, latest=True):
     """From the ledger on a new machine: the kept checkpoints, and (`latest`) the newest one to resume from."""
