@@ -1,16 +1,20 @@
 """Does SimCLRv2 pretraining pay off with enough of it? One long CIFAR-10 pretraining, and from the checkpoints it
 keeps along the way (12, 25, 50, 100 epochs): fine-tuning on 1% and 10% of the labels, linear evaluation trained
 until it converges, kNN; against the tuned supervised baseline; then distillation of the best 10% model into
-itself and into a network of half the width, and seeds at the longest pretraining.
+itself and into a network of half the width, and seeds at the longest pretraining (docs/results.md says what
+each stage does and why).
 
-  python experiments/cifar10_pretraining_curve.py --ledger=experiments/results/cifar10_pretraining_curve/ledger
-  python experiments/cifar10_pretraining_curve.py --preset=fast     # a few minutes: the CI smoke test
+  LEDGER=experiments/results/cifar10_pretraining_curve/ledger
+  python experiments/cifar10_pretraining_curve.py --ledger=$LEDGER                  # everything, then the report
+  python experiments/cifar10_pretraining_curve.py --ledger=$LEDGER --part=pretrained &   # or the two parts side
+  python experiments/cifar10_pretraining_curve.py --ledger=$LEDGER --part=baseline       # by side
+  python experiments/cifar10_pretraining_curve.py --preset=fast     # every stage on a few images (15 minutes)
 
 The network and the pretraining recipe are those of the 12-epoch chain (experiments/cifar10_semisup.py: ResNet-18
 at width 0.25, CIFAR stem, batch 128, LARS at 1.0 x B/256, temperature 0.5, colour strength 0.5, no blur,
-bfloat16), without the memory of negatives, for --pretrain_epochs with one cosine schedule; the warmup is 5% of it
+bfloat16), without the memory of negatives, for 100 epochs with one cosine schedule; the warmup is 5% of it
 (5 epochs), as in the paper. Stages are run.py commands under --out, skipped when done (their record in --out or
-in the ledger), as in the chain.
+in the ledger, or, for the baseline, in the chain's ledger), as in the chain.
 
 The pretraining is longer than a machine's life here: while it runs, the driver copies each kept epoch's
 checkpoint into the ledger (KEPT/epoch_E) as it appears, and the latest checkpoint into the ledger's `latest/`
