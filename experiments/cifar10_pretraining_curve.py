@@ -277,15 +277,16 @@ def plot_curve(path, curve, results):
   import matplotlib.pyplot as plt
   fig, ax = plt.subplots(figsize=(7.5, 4.8))
   epochs = sorted(curve)
-  for key, label, style in (('finetune_1pct', 'fine-tuned, 1% labels', 'o-'),
-                            ('finetune_10pct', 'fine-tuned, 10% labels', 's-'),
-                            ('linear', 'linear evaluation (all labels)', '^-'), ('knn', 'kNN (all labels)', 'v-')):
+  # (curve key, label, style, the baseline drawn beside it as a line)
+  for key, label, style, baseline in (
+      ('finetune_1pct', 'fine-tuned, 1% labels', 'o-', ('supervised_1pct', '1%')),
+      ('finetune_10pct', 'fine-tuned, 10% labels', 's-', ('supervised_10pct', '10%')),
+      ('linear', 'linear evaluation (all labels)', '^-', None), ('knn', 'kNN (all labels)', 'v-', None)):
     points = [(e, 100 * curve[e][key]) for e in epochs if curve[e][key] is not None]
     line, = ax.plot([e for e, _ in points], [v for _, v in points], style, label=label)
-    baseline = {'finetune_1pct': 'supervised_1pct', 'finetune_10pct': 'supervised_10pct'}.get(key)
-    if baseline and baseline in results:
-      ax.axhline(100 * results[baseline]['top1'], color=line.get_color(), linestyle='--', linewidth=1,
-                 label=f'supervised only, {key[-5:].replace("pct", "%").lstrip("_")} labels (tuned)')
+    if baseline and baseline[0] in results:
+      ax.axhline(100 * results[baseline[0]]['top1'], color=line.get_color(), linestyle='--', linewidth=1,
+                 label=f'supervised only, {baseline[1]} labels (tuned)')
   ax.set_xscale('log')
   ax.minorticks_off()
   ax.set_xticks(epochs, [str(e) for e in epochs])
