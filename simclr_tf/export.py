@@ -70,6 +70,19 @@ def _decayed(model) -> list:
   return [_tf_variable(v) for v in model.trainable_weights if not excluded_from_decay(v)]
 
 
+def _network_passes(model):
+  """forward(images, training) for the saved functions: the network traced once per batch norm mode, as a function
+  of its own that every saved function with that mode calls (the four `__call__` variants and `serve_bytes` would
+  otherwise trace it five times). A plain function (not tracked): what the traced functions capture are the
+  module's variables."""
+  keys = model.output_keys
+  spec = tf.TensorSpec([None, None, None, 3], tf.float32)
+  passes = {training: tf.function(lambda images, training=training: {
+      k: v for k, v in model(images, training=training).items() if k in keys}, input_signature=[spec])
+      for training in (False, True)}
+  return lambda images, training: passes[bool(training)](images)
+
+
 class ExportModule(tf.__internal__.tracking.AutoTrackable):
   """The object a SavedModel of ours restores to (see the module's docstring)."""
 
@@ -84,10 +97,7 @@ class ExportModule(tf.__internal__.tracking.AutoTrackable):
     self.regularization_losses = [tf.function(
         lambda: weight_decay * tf.add_n([tf.nn.l2_loss(v) for v in decayed]), input_signature=[])] if (
             weight_decay and decayed) else []
-    keys = model.output_keys
-    # A plain function (not tracked): what the traced functions capture are the variables above.
-    self._forward = lambda images, training: {k: v for k, v in model(images, training=training).items()
-                                              if k in keys}
+    self._forward = _network_passes(model)
     self._image_size = image_size
 
   @tf.function
