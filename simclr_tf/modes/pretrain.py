@@ -8,7 +8,7 @@ from typing import Dict, Optional
 
 import tensorflow as tf
 
-from simclr_tf import checkpoints, distribute, losses, memory, metrics
+from simclr_tf import losses, memory, metrics
 from simclr_tf.config import Config
 from simclr_tf.data import inputs, views
 from simclr_tf.evaluation import knn_evaluate
@@ -101,18 +101,16 @@ def make_task(config: Config, strategy: tf.distribute.Strategy, source: Optional
               extra_checkpoint=negatives.checkpoint_objects() if negatives else {})
 
 
-def write_view_pairs(config: Config, source: inputs.Source, views_of: views.Views, count: int = 4) -> None:
+def write_view_pairs(config: Config, views_of: views.Views, batch: dict, count: int = 4) -> None:
   """TensorBoard image 'augmented_pairs' in model_dir/pretrain/ at step 0: the two views of the first `count`
-  images of the training stream, side by side (from a pipeline of their own: the run's is untouched)."""
-  dataset = inputs.train_dataset(source, config.data, views_of, min(count, config.train_batch_size)).take(1)
-  for batch in dataset:
-    images = views_of.in_step(batch)['image']
-    pairs = tf.concat(tf.split(images, 2, axis=-1), axis=2)  # [B, H, 2W, 3]
-    writer = tf.summary.create_file_writer(os.path.join(config.model_dir, config.mode))
-    with writer.as_default(step=0):
-      tf.summary.image('augmented_pairs', pairs, max_outputs=count,
-                       description='The two augmented views of the first training images (view 1 | view 2).')
-    writer.close()
+  images of `batch` (the training stream's first batch, Task.first_batch), side by side."""
+  images = views_of.in_step({key: value[:count] for key, value in batch.items()})['image']
+  pairs = tf.concat(tf.split(images, 2, axis=-1), axis=2)  # [B, H, 2W, 3]
+  writer = tf.summary.create_file_writer(os.path.join(config.model_dir, config.mode))
+  with writer.as_default(step=0):
+    tf.summary.image('augmented_pairs', pairs, max_outputs=count,
+                     description='The two augmented views of the first training images (view 1 | view 2).')
+  writer.close()
 
 
 @common.training_mode
@@ -125,8 +123,7 @@ def run(config: Config, strategy: tf.distribute.Strategy) -> Dict[str, float]:
     else:
       log.info('%s has no labels: linear evaluation while pretraining is off', source.name)
   task = make_task(config, strategy, source, num_classes)
-  if distribute.is_chief(strategy) and not checkpoints.latest_checkpoint(config.model_dir):
-    write_view_pairs(config, source, task.views)
+  task.first_batch = lambda batch: write_view_pairs(config, task.views, batch)
   monitor = knn_monitor(config, task.model, source)
   step = fit(config, strategy, task, [monitor] if monitor else [])
   common.export_at_end(config, strategy, task.extra_checkpoint['momentum_network'] if config.export_momentum_network

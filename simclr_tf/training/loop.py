@@ -44,7 +44,9 @@ class Task:
   (carry: whatever the step handed on, e.g. the keys the memory enqueues; None when the step returns two values).
   The metrics must include 'loss'; their names are those of the dict. `extra_checkpoint` names more objects
   (variables, layers, models) that change during training and must be saved and restored with the model and
-  optimizer.
+  optimizer. `first_batch(batch)`, when given, is called on the chief of a run that starts from step 0 with the
+  first per-replica batch of the run's own input pipeline (from an iterator of its own: the run's stream is
+  untouched), e.g. to picture what the model is trained on.
   """
   model: keras.Model
   optimizer: keras.optimizers.Optimizer
@@ -54,6 +56,7 @@ class Task:
   trainable: Optional[list] = None
   after_update: Optional[Callable] = None
   extra_checkpoint: Dict[str, object] = dataclasses.field(default_factory=dict)
+  first_batch: Optional[Callable] = None
 
   def trainable_variables(self) -> list:
     return self.trainable if self.trainable is not None else self.model.trainable_variables
@@ -262,9 +265,20 @@ class TrainingRun:
     if start >= steps:
       log.info('already trained to step %d of %d', start, steps)
       return start
-    dataset = strategy.distribute_datasets_from_function(
-        lambda ctx: inputs.train_dataset(task.source, config.data, task.views, self.per_replica_batch, ctx,
-                                         start_step=start))
+    pipelines = []
+
+    def pipeline(ctx):
+      pipelines.append(inputs.train_dataset(task.source, config.data, task.views, self.per_replica_batch, ctx,
+                                            start_step=start))
+      return pipelines[-1]
+
+    dataset = strategy.distribute_datasets_from_function(pipeline)
+    if task.first_batch and start == 0 and self.chief:
+      # The pipeline the strategy made (its functions traced and compiled once), read by an iterator of its own.
+      first = pipelines[0] if pipelines else inputs.train_dataset(task.source, config.data, task.views,
+                                                                  self.per_replica_batch)
+      for batch in first.take(1):
+        task.first_batch(batch)
     iterator = iter(dataset)
     train_loop, state = make_train_loop(strategy, task, self.jit)
     trainable = task.trainable_variables()
