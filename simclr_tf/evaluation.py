@@ -48,7 +48,7 @@ def evaluate(model, source: inputs.Source, config: Config, strategy: tf.distribu
       sums += [tf.reduce_sum(teacher_top1 * mask), tf.reduce_sum(agree * mask)]
     return tf.stack(sums)
 
-  @tf.function
+  @tf.function(autograph=False)
   def step(batch):
     return strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(replica_step, args=(batch,)), axis=None)
 
@@ -105,11 +105,11 @@ def embed(model, source: inputs.Source, config: Config, key: str = 'final_avg_po
   def prepare(index, record):
     return {'image': inputs.eval_image(source, config.image_size, record), 'label': record['label'], 'index': index}
 
-  dataset = records.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
+  dataset = records.map(inputs.as_written(prepare), num_parallel_calls=tf.data.AUTOTUNE)
   if not config.strict_data:
     dataset = dataset.ignore_errors()
   dataset = dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
-  encode = tf.function(lambda images: model(images, training=False)[key])
+  encode = tf.function(lambda images: model(images, training=False)[key], autograph=False)
   vectors, labels, indices = [], [], []
   start, done, next_report = time.time(), 0, source.num_examples / 10
   for batch in dataset:

@@ -78,7 +78,7 @@ def _network_passes(model):
   keys = model.output_keys
   spec = tf.TensorSpec([None, None, None, 3], tf.float32)
   passes = {training: tf.function(lambda images, training=training: {
-      k: v for k, v in model(images, training=training).items() if k in keys}, input_signature=[spec])
+      k: v for k, v in model(images, training=training).items() if k in keys}, input_signature=[spec], autograph=False)
       for training in (False, True)}
   return lambda images, training: passes[bool(training)](images)
 
@@ -95,18 +95,18 @@ class ExportModule(tf.__internal__.tracking.AutoTrackable):
     self.trainable_variables_list = self.trainable_variables
     decayed = _decayed(model)
     self.regularization_losses = [tf.function(
-        lambda: weight_decay * tf.add_n([tf.nn.l2_loss(v) for v in decayed]), input_signature=[])] if (
+        lambda: weight_decay * tf.add_n([tf.nn.l2_loss(v) for v in decayed]), input_signature=[], autograph=False)] if (
             weight_decay and decayed) else []
     self._forward = _network_passes(model)
     self._image_size = image_size
 
-  @tf.function
+  @tf.function(autograph=False)
   def __call__(self, images, trainable=False, training=None):
     """The outputs of float images [N, H, W, 3] in [0, 1]; `trainable` (the paper's name) or `training` (Keras and
     TF-Hub's) runs batch norm in training mode."""
     return self._forward(images, trainable if training is None else training)
 
-  @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name='image_bytes')])
+  @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name='image_bytes')], autograph=False)
   def serve_bytes(self, image_bytes):
     """Encoded images -> the outputs, with the evaluation preprocessing of the run's image size."""
     size = self._image_size

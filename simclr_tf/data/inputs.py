@@ -24,6 +24,13 @@ log = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif')
 
 
+def as_written(fn: Callable) -> Callable:
+  """`fn` for tf.data to trace as written. tf.data rewrites every function it maps with AutoGraph (Python control
+  flow on tensors into graph ops), which took seconds of every run's start; ours branch on Python values only, and
+  use tf.cond where a tensor decides."""
+  return tf.autograph.experimental.do_not_convert(fn)
+
+
 @dataclasses.dataclass
 class Source:
   """A split of a dataset: how many examples, whether labelled, and a function making its record dataset."""
@@ -116,13 +123,13 @@ def tfds_source(name: str, split: str, data_dir: str) -> Source:
     sub = tfds.even_splits(split, num_pipelines)[pipeline_id] if num_pipelines > 1 else split
     ds = builder.as_dataset(split=sub, shuffle_files=False, decoders={'image': tfds.decode.SkipDecoding()},
                             read_config=tfds.ReadConfig(interleave_cycle_length=1))
-    return ds.map(lambda x: {'image': x['image'],
-                             'label': tf.cast(x['label'], tf.int64) if num_classes else tf.constant(-1, tf.int64)})
+    return ds.map(as_written(lambda x: {
+        'image': x['image'], 'label': tf.cast(x['label'], tf.int64) if num_classes else tf.constant(-1, tf.int64)}))
 
   if splits:
     num_examples = splits[split].num_examples
   else:  # only datasets without metadata (tfds.testing.mock_data) get here: count once
-    num_examples = int(records(0, 1).reduce(0, lambda n, _: n + 1))
+    num_examples = int(records(0, 1).reduce(0, as_written(lambda n, _: n + 1)))
   names = tuple(getattr(label_feature, 'names', None) or ()) if num_classes else ()
   return Source(f'tfds:{name}', split, num_examples, num_classes, records, tf.identity, class_names=names)
 
@@ -180,7 +187,7 @@ def make_source(settings, split: str) -> Source:
 
 def labels_of(source: Source) -> np.ndarray:
   """The label of every record of the split, in record order (one pass that decodes no image)."""
-  labels = source.records(0, 1).map(lambda r: r['label']).batch(8192)
+  labels = source.records(0, 1).map(as_written(lambda r: r['label'])).batch(8192)
   return np.concatenate([b.numpy() for b in labels] or [np.zeros([0], np.int64)])
 
 
@@ -213,7 +220,7 @@ def subset(source: Source, indices: np.ndarray) -> Source:
   def records(pipeline_id, num_pipelines):
     # Masked a block of records at a time: a predicate per record costs about 20 µs, and every epoch scans the
     # whole split, which made an epoch of 1% of CIFAR-10 (7 batches) take a second.
-    ds = base(0, 1).batch(SUBSET_BLOCK).enumerate().map(chosen_in_block).unbatch()
+    ds = base(0, 1).batch(SUBSET_BLOCK).enumerate().map(as_written(chosen_in_block)).unbatch()
     return ds.shard(num_pipelines, pipeline_id) if num_pipelines > 1 else ds
 
   chosen = np.flatnonzero(keep.numpy())
@@ -253,7 +260,7 @@ def shuffled_epoch(records: tf.data.Dataset, block: int, seed, epoch) -> tf.data
     order = tf.argsort(tf.random.stateless_uniform([n], seed=tf.stack([epoch_seed, block_index])))
     return tf.nest.map_structure(lambda t: tf.gather(t, order), batch)
 
-  return records.batch(block).enumerate().map(permute).unbatch()
+  return records.batch(block).enumerate().map(as_written(permute)).unbatch()
 
 
 def _epoch_stream(source: Source, config: DataSettings, pipeline_id: int, num_pipelines: int, start_element: int):
@@ -265,8 +272,8 @@ def _epoch_stream(source: Source, config: DataSettings, pipeline_id: int, num_pi
   start_epoch = start_element // per_pipeline
   # Records that are only paths shuffle as one block (a full permutation); encoded images use bounded blocks.
   block = source.num_examples if source.records_are_paths else config.shuffle_buffer
-  stream = tf.data.Dataset.range(start_epoch, 2 ** 62).flat_map(
-      lambda e: shuffled_epoch(records, block, config.seed, e).take(per_pipeline))
+  stream = tf.data.Dataset.range(start_epoch, 2 ** 62).flat_map(as_written(
+      lambda e: shuffled_epoch(records, block, config.seed, e).take(per_pipeline)))
   stream = tf.data.Dataset.zip(tf.data.Dataset.range(start_epoch * per_pipeline, 2 ** 62), stream)
   return stream.skip(start_element - start_epoch * per_pipeline)
 
@@ -291,11 +298,11 @@ def train_dataset(source: Source, settings, views: Views, per_replica_batch: int
     seed = tf.stack([tf.constant(config.seed, tf.int64), index * num_pipelines + pipeline_id])
     return dict(views.example(source.read(record['image']), seed), label=record['label'], index=index)
 
-  ds = stream.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  ds = stream.map(as_written(prepare), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   if not config.strict_data:
     ds = ds.ignore_errors()  # an unreadable image is skipped; the loop counts the gaps in 'index'
   ds = ds.batch(per_replica_batch, drop_remainder=True)
-  ds = ds.map(views.in_pipeline, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  ds = ds.map(as_written(views.in_pipeline), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   return ds.prefetch(tf.data.AUTOTUNE)
 
 
@@ -324,7 +331,7 @@ def eval_dataset(source: Source, settings, batch_size: int,
     return {'image': eval_image(source, config.image_size, record), 'label': record['label'],
             'mask': tf.constant(1.0)}
 
-  ds = records.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
+  ds = records.map(as_written(prepare), num_parallel_calls=tf.data.AUTOTUNE)
   if not config.strict_data:
     ds = ds.ignore_errors()  # evaluate() reports how many examples were evaluated
   padding = tf.data.Dataset.from_tensors({

@@ -77,7 +77,7 @@ def make_replica_update(task: Task, num_replicas: int, jit: bool = False) -> Cal
 
   if jit:
     # XLA compiles the forward and backward pass; the update runs outside it.
-    replica_gradients = tf.function(replica_gradients, jit_compile=True)
+    replica_gradients = tf.function(replica_gradients, jit_compile=True, autograph=False)
 
   def replica_update(batch):
     grads, metrics, carry = replica_gradients({k: v for k, v in batch.items() if k != 'index'})
@@ -148,13 +148,18 @@ def make_train_loop(strategy: tf.distribute.Strategy, task: Task, jit: bool = Fa
     state.last_index.assign(tf.maximum(state.last_index, local_max))
     state.count.assign_add(1.0)
 
-  @tf.function
+  # Traced as written (autograph=False): nothing in a step branches on a tensor in Python, and AutoGraph's rewrite of
+  # every function the step calls took seconds of each run's start.
+  @tf.function(autograph=False)
   def loop(iterator, num_steps):
-    for _ in tf.range(num_steps):
+    def body(i):
       train_step(iterator)
+      return (i + 1,)
+    tf.while_loop(lambda i: i < num_steps, body, (tf.constant(0, num_steps.dtype),),
+                  maximum_iterations=tf.cast(num_steps, tf.int32))  # the bound TPUs need (AutoGraph's hint too)
 
   # One step is traced without the graph loop: cheaper to trace, for runs that hand back to the host every step.
-  one_step = tf.function(train_step)
+  one_step = tf.function(train_step, autograph=False)
 
   def train_loop(iterator, num_steps: int):
     if num_steps == 1:
@@ -284,7 +289,7 @@ class TrainingRun:
     trainable = task.trainable_variables()
     keeper = self.keeper
 
-    @tf.function
+    @tf.function(autograph=False)
     def weights_finite():
       return tf.reduce_all([tf.reduce_all(tf.math.is_finite(v)) for v in trainable])
 
