@@ -270,19 +270,18 @@ class TrainingRun:
     if start >= steps:
       log.info('already trained to step %d of %d', start, steps)
       return start
-    pipelines = []
+    made = []  # the per-worker datasets the strategy asked for
 
     def pipeline(ctx):
-      pipelines.append(inputs.train_dataset(task.source, config.data, task.views, self.per_replica_batch, ctx,
-                                            start_step=start))
-      return pipelines[-1]
+      made.append(inputs.train_dataset(task.source, config.data, task.views, self.per_replica_batch, ctx,
+                                       start_step=start))
+      return made[-1]
 
     dataset = strategy.distribute_datasets_from_function(pipeline)
     if task.first_batch and start == 0 and self.chief:
       # The pipeline the strategy made (its functions traced and compiled once), read by an iterator of its own.
-      first = pipelines[0] if pipelines else inputs.train_dataset(task.source, config.data, task.views,
-                                                                  self.per_replica_batch)
-      for batch in first.take(1):
+      own = made[0] if made else inputs.train_dataset(task.source, config.data, task.views, self.per_replica_batch)
+      for batch in own.take(1):
         task.first_batch(batch)
     iterator = iter(dataset)
     train_loop, state = make_train_loop(strategy, task, self.jit)
