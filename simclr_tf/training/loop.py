@@ -10,6 +10,7 @@ changes after the update: an EMA copy of the network, a queue of negatives); `fi
                  SIGTERM/Ctrl-C -> checkpoint and stop; resumed exactly (the step counter is the optimizer's, and
                  the data stream restarts at that step); Measurements (e.g. a kNN monitor) every N steps, logged
                  with the metrics, which must leave the training state alone
+    .close()     removes a non-chief worker's private checkpoint folder, however the run ended
 """
 
 import contextlib
@@ -380,13 +381,20 @@ class TrainingRun:
       resolver = self.strategy.cluster_resolver
       log.info('%s %d: finished at step %d with weights fingerprint %s', resolver.task_type, resolver.task_id, step,
                checkpoints.weights_fingerprint(self.task.model.weights))
-      if not self.chief:  # its checkpoints only had to be written; the chief's are the run's
-        shutil.rmtree(self.out_dir, ignore_errors=True)
+
+  def close(self) -> None:
+    """Removes the private checkpoint folder of a worker that is not the chief (its checkpoints only had to be
+    written; the chief's are the run's), however the run ended: finished, preempted, stopped or failed."""
+    if not self.chief:
+      shutil.rmtree(self.out_dir, ignore_errors=True)
 
 
 def fit(config: Config, strategy: tf.distribute.Strategy, task: Task, measurements=()) -> int:
   """Trains `task` to the configured number of steps, resuming from model_dir, with `measurements` (Measurement)
   logged along. Returns the final step."""
   run = TrainingRun(config, strategy, task, measurements)
-  run.restore()
-  return run.run()
+  try:
+    run.restore()
+    return run.run()
+  finally:
+    run.close()
