@@ -134,30 +134,32 @@ def test_replacing_our_saved_model_keeps_a_complete_one_at_the_path_at_every_ins
 # ---- a lost checkpoint state file --------------------------------------------------------------------------------
 
 @pytest.mark.parametrize('damage', ['lost', 'garbled'])
-def test_a_lost_or_garbled_state_file_resumes_from_the_highest_checkpoint(tmp_path, shapes_dir, damage):
+def test_a_lost_or_garbled_state_file_resumes_from_the_highest_checkpoint(tmp_path, shapes_dir, trained, damage):
   run = tmp_path / 'run'
-  first = run_cli(*TINY, f'--data_dir={shapes_dir}', f'--model_dir={run}', '--train_steps=3',
-                  '--checkpoint_steps=1', '--export_at_end=false')
-  assert first.returncode == 0, first.stderr[-2000:]
+  shutil.copytree(trained, run, ignore=shutil.ignore_patterns('saved_model'))  # checkpoints 1 and 2
   if damage == 'lost':
     os.remove(run / 'checkpoint')
   else:
     (run / 'checkpoint').write_bytes(b'model_checkpoint_path: \x00\xff{{{ garbled')
-  again = run_cli(*TINY, f'--data_dir={shapes_dir}', f'--model_dir={run}', '--train_steps=5',
+  again = run_cli(*TINY, f'--data_dir={shapes_dir}', f'--model_dir={run}', '--train_steps=4',
                   '--checkpoint_steps=1', '--export_at_end=false')
   assert again.returncode == 0, again.stderr[-2000:]
   warnings = [line for line in again.stdout.splitlines() if 'highest-numbered checkpoint' in line]
-  assert len(warnings) == 1 and 'ckpt-3' in warnings[0], again.stdout
-  assert 'resuming from' in again.stdout and 'at step 3' in again.stdout
-  assert tf.train.get_checkpoint_state(str(run)).model_checkpoint_path.endswith('ckpt-5')  # rewritten, and kept
+  assert len(warnings) == 1 and 'ckpt-2' in warnings[0], again.stdout
+  assert 'resuming from' in again.stdout and 'at step 2' in again.stdout
+  assert tf.train.get_checkpoint_state(str(run)).model_checkpoint_path.endswith('ckpt-4')  # rewritten, and kept
   steps = [json.loads(line)['step'] for line in open(run / 'metrics.jsonl')]
-  assert steps == [1, 2, 3, 4, 5]  # nothing trained twice
-  # --checkpoint at such a folder takes its highest checkpoint too.
+  assert steps == [1, 2, 3, 4]  # nothing trained twice
+
+
+def test_checkpoint_at_a_folder_without_its_state_file_takes_the_highest_checkpoint(tmp_path, shapes_dir, trained):
+  run = tmp_path / 'run'
+  shutil.copytree(trained, run, ignore=shutil.ignore_patterns('saved_model'))
   os.remove(run / 'checkpoint')
   proc = run_cli(*TINY, f'--data_dir={shapes_dir}', f'--model_dir={tmp_path / "ft"}', f'--checkpoint={run}',
                  '--mode=finetune', '--train_steps=1', '--export_at_end=false')
   assert proc.returncode == 0, proc.stderr[-2000:]
-  assert 'using the highest-numbered checkpoint beside it, ckpt-5' in proc.stdout
+  assert 'using the highest-numbered checkpoint beside it, ckpt-2' in proc.stdout
   assert f'from {run}' in proc.stdout
 
 
