@@ -114,9 +114,11 @@ def run_interrupted_then_resumed(config, monkeypatch, stop_after_step: int = 3):
 
 # The slowest files, slowest first (seconds per file in a profile of the suite). With `-n 2 --dist loadfile` a
 # worker takes the next file when it is free; starting with the longest files keeps both busy to the end.
-SLOWEST_FILES = ('training/test_scale.py', 'training/test_reliability.py', 'training/test_cloud.py',
-                 'test_experiment.py', 'modes/test_pretrain.py', 'weights/test_reference_files.py', 'test_memory.py',
-                 'modes/test_embed_knn.py', 'modes/test_finetune.py')
+SLOWEST_FILES = ('training/test_nothing_destroyed.py', 'training/test_scale.py', 'training/test_cloud.py',
+                 'training/test_reliability.py', 'test_experiment.py', 'models/test_encoders.py',
+                 'test_reference_commands.py', 'modes/test_pretrain.py', 'weights/test_reference_files.py',
+                 'weights/test_interop.py', 'test_docs.py', 'modes/test_embed_knn.py', 'test_memory.py',
+                 'models/test_models.py')
 
 
 def pytest_configure(config):
