@@ -381,9 +381,9 @@ class Stages:
         results[f'finetune_e{epochs}_{frac}'] = self.finetune(epochs, frac)
     tuned['linear'] = chain_lib.grid_search(chain, f'tune/linear_e{longest}', self.tuning + self.linear(longest),
                                             p['linear_lrs'], (0.08,), p['linear_epochs'])
-    for epochs in sorted(self.kept, reverse=True):
+    for epochs in sorted(self.kept, reverse=True):  # 90 epochs of linear evaluation: about an hour each here
       results[f'linear_e{epochs}'] = chain.run(f'linear_e{epochs}', self.final + self.linear(epochs) +
-                                               self.chosen(tuned['linear']), 'eval_test.json')
+                                               self.chosen(tuned['linear']), 'eval_test.json', resumable=True)
     self.distill()
     for seed in p['seeds'][1:]:
       for frac in FRACTIONS:
