@@ -62,7 +62,6 @@ def test_a_tfds_dataset_prepared_elsewhere_trains_offline(tmp_path):
       download_config=tfds.download.DownloadConfig(try_download_gcs=False))
   # run.py does not know the builder's code: tfds reads the dataset from its files.
   proc = run_cli(*tiny_flags(train_steps=2), '--dataset=simclr_tf_test_images', f'--data_dir={data_dir}',
-                 f'--model_dir={tmp_path / "run"}', '--eval_split=test', '--eval_batch_size=3',
-                 '--export_at_end=false', timeout=300)
+                 f'--model_dir={tmp_path / "run"}', '--eval_split=test', '--eval_batch_size=3', timeout=300)
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert 'tfds:simclr_tf_test_images' in proc.stdout and '(9 examples)' in proc.stdout

@@ -85,7 +85,7 @@ def test_a_keras_file_of_a_vit(tmp_path):
 def test_every_mode_trains_and_reads_a_vit(tmp_path, shapes_dir):
   """pretrain -> finetune -> distill (a ViT student from a ResNet teacher) -> eval, export, embed, knn."""
   data = ['--dataset=image_folder', f'--data_dir={shapes_dir}', '--eval_split=test', '--eval_batch_size=8']
-  tiny = tiny_flags(train_steps=2, log_every_steps=1, export_at_end=False)
+  tiny = tiny_flags(train_steps=2, log_every_steps=1)
   proc = run_cli(*tiny, *data, *VIT_FLAGS, f'--model_dir={tmp_path / "pre"}', '--export_at_end=true', timeout=600)
   assert proc.returncode == 0, proc.stderr[-2000:]
   proc = run_cli(*tiny, *data, *VIT_FLAGS, '--mode=finetune', f'--checkpoint={tmp_path / "pre"}',
@@ -124,7 +124,7 @@ def test_every_mode_trains_and_reads_a_vit(tmp_path, shapes_dir):
 @pytest.mark.parametrize('extra', [['--precision=mixed_bfloat16', '--jit_compile=true'], ['--cpu_replicas=2']],
                          ids=['bfloat16_under_xla', 'two_replicas'])
 def test_vit_pretraining_in_mixed_precision_under_xla_and_on_two_replicas(tmp_path, shapes_dir, extra):
-  proc = run_cli(*tiny_flags(train_steps=2, log_every_steps=1, export_at_end=False), '--dataset=image_folder',
+  proc = run_cli(*tiny_flags(train_steps=2, log_every_steps=1), '--dataset=image_folder',
                  f'--data_dir={shapes_dir}', *VIT_FLAGS, f'--model_dir={tmp_path}', *extra, timeout=600)
   assert proc.returncode == 0, proc.stderr[-2000:]
   records = [json.loads(line) for line in open(tmp_path / 'metrics.jsonl')]

@@ -162,7 +162,7 @@ def test_steps_per_loop_gives_the_same_weights_as_one_step_per_call(tmp_path, sh
 def test_sigterm_at_a_random_step_saves_and_the_rerun_continues_exactly(tmp_path, shapes_dir):
   stop_after = random.randint(3, 12)
   args = [f'--data_dir={shapes_dir}', '--train_steps=16', '--log_every_steps=1', '--steps_per_loop=4',
-          '--checkpoint_steps=8', '--export_at_end=false']
+          '--checkpoint_steps=8']
   stopped = tmp_path / 'stopped'
   proc = start(args + [f'--model_dir={stopped}'], tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
   for line in proc.stdout:
@@ -201,7 +201,7 @@ def test_stop_requests_catch_sigint_and_sigterm_and_restore_handlers():
 
 def test_a_second_run_on_a_model_dir_in_use_is_refused_and_a_dead_runs_lock_is_taken_over(tmp_path, shapes_dir):
   model_dir = tmp_path / 'run'
-  args = [f'--data_dir={shapes_dir}', f'--model_dir={model_dir}', '--log_every_steps=1', '--export_at_end=false']
+  args = [f'--data_dir={shapes_dir}', f'--model_dir={model_dir}', '--log_every_steps=1']
   first = start(args + ['--train_steps=100000'], tmp_path, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
   for line in first.stdout:
     if 'step 1/' in line:

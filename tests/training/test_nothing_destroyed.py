@@ -142,7 +142,7 @@ def test_a_lost_or_garbled_state_file_resumes_from_the_highest_checkpoint(tmp_pa
   else:
     (run / 'checkpoint').write_bytes(b'model_checkpoint_path: \x00\xff{{{ garbled')
   again = run_cli(*TINY, f'--data_dir={shapes_dir}', f'--model_dir={run}', '--train_steps=4',
-                  '--checkpoint_steps=1', '--export_at_end=false')
+                  '--checkpoint_steps=1')
   assert again.returncode == 0, again.stderr[-2000:]
   warnings = [line for line in again.stdout.splitlines() if 'highest-numbered checkpoint' in line]
   assert len(warnings) == 1 and 'ckpt-2' in warnings[0], again.stdout
@@ -157,7 +157,7 @@ def test_checkpoint_at_a_folder_without_its_state_file_takes_the_highest_checkpo
   shutil.copytree(trained, run, ignore=shutil.ignore_patterns('saved_model'))
   os.remove(run / 'checkpoint')
   proc = run_cli(*TINY, f'--data_dir={shapes_dir}', f'--model_dir={tmp_path / "ft"}', f'--checkpoint={run}',
-                 '--mode=finetune', '--train_steps=1', '--export_at_end=false')
+                 '--mode=finetune', '--train_steps=1')
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert 'using the highest-numbered checkpoint beside it, ckpt-2' in proc.stdout
   assert f'from {run}' in proc.stdout
@@ -222,8 +222,7 @@ def test_read_only_places_are_one_line_before_any_work(tmp_path, shapes_dir, tra
 @needs_mount
 def test_a_full_disk_at_a_checkpoint_is_one_line_and_the_rerun_resumes(tmp_path, shapes_dir, small_disk):
   run = small_disk / 'run'
-  args = (*TINY, f'--data_dir={shapes_dir}', f'--model_dir={run}', '--train_steps=5', '--checkpoint_steps=1',
-          '--export_at_end=false')
+  args = (*TINY, f'--data_dir={shapes_dir}', f'--model_dir={run}', '--train_steps=5', '--checkpoint_steps=1')
   proc = run_cli(*args)
   line = one_error_line(proc, 'cannot write checkpoint ckpt-3', 'no space left on device',
                         f'The last complete checkpoint is {run}/ckpt-2')
@@ -240,11 +239,9 @@ def test_a_full_disk_at_a_checkpoint_is_one_line_and_the_rerun_resumes(tmp_path,
 
 def test_a_deeper_checkpoint_is_refused_unless_a_partial_start_is_asked_for(tmp_path, shapes_dir):
   r34 = tmp_path / 'r34'
-  proc = run_cli(*TINY, f'--data_dir={shapes_dir}', f'--model_dir={r34}', '--resnet_depth=34', '--train_steps=1',
-                 '--export_at_end=false')
+  proc = run_cli(*TINY, f'--data_dir={shapes_dir}', f'--model_dir={r34}', '--resnet_depth=34', '--train_steps=1')
   assert proc.returncode == 0, proc.stderr[-2000:]
-  finetune = (*TINY, f'--data_dir={shapes_dir}', '--mode=finetune', f'--checkpoint={r34}', '--train_steps=1',
-              '--export_at_end=false')
+  finetune = (*TINY, f'--data_dir={shapes_dir}', '--mode=finetune', f'--checkpoint={r34}', '--train_steps=1')
   proc = run_cli(*finetune, f'--model_dir={tmp_path / "ft"}')  # TINY says --resnet_depth=18; the run's config.json 34
   one_error_line(proc, '--resnet_depth=18 contradicts', 'resnet_depth=34', '--partial_checkpoint')
   # Through the Python API (a Config, no flags): the variables the model has no place for, in one line.
@@ -295,7 +292,7 @@ def test_one_class_and_a_batch_larger_than_the_split_are_warned_about(tmp_path, 
   one_class = tmp_path / 'one_class'
   shutil.copytree(os.path.join(shapes_dir, 'train', 'circle'), one_class / 'train' / 'circle')
   proc = run_cli(*TINY, f'--data_dir={one_class}', f'--model_dir={tmp_path / "run"}', '--mode=finetune',
-                 '--train_steps=1', '--train_batch_size=16', '--export_at_end=false')
+                 '--train_steps=1', '--train_batch_size=16')
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert "split 'train' of" in proc.stdout and 'has one class (circle)' in proc.stdout
   assert '--train_batch_size=16 is larger than the 8 examples' in proc.stdout

@@ -19,7 +19,7 @@ from simclr_tf import precision
 from simclr_tf.config import Config, resume_conflicts
 from simclr_tf.models.simclr import build_model
 
-TINY = tiny_flags(dataset='image_folder', log_every_steps=1, learning_rate=0.1, export_at_end=False)
+TINY = tiny_flags(dataset='image_folder', log_every_steps=1, learning_rate=0.1)
 
 
 # ---- multi-worker ----------------------------------------------------------------------------------------------
