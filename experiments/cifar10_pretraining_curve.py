@@ -311,7 +311,8 @@ def with_seed(name, seed):
 
 def extended_epochs(listed, seconds_per_epoch, budget):
   """The baseline's epoch counts: the chain's, then three times the last while a run that long takes at most
-  `budget` seconds, the last one cut to what fits (rounded down to a multiple of 10)."""
+  `budget` seconds, the last one cut to what fits (rounded down to a multiple of 10). A cut run under 1.5 times
+  the extension before it would tell little for hours of clock: that extension is stretched to it instead."""
   epochs = list(listed)
   if not (seconds_per_epoch and budget):
     return tuple(epochs)
@@ -319,7 +320,10 @@ def extended_epochs(listed, seconds_per_epoch, budget):
   while epochs[-1] * 3 <= fits:
     epochs.append(epochs[-1] * 3)
   if fits > epochs[-1]:
-    epochs.append(fits)
+    if len(epochs) > len(listed) and fits < 1.5 * epochs[-1]:
+      epochs[-1] = fits
+    else:
+      epochs.append(fits)
   return tuple(epochs)
 
 

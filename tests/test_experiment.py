@@ -271,7 +271,12 @@ def test_the_curve_takes_the_chains_baseline_runs_and_waits_for_the_pretrainings
 def test_the_baselines_epochs_grow_threefold_within_the_clock():
   curve = curve_driver()
   listed = (20, 60, 180, 540)
-  assert curve.extended_epochs(listed, 5.0, 10_000) == (20, 60, 180, 540, 1620, 2000)
+  assert curve.extended_epochs(listed, 5.0, 30_000) == (20, 60, 180, 540, 1620, 6000)
+  # A cut run barely longer than the extension before it: that extension goes to the clock instead.
+  assert curve.extended_epochs(listed, 5.0, 10_000) == (20, 60, 180, 540, 2000)
+  # The curve's own numbers: the 540-epoch run's seconds per epoch, the pretraining's clock plus its fine-tuning.
+  assert curve.extended_epochs(listed, 5.128, 26_362) == (20, 60, 180, 540, 1620, 5140)
+  # The chain's own runs are never changed.
   assert curve.extended_epochs(listed, 5.0, 3_000) == (20, 60, 180, 540, 600)
   assert curve.extended_epochs(listed, 5.0, 2_000) == listed
   assert curve.extended_epochs(listed, 5.0, 0) == listed
