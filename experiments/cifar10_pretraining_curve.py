@@ -6,8 +6,9 @@ each stage does and why).
 
   LEDGER=experiments/results/cifar10_pretraining_curve/ledger
   python experiments/cifar10_pretraining_curve.py --ledger=$LEDGER                  # everything, then the report
-  python experiments/cifar10_pretraining_curve.py --ledger=$LEDGER --part=pretrained &   # or the two parts side
-  python experiments/cifar10_pretraining_curve.py --ledger=$LEDGER --part=baseline       # by side
+  # or its two parts side by side, one thread each on two cores:
+  python experiments/cifar10_pretraining_curve.py --ledger=$LEDGER --part=pretrained --num_threads=1 &
+  python experiments/cifar10_pretraining_curve.py --ledger=$LEDGER --part=baseline --num_threads=1
   python experiments/cifar10_pretraining_curve.py --preset=fast     # every stage on a few images (15 minutes)
 
 The network and the pretraining recipe are those of the 12-epoch chain (experiments/cifar10_semisup.py: ResNet-18
@@ -170,6 +171,7 @@ def main():
                       help='baseline: only the supervised baseline (hours); pretrained: everything else. The two '
                            'may run at once, in two processes with the same --out and --ledger (never two of the '
                            'same part). all: everything, then the report.')
+  parser.add_argument('--num_threads', type=int, default=0, help=chain_lib.NUM_THREADS_HELP)
   options = parser.parse_args()
   p = PRESETS[options.preset]
   out = os.path.abspath(options.out or os.path.join(ROOT, 'runs', f'cifar10_pretraining_curve_{options.preset}'))
@@ -179,7 +181,7 @@ def main():
   data = chain_lib.link_subset(options.data_dir, out, *p['per_class']) if 'per_class' in p else options.data_dir
   also_from = [os.path.join(HERE, p['also_from'])] if p['also_from'] else []
   chain = chain_lib.Chain(out, chain_lib.git_commit(), options.ledger and os.path.abspath(options.ledger),
-                          also_from=also_from)
+                          also_from=also_from, run_flags=chain_lib.threads(options))
 
   common = ['--dataset=image_folder', '--image_size=32', '--resnet_depth=18', f'--width_multiplier={p["width"]}',
             '--seed=0', '--export_at_end=false', '--log_every_steps=50', '--proj_out_dim=128', '--num_proj_layers=3',

@@ -95,13 +95,15 @@ class Chain:
   ledger lets a chain longer than one machine's life go on where it stopped. `also_from`: ledgers of other chains
   whose stages count as done here when their settings are the same (read only; what is taken from them is
   recorded in `ledger` too). A `resumable` stage (one longer than a session) keeps its newest checkpoint in
-  LEDGER/in_progress/NAME while it runs, and a new machine resumes it from there."""
+  LEDGER/in_progress/NAME while it runs, and a new machine resumes it from there. `run_flags`: run.py flags for how
+  this machine runs a stage, not what it trains (--num_threads): added to every command, never to its settings."""
 
   KEPT = ('config.json', 'metrics.jsonl')  # with the result file, and stage.json last
   POLL_SECONDS = 15
 
-  def __init__(self, out, commit, ledger=None, also_from=()):
+  def __init__(self, out, commit, ledger=None, also_from=(), run_flags=()):
     self.out = out
+    self.run_flags = list(run_flags)
     self.commit = commit
     self.ledger = ledger
     self.also_from = tuple(also_from)
@@ -169,7 +171,7 @@ class Chain:
         copy_files(partial, model_dir, sorted(os.listdir(partial)))
         print(f'\n{name}: resuming from the ledger\'s checkpoint of step {listed_checkpoints(model_dir)[-1]}',
               flush=True)
-      cmd = [sys.executable, os.path.join(ROOT, 'run.py'), f'--model_dir={model_dir}', *args]
+      cmd = [sys.executable, os.path.join(ROOT, 'run.py'), f'--model_dir={model_dir}', *args, *self.run_flags]
       os.makedirs(model_dir, exist_ok=True)
       with open(started, 'w') as f:
         json.dump({'args': args}, f, indent=1)
@@ -382,6 +384,7 @@ def main():
   parser.add_argument('--ledger', default=None,
                       help='also record every finished stage here, and take stages recorded here as done (their '
                            'files are copied into --out): a chain can go on from a ledger on another machine')
+  parser.add_argument('--num_threads', type=int, default=0, help=NUM_THREADS_HELP)
   options = parser.parse_args()
   p = PRESETS[options.preset]
   out = os.path.abspath(options.out or os.path.join(ROOT, 'runs', f'cifar10_semisup_{options.preset}'))
@@ -391,7 +394,7 @@ def main():
   data = link_subset(options.data_dir, out, *p['per_class']) if 'per_class' in p else options.data_dir
   tuning_data = tuning_split(data, out, p['val_fraction'])
   commit = git_commit()
-  chain = Chain(out, commit, options.ledger and os.path.abspath(options.ledger))
+  chain = Chain(out, commit, options.ledger and os.path.abspath(options.ledger), run_flags=threads(options))
 
   common = ['--dataset=image_folder', '--image_size=32', '--resnet_depth=18', f'--width_multiplier={p["width"]}',
             '--seed=0', '--export_at_end=false', '--log_every_steps=50', '--proj_out_dim=128', '--num_proj_layers=3',
@@ -485,6 +488,15 @@ def main():
         f'supervised_{frac}', final + supervised + from_scratch + [f'--label_fraction={fraction}'] +
         chosen(f'supervised_{frac}'), 'eval_test.json')
   write_report(out, options, p, report, chain.timings, commit)
+
+
+NUM_THREADS_HELP = ('run.py --num_threads for every stage (0: TF\'s default, every core). Two drivers side by side '
+                    'on two cores (the curve\'s two parts) train faster with 1 each (docs/results.md); not part of a '
+                    'stage\'s settings.')
+
+
+def threads(options):
+  return [f'--num_threads={options.num_threads}'] if options.num_threads else []
 
 
 def git_commit():

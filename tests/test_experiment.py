@@ -288,7 +288,7 @@ model_dir, steps = args['model_dir'], int(args['train_steps'])
 state = os.path.join(model_dir, 'checkpoint')
 start = int(open(state).readline().split('"')[1].split('-')[1]) if os.path.exists(state) else 0
 with open(os.path.join(model_dir, 'started_at'), 'a') as f:
-  f.write(f'{start}\\n')
+  f.write(f'{start}:{args.get("num_threads", "-")}\\n')
 stop = min(steps, start + 2)  # two steps per session: then "the session ends" (SIGTERM's exit code)
 for name in ('index', 'data-00000-of-00001'):
   open(os.path.join(model_dir, f'ckpt-{stop}.{name}'), 'w').write(str(stop))
@@ -318,19 +318,21 @@ def test_a_resumable_stage_goes_on_from_the_ledger_on_a_new_machine(tmp_path, mo
     with pytest.raises(subprocess.CalledProcessError):
       chain.run('long', args, 'eval_val.json', resumable=True)
     assert module.listed_checkpoints(ledger / 'in_progress' / 'long') == [2 * (session + 1)]
-  chain = module.Chain(str(tmp_path / 'machine2'), 'test', str(ledger))
-  # The checkpoint cadence is not part of the settings: a different one still continues the run.
+  # The checkpoint cadence is not part of the settings: a different one still continues the run; nor is how a
+  # machine runs it (its threads).
+  chain = module.Chain(str(tmp_path / 'machine2'), 'test', str(ledger), run_flags=['--num_threads=1'])
   assert chain.run('long', args[:1] + ['--checkpoint_epochs=5'], 'eval_val.json', resumable=True)['step'] == 5
   assert [(tmp_path / f'machine{m}' / 'long' / 'started_at').read_text().split() for m in range(3)] == [
-      ['0'], ['2'], ['4']]
+      ['0:-'], ['2:-'], ['4:1']]
   assert not (ledger / 'in_progress' / 'long').exists() and (ledger / 'long' / 'stage.json').exists()
   assert json.load(open(ledger / 'long' / 'stage.json'))['seconds'] == 5.0  # over the three sessions
+  assert not any('num_threads' in a for a in json.load(open(ledger / 'long' / 'stage.json'))['args'])
   # Other settings: the kept checkpoint is not resumed.
   with pytest.raises(subprocess.CalledProcessError):
     module.Chain(str(tmp_path / 'machine3'), 'test', str(ledger)).run('other', args, resumable=True)
   with pytest.raises(subprocess.CalledProcessError):
     module.Chain(str(tmp_path / 'machine4'), 'test', str(ledger)).run('other', ['--train_steps=9'], resumable=True)
-  assert (tmp_path / 'machine4' / 'other' / 'started_at').read_text().split() == ['0']
+  assert (tmp_path / 'machine4' / 'other' / 'started_at').read_text().split() == ['0:-']
 
 
 def test_the_curves_report_has_the_curve_the_seeds_and_the_students(tmp_path):
