@@ -229,6 +229,32 @@ def seed_summary(p, results, keys):
   return summary
 
 
+def goals(p, results, seeds, curve):
+  """The issue's goals at the longest pretraining, measured: [{'goal', 'measured', 'met'}], and the first kept
+  checkpoint whose 10% fine-tuning reaches the baseline (seed 0, the curve's). A gap between fine-tuning and the
+  baseline is the difference of their means over the seeds; under two standard deviations of that difference
+  (sqrt(sd_a² + sd_b²)) it is called a tie."""
+  longest, found = max(p['kept_epochs']), []
+  for frac, target in (('1pct', 15.0), ('10pct', 5.0)):
+    a, b = seeds.get(f'finetune_e{longest}_{frac}'), seeds.get(f'supervised_{frac}')
+    if a and b:
+      gap, sd = 100 * (a['mean'] - b['mean']), 100 * (a['std'] ** 2 + b['std'] ** 2) ** 0.5
+      tie = ' (a tie: under two standard deviations)' if abs(gap) < 2 * sd else ''
+      found.append({'goal': f'fine-tuning at {frac[:-3]}% labels ≥ the tuned baseline + {target:g} points',
+                    'measured': f'{gap:+.1f} ± {sd:.1f} points{tie}', 'met': gap >= target})
+  for kind, goal, limit in (('self', 'the self-distilled student ≥ its teacher − 1 point', -1.0),
+                            ('half', 'the half-width student within 3 points of its teacher', -3.0)):
+    r = results.get(f'distill_e{longest}_10pct_{kind}', {})
+    if r.get('top1') is not None and r.get('teacher_top1') is not None:
+      diff = 100 * (r['top1'] - r['teacher_top1'])
+      found.append({'goal': goal, 'measured': f'{diff:+.1f} points on its teacher', 'met': diff >= limit})
+  baseline = results.get('supervised_10pct', {}).get('top1')
+  reached = [e for e, r in sorted(curve.items()) if baseline is not None and r['finetune_10pct'] is not None and
+             r['finetune_10pct'] >= baseline]
+  crossing = reached[0] if reached else None
+  return found, crossing
+
+
 def write_report(out, p, report, timings, commit):
   """results.json (the chain's schema: rows with top1, students with teacher_top1; plus the curve and the seeds),
   results.md (the tables) and results.png (test top-1 against pretraining epochs, the baselines as lines)."""
@@ -237,8 +263,9 @@ def write_report(out, p, report, timings, commit):
   curve = curve_rows(p, results)
   seeds = seed_summary(p, results, [f'finetune_e{longest}_1pct', f'finetune_e{longest}_10pct', 'supervised_1pct',
                                     'supervised_10pct'])
-  summary = dict(settings=p, commit=commit, tuning=tuning, results=results, curve=curve, seeds=seeds,
-                 seconds=timings, total_hours=round(sum(timings.values()) / 3600, 2))
+  met, crossing = goals(p, results, seeds, curve)
+  summary = dict(settings=p, commit=commit, tuning=tuning, results=results, curve=curve, seeds=seeds, goals=met,
+                 crossing_10pct=crossing, seconds=timings, total_hours=round(sum(timings.values()) / 3600, 2))
   files.write_json(os.path.join(out, 'results.json'), summary)
   pct = lambda v: '–' if v is None else f'{100 * v:.1f}'
   spread = lambda key: (f'{100 * seeds[key]["mean"]:.1f} ± {100 * seeds[key]["std"]:.1f}' if key in seeds else
@@ -258,6 +285,12 @@ def write_report(out, p, report, timings, commit):
   for kind, label in (('self', 'into itself'), ('half', f'into width {p["student_width"]} (from scratch)')):
     r = results.get(f'distill_e{longest}_10pct_{kind}', {})
     lines.append(f'| {label} | {pct(r.get("top1"))} | {pct(r.get("teacher_top1"))} |')
+  lines += ['', f'| goal at {longest} epochs of pretraining | measured | met |', '| --- | --- | --- |']
+  lines += [f'| {g["goal"]} | {g["measured"]} | {"yes" if g["met"] else "no"} |' for g in met]
+  lines += ['', (f'At 10% labels, fine-tuning (seed 0) first reaches the tuned baseline after {crossing} epochs of '
+                 'pretraining.') if crossing else
+            (f'At 10% labels, fine-tuning (seed 0) stays under the tuned baseline at every kept checkpoint up to '
+             f'{longest} epochs of pretraining.')]
   lines += ['', '| chosen on the validation split | learning rate | crop min. area | epochs | val top-1 |',
             '| --- | ---: | ---: | ---: | ---: |']
   lines += [f'| {key} | {t["learning_rate"]:g} | {t["crop_min_area"]:g} | {t["epochs"]} | {pct(t["val_top1"])} |'
