@@ -47,22 +47,6 @@ def test_fast_chain_runs_every_stage(tmp_path, tmp_path_factory):
   assert json.load(open(tuned / 'eval_val.json'))['num_examples'] == 100  # 10 of each class's 40 images
   assert json.load(open(tuned / 'config.json'))['finetune_crop_min_area'] == 0.35
   assert (tmp_path / 'results.png').stat().st_size > 10000
-  # The goals, measured: 1% +18.0 (sd 2.8: not a tie), 10% +4.0 with no spread (short of +5), the students.
-  assert [(g['measured'], g['met']) for g in summary['goals']] == [
-      ('+18.0 ± 2.8 points', True), ('+4.0 ± 0.0 points', False), ('+1.0 points on its teacher', True),
-      ('-2.0 points on its teacher', True)]
-  assert summary['crossing_10pct'] == 100  # 0.7 + e/1000 reaches 0.76 only at e = 100 (0.712, 0.725, 0.75 before)
-  assert '| fine-tuning at 10% labels ≥ the tuned baseline + 5 points | +4.0 ± 0.0 points | no |' in lines
-  assert any('first reaches the tuned baseline after 100 epochs' in line for line in lines)
-  # Seeds that disagree more than the gap: a tie; and a curve that never reaches the baseline says so.
-  results['finetune_e100_1pct_seed1'] = {'top1': 0.30}
-  results['supervised_10pct'] = {'top1': 0.9}
-  curve.write_report(str(tmp_path), p, {'results': results, 'tuning': tuning}, {'x': 3600}, 'abc')
-  summary = json.load(open(tmp_path / 'results.json'))
-  assert summary['goals'][0]['measured'].endswith('(a tie: under two standard deviations)')
-  assert summary['crossing_10pct'] is None
-  assert any('stays under the tuned baseline at every kept checkpoint up to 100' in line
-             for line in (tmp_path / 'results.md').read_text().splitlines())
   assert '| Supervised only (tuned)' in (tmp_path / 'results.md').read_text()
   # Nothing of the data is copied: both the subset and the tuning split are links.
   for folder in ('data', 'tuning_data'):
