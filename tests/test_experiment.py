@@ -348,8 +348,11 @@ def test_the_curves_report_has_the_curve_the_seeds_and_the_students(tmp_path):
                     f'linear_e{e}': {'top1': 0.6}, f'knn_e{e}': {'top1': 0.55}})
   results.update({'finetune_e100_1pct_seed1': {'top1': 0.58}, 'finetune_e100_1pct_seed2': {'top1': 0.62},
                   'finetune_e100_10pct_seed1': {'top1': 0.8}, 'finetune_e100_10pct_seed2': {'top1': 0.8}})
+  results['linear_e100_crop0.08'] = {'top1': 0.57}
   tuning = {'supervised_1pct': {'scores': {curve.chain_lib.tag_of(0.8, 0.7, 900): 0.42}, 'learning_rate': 0.8,
-                                'crop_min_area': 0.7, 'epochs': 900, 'val_top1': 0.42}}
+                                'crop_min_area': 0.7, 'epochs': 900, 'val_top1': 0.42},
+            'linear': {'scores': {curve.chain_lib.tag_of(0.4, 0.7, 90): 0.6}, 'learning_rate': 0.4,
+                       'crop_min_area': 0.7, 'epochs': 90, 'val_top1': 0.6}}
   curve.write_report(str(tmp_path), p, {'results': results, 'tuning': tuning}, {'x': 3600}, 'abc')
   summary = json.load(open(tmp_path / 'results.json'))
   assert summary['curve']['12'] == {'finetune_1pct': 0.512, 'finetune_10pct': 0.712, 'linear': 0.6, 'knn': 0.55}
@@ -359,6 +362,8 @@ def test_the_curves_report_has_the_curve_the_seeds_and_the_students(tmp_path):
   assert '| 100 | 60.0 | 80.0 | 60.0 | 55.0 |' in lines
   assert '| SimCLRv2 fine-tuned | 60.0 ± 2.0 | 80.0 ± 0.0 |' in lines
   assert '| into width 0.125 (from scratch) | 78.0 | 80.0 |' in lines
+  assert ("Linear evaluation at 100 epochs with the reference's crop (minimum area 0.08, its learning rate and length "
+          "tuned at that crop): 57.0%; with the crop tuned too (minimum area 0.7): 60.0%.") in lines
   assert (tmp_path / 'results.png').stat().st_size > 10000
   # The goals, measured: 1% +18.0 (sd 2.8: not a tie), 10% +4.0 with no spread (short of +5), the students.
   assert [(g['measured'], g['met']) for g in summary['goals']] == [
