@@ -137,7 +137,8 @@ def test_reference_flags_translate_to_ours():
 def test_a_linear_or_no_projection_head_trains(tmp_path, shapes_dir):
   for mode, layers in (('none', 0), ('linear', 1)):
     proc = run_cli(*tiny_flags(train_steps=2, log_every_steps=1), '--dataset=image_folder',
-                   f'--data_dir={shapes_dir}', f'--model_dir={tmp_path / mode}', f'--proj_head_mode={mode}', timeout=300)
+                   f'--data_dir={shapes_dir}', f'--model_dir={tmp_path / mode}', f'--proj_head_mode={mode}',
+                   timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.load(open(tmp_path / mode / 'config.json'))['num_proj_layers'] == layers
 
