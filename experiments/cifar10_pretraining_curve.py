@@ -60,6 +60,7 @@ PRESETS = {
 }
 FRACTIONS = chain_lib.FRACTIONS
 REFERENCE_CROP = 0.08  # the reference's random crop (minimum area) when it trains a linear head
+REFERENCE_LINEAR = f'linear_e{{epochs}}_crop{REFERENCE_CROP:g}'  # its final run's stage, .format(epochs=E)
 PRETRAIN = 'pretrain'
 
 
@@ -277,7 +278,7 @@ def write_report(out, p, report, timings, commit):
             f'{pct(r["knn"])} |' for e, r in curve.items()]
   lines += [f'| supervised only (tuned) | {pct(results["supervised_1pct"]["top1"])} | '
             f'{pct(results["supervised_10pct"]["top1"])} | | |', '']
-  reference = results.get(f'linear_e{longest}_crop{REFERENCE_CROP:g}', {}).get('top1')
+  reference = results.get(REFERENCE_LINEAR.format(epochs=longest), {}).get('top1')
   if reference is not None and 'linear' in tuning:
     lines += [f'Linear evaluation at {longest} epochs with the reference\'s crop (minimum area {REFERENCE_CROP:g}, '
               f'its learning rate and length tuned at that crop): {pct(reference)}%; with the crop tuned too '
@@ -428,19 +429,17 @@ class Stages:
     # with the full grid), then the crop tuned too, as for fine-tuning: a linear head on frozen features fits
     # crops of 8% of a 32-pixel image poorly (at 100 epochs it ended at 61% training accuracy, 65.6% test, under
     # the 67.6% of the frozen-feature probe).
-    tuned['linear_reference_crop'] = chain_lib.grid_search(
-        chain, f'tune/linear_e{longest}', self.tuning + self.linear(longest), p['linear_lrs'], (REFERENCE_CROP,),
-        p['linear_epochs'])
-    tuned['linear'] = chain_lib.grid_search(chain, f'tune/linear_e{longest}', self.tuning + self.linear(longest),
-                                            p['linear_lrs'], p['crop_min_areas'], p['linear_epochs'])
+    linear_grid = lambda crops: chain_lib.grid_search(chain, f'tune/linear_e{longest}', self.tuning +
+                                                      self.linear(longest), p['linear_lrs'], crops, p['linear_epochs'])
+    tuned['linear_reference_crop'] = linear_grid((REFERENCE_CROP,))
+    tuned['linear'] = linear_grid(p['crop_min_areas'])
     for epochs in sorted(self.kept, reverse=True):  # 90 epochs of linear evaluation: about an hour each here
       results[f'linear_e{epochs}'] = chain.run(f'linear_e{epochs}', self.final + self.linear(epochs) +
                                                self.chosen(tuned['linear']), 'eval_test.json', resumable=True)
     reference = self.chosen(tuned['linear_reference_crop'])
-    results[f'linear_e{longest}_crop{REFERENCE_CROP:g}'] = (
-        results[f'linear_e{longest}'] if reference == self.chosen(tuned['linear']) else
-        chain.run(f'linear_e{longest}_crop{REFERENCE_CROP:g}', self.final + self.linear(longest) + reference,
-                  'eval_test.json', resumable=True))
+    name = REFERENCE_LINEAR.format(epochs=longest)
+    results[name] = (results[f'linear_e{longest}'] if reference == self.chosen(tuned['linear']) else
+                     chain.run(name, self.final + self.linear(longest) + reference, 'eval_test.json', resumable=True))
     self.distill()
     for seed in p['seeds'][1:]:
       for frac in FRACTIONS:
