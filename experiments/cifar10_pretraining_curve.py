@@ -40,13 +40,17 @@ PRESETS = {
     # 100 epochs at batch 128 is 39,062 steps, about 5.5 hours of a 2-core CPU in bfloat16. Fine-tuning, the
     # supervised baseline and their grids are the 12-epoch chain's (experiments/cifar10_semisup.py), whose
     # baseline runs are taken from its ledger where the settings are the same; the baseline's epochs go on past
-    # the chain's longest (x3 each time) while validation accuracy improves and the run fits in the clock of the
-    # longest pretraining plus its fine-tuning. Linear evaluation: the learning rate on the grid, then longer while
-    # validation improves. The small student (half the width) is trained from scratch by distillation alone.
+    # the chain's longest (x3 each time) while validation accuracy improves by more than half a point and the run
+    # fits in the clock of the longest pretraining plus its fine-tuning: each run is three times as long as the one
+    # before, and a smaller gain is within the noise of a 5,000-image validation split (one standard error of its
+    # top-1 is 0.6-0.7 points), a tie that goes to the shorter run. Linear evaluation: the learning rate and crop on
+    # the grid, then longer while validation improves. The small student (half the width) is trained from scratch
+    # by distillation alone.
     'full': dict(width=0.25, pretrain_epochs=100, kept_epochs=(12, 25, 50, 100), pretrain_batch=128,
                  warmup_epochs=5, precision='mixed_bfloat16',
                  batch=64, lrs=(0.05, 0.2, 0.8), crop_min_areas=(0.08, 0.35, 0.7),
                  baseline_epochs={'1pct': (100, 300, 900, 2700), '10pct': (20, 60, 180, 540)},
+                 baseline_min_gain=0.005,
                  finetune_epochs={'1pct': (30, 100, 300), '10pct': (10, 30, 90)},
                  linear_lrs=(0.1, 0.4, 1.6), linear_epochs=(10, 30, 90), linear_batch=256,
                  distill_epochs=20, student_width=0.125, seeds=(0, 1, 2), knn_k=200, val_fraction=0.1,
@@ -54,6 +58,7 @@ PRESETS = {
     'fast': dict(width=0.125, pretrain_epochs=4, kept_epochs=(1, 2, 4), pretrain_batch=32, warmup_epochs=1,
                  precision='float32', per_class=(40, 10),
                  batch=16, lrs=(0.2,), crop_min_areas=(0.35,), baseline_epochs={'1pct': (1, 2), '10pct': (1, 2)},
+                 baseline_min_gain=0.0,
                  finetune_epochs={'1pct': (1,), '10pct': (1,)}, linear_lrs=(0.4,), linear_epochs=(1,),
                  linear_batch=32, distill_epochs=1, student_width=0.0625, seeds=(0, 1), knn_k=5, val_fraction=0.25,
                  also_from=None),
@@ -484,13 +489,14 @@ class Stages:
 
   def baseline_tuning(self, frac, extend=True):
     """The chain's grid for the supervised baseline (its runs taken from its ledger), and with `extend` longer
-    runs while validation improves and they fit in the clock of the longest pretraining plus its fine-tuning.
+    runs while validation improves (by more than the preset's baseline_min_gain) and they fit in the clock of the
+    longest pretraining plus its fine-tuning.
     None while that clock is not known and the next run may not fit in what the pretraining has taken so far."""
     p, chain = self.p, self.chain
     base = self.tuning + self.supervised + self.from_scratch + [f'--label_fraction={FRACTIONS[frac]}']
     listed = p['baseline_epochs'][frac]
     t = chain_lib.grid_search(chain, f'tune/supervised_{frac}', base, p['lrs'], p['crop_min_areas'],
-                              listed if extend else listed[:1])
+                              listed if extend else listed[:1], min_gain=p['baseline_min_gain'])
     if not extend or t['epochs'] != listed[-1] or len(listed) < 2:
       return t
     # The longest listed run still improved: how long may the next be?
@@ -506,7 +512,7 @@ class Stages:
       return None
     # Runs longer than the listed ones take hours: they keep their newest checkpoint in the ledger.
     return chain_lib.grid_search(chain, f'tune/supervised_{frac}', base, p['lrs'], p['crop_min_areas'], epochs,
-                                 resumable_after=listed[-1])
+                                 resumable_after=listed[-1], min_gain=p['baseline_min_gain'])
 
   def pretraining_seconds(self):
     """(seconds the long pretraining has trained so far, whether it is finished): its record once finished (here
@@ -527,10 +533,13 @@ class Stages:
       if t is None:
         return None
       self.tuned[f'supervised_{frac}'] = t
+      # A run of more than half an hour here (its tuning run's recorded seconds, on every training image) keeps
+      # its newest checkpoint in the ledger as it goes, to continue in a later session.
+      tuning_run = f'tune/supervised_{frac}_{chain_lib.tag_of(t["learning_rate"], t["crop_min_area"], t["epochs"])}'
+      long = self.chain.timings[tuning_run] / (1 - self.p['val_fraction']) > 1800
       for seed in self.p['seeds']:
         args = (seeded(self.final, seed) + self.supervised + self.from_scratch +
                 [f'--label_fraction={FRACTIONS[frac]}'] + self.chosen(t))
-        long = t['epochs'] > self.p['baseline_epochs'][frac][-1]  # hours: kept in the ledger as it goes
         self.results[with_seed(f'supervised_{frac}', seed)] = self.chain.run(
             with_seed(f'supervised_{frac}', seed), chain_lib.saving_every(args, t['epochs'] // 20) if long else args,
             'eval_test.json', resumable=long)

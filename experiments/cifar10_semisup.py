@@ -322,7 +322,8 @@ def saving_every(args, epochs):
                                                                          '--keep_checkpoint_max=2']
 
 
-def grid_search(chain, prefix, base_args, lrs, crops, epoch_list, max_steps_out=2, resumable_after=None):
+def grid_search(chain, prefix, base_args, lrs, crops, epoch_list, max_steps_out=2, resumable_after=None,
+                min_gain=0.0):
   """Validation top-1 of every run, and the chosen (lr, crop, epochs).
 
   1. lr x crop at epoch_list[0].
@@ -330,7 +331,8 @@ def grid_search(chain, prefix, base_args, lrs, crops, epoch_list, max_steps_out=
      the largest (or the smallest) one while that improves, up to `max_steps_out` times; then, at the best learning
      rate, the crop's minimum area 1.0 (no crop, flips only) when the largest area was best. Only along an axis with
      two or more values.
-  3. The best setting at each longer epoch count while validation accuracy still improves.
+  3. The best setting at each longer epoch count while validation accuracy still improves, by more than
+     `min_gain` (a smaller gain is a tie: the shorter run stays chosen and no longer one is tried).
   A setting must beat the best so far to be chosen: ties go to the earlier one. Runs longer than
   `resumable_after` epochs save a checkpoint every 5% of their epochs and continue from it on a new machine
   (Chain.run's `resumable`)."""
@@ -367,7 +369,7 @@ def grid_search(chain, prefix, base_args, lrs, crops, epoch_list, max_steps_out=
   chosen = first
   for epochs in epoch_list[1:]:
     value = score(*best, epochs)
-    if value <= best_score:
+    if value <= best_score + min_gain:
       break
     chosen, best_score = epochs, value
   return {'scores': scores, 'learning_rate': best[0], 'crop_min_area': best[1], 'epochs': chosen,
