@@ -6,9 +6,10 @@ each stage does and why).
 
   LEDGER=experiments/results/cifar10_pretraining_curve/ledger
   python experiments/cifar10_pretraining_curve.py --ledger=$LEDGER                  # everything, then the report
-  # or its two parts side by side, one thread each on two cores:
+  # or its parts two at a time, one thread each on two cores (students once the 10% fine-tuning is done):
   python experiments/cifar10_pretraining_curve.py --ledger=$LEDGER --part=pretrained --num_threads=1 &
-  python experiments/cifar10_pretraining_curve.py --ledger=$LEDGER --part=baseline --num_threads=1
+  python experiments/cifar10_pretraining_curve.py --ledger=$LEDGER --part=baseline --num_threads=1 &&
+  python experiments/cifar10_pretraining_curve.py --ledger=$LEDGER --part=students --num_threads=1
   python experiments/cifar10_pretraining_curve.py --preset=fast     # every stage on a few images (15 minutes)
 
 The network and the pretraining recipe are those of the 12-epoch chain (experiments/cifar10_semisup.py: ResNet-18
@@ -67,6 +68,12 @@ FRACTIONS = chain_lib.FRACTIONS
 REFERENCE_CROP = 0.08  # the reference's random crop (minimum area) when it trains a linear head
 REFERENCE_LINEAR = f'linear_e{{epochs}}_crop{REFERENCE_CROP:g}'  # its final run's stage, .format(epochs=E)
 PRETRAIN = 'pretrain'
+# What --part runs. Two different parts but `all` may run at once, in two processes with the same --out and
+# --ledger.
+PARTS = {'all': ('pretrained', 'students', 'baseline'),  # everything left, then the report
+         'pretrained': ('pretrained',),  # the pretraining, then kNN, fine-tuning and linear evaluation
+         'students': ('students',),  # fine-tuning's other seeds and the distillations: after the 10% fine-tuning
+         'baseline': ('baseline',)}  # the supervised baseline (hours)
 
 
 def count_images(data_dir, split='train'):
@@ -174,10 +181,12 @@ def main():
   parser.add_argument('--out', default=None, help='default: runs/cifar10_pretraining_curve_<preset>')
   parser.add_argument('--until', default='report', choices=('pretrain', 'report'))
   parser.add_argument('--ledger', default=None, help='as in experiments/cifar10_semisup.py')
-  parser.add_argument('--part', default='all', choices=('all', 'pretrained', 'baseline'),
-                      help='baseline: only the supervised baseline (hours); pretrained: everything else. The two '
-                           'may run at once, in two processes with the same --out and --ledger (never two of the '
-                           'same part). all: everything, then the report.')
+  parser.add_argument('--part', default='all', choices=sorted(PARTS),
+                      help='pretrained: the pretraining, kNN, fine-tuning and linear evaluation; students: the other '
+                           'seeds of fine-tuning and the distillations (once the 10%% fine-tuning from the longest '
+                           'pretraining, their teacher, is done); baseline: the supervised baseline (hours). Two '
+                           'different parts may run at once, in two processes with the same --out and --ledger. '
+                           'all (never beside another part): everything left, then the report.')
   parser.add_argument('--num_threads', type=int, default=0, help=chain_lib.NUM_THREADS_HELP)
   options = parser.parse_args()
   p = PRESETS[options.preset]
@@ -205,15 +214,17 @@ def main():
       '--learning_rate_scaling=linear', '--weight_decay=1e-4', '--temperature=0.5', '--color_jitter_strength=0.5',
       '--use_blur=false', f'--warmup_epochs={p["warmup_epochs"]}', '--checkpoint_epochs=1',
       '--keep_checkpoint_max=1000'], kept_steps, total)
-  if options.part != 'baseline':
+  parts = PARTS[options.part]
+  teacher = f'finetune_e{max(p["kept_epochs"])}_10pct'
+  if parts == ('students',) and not chain.finished(teacher):
+    sys.exit(f'error: --part=students needs {teacher} (the distillations\' teacher) done: run --part=pretrained '
+             'until it is (or --part=all).')
+  if parts != ('baseline',):
     pretraining.run()
     if options.until == 'pretrain':
       return
   stages = Stages(chain, p, data, common, {e: pretraining.kept(e) for e in p['kept_epochs']}, pretraining)
-  if options.part == 'baseline':
-    report = stages.baseline()
-  else:
-    report = stages.all(with_baseline=options.part == 'all')
+  report = stages.all(parts)
   if report is not None and options.part == 'all':
     write_report(out, p, report, chain.timings, chain.commit)
 
@@ -381,11 +392,11 @@ def mean_std(values):
 
 
 class Stages:
-  """The runs that follow the pretraining, in the order they are worth having: kNN at every kept checkpoint;
-  fine-tuning tuned on the validation split at the longest pretraining and run with those settings from every
-  kept checkpoint; linear evaluation likewise; distillation of the longest's 10% model into itself and into a
-  network of half the width; the other seeds at the longest; then the supervised baseline, whose longest runs
-  take hours (`--part=baseline` runs it alone, beside the rest)."""
+  """The runs that follow the pretraining, in three parts (PARTS) that may run side by side. evaluations: kNN at
+  every kept checkpoint; fine-tuning tuned on the validation split at the longest pretraining and run with those
+  settings from every kept checkpoint; linear evaluation likewise. students: the other seeds of fine-tuning at the
+  longest; distillation of its 10% model into itself and into a network of half the width. baseline: the
+  supervised baseline, whose longest runs take hours."""
 
   def __init__(self, chain, preset, data, common, kept, pretraining):
     self.chain, self.p, self.kept, self.pretraining = chain, preset, kept, pretraining
@@ -415,18 +426,36 @@ class Stages:
     return [f'--learning_rate={t["learning_rate"]}', f'--finetune_crop_min_area={t["crop_min_area"]}',
             f'--train_epochs={t["epochs"]}']
 
-  def all(self, with_baseline=True):
+  def all(self, parts=PARTS['all']):
+    """The stages of `parts` (see PARTS), in order; {'tuning', 'results'} for the report, or None while the
+    baseline has to wait for the pretraining's clock."""
+    if 'pretrained' in parts:
+      self.evaluations()
+    if 'students' in parts:
+      self.students()
+    if 'baseline' in parts and self.baseline() is None:
+      return None
+    return {'tuning': self.tuned, 'results': self.results}
+
+  def finetune_tuning(self):
+    """Fine-tuning's settings at both fractions, tuned at the longest pretraining (the grid's runs are taken from
+    --out or the ledger once done)."""
+    p = self.p
+    for frac, fraction in FRACTIONS.items():
+      self.tuned[f'finetune_{frac}'] = chain_lib.grid_search(
+          self.chain, f'tune/finetune_e{self.longest}_{frac}',
+          self.tuning + self.supervised + self.from_pretrained(self.longest) + [f'--label_fraction={fraction}'],
+          p['lrs'], p['crop_min_areas'], p['finetune_epochs'][frac])
+
+  def evaluations(self):
+    """kNN, fine-tuning and linear evaluation from every kept checkpoint."""
     p, chain, results, tuned, longest = self.p, self.chain, self.results, self.tuned, self.longest
     for epochs in sorted(self.kept, reverse=True):
       results[f'knn_e{epochs}'] = chain.run(f'knn_e{epochs}', [
           '--mode=knn', f'--checkpoint={self.kept[epochs]}', '--dataset=image_folder', f'--data_dir={self.data}',
           '--image_size=32', f'--knn_k={p["knn_k"]}', '--knn_temperature=0.1', '--eval_split=test'],
           'knn_test.json')
-    for frac, fraction in FRACTIONS.items():
-      tuned[f'finetune_{frac}'] = chain_lib.grid_search(
-          chain, f'tune/finetune_e{longest}_{frac}',
-          self.tuning + self.supervised + self.from_pretrained(longest) + [f'--label_fraction={fraction}'],
-          p['lrs'], p['crop_min_areas'], p['finetune_epochs'][frac])
+    self.finetune_tuning()
     for epochs in sorted(self.kept, reverse=True):  # the settings tuned at the longest, for every checkpoint
       for frac in FRACTIONS:
         results[f'finetune_e{epochs}_{frac}'] = self.finetune(epochs, frac)
@@ -445,13 +474,14 @@ class Stages:
     name = REFERENCE_LINEAR.format(epochs=longest)
     results[name] = (results[f'linear_e{longest}'] if reference == self.chosen(tuned['linear']) else
                      chain.run(name, self.final + self.linear(longest) + reference, 'eval_test.json', resumable=True))
-    self.distill()
-    for seed in p['seeds'][1:]:
+
+  def students(self):
+    """The other seeds of fine-tuning at the longest pretraining (minutes), then the distillations (hours)."""
+    self.finetune_tuning()
+    for seed in self.p['seeds'][1:]:
       for frac in FRACTIONS:
-        results[with_seed(f'finetune_e{longest}_{frac}', seed)] = self.finetune(longest, frac, seed)
-    if not with_baseline or self.baseline() is None:
-      return None
-    return {'tuning': tuned, 'results': results}
+        self.results[with_seed(f'finetune_e{self.longest}_{frac}', seed)] = self.finetune(self.longest, frac, seed)
+    self.distill()
 
   def finetune(self, epochs, frac, seed=0):
     # The 10% model of the longest pretraining teaches the distillations: its checkpoint is kept in the ledger.

@@ -301,6 +301,35 @@ def test_the_curves_baseline_stops_where_a_longer_run_gains_less_than_half_a_poi
   assert '$ ' not in capsys.readouterr().out  # every run taken from the ledger
 
 
+def test_the_students_part_waits_for_its_teacher(tmp_path):
+  """--part=students (the distillations, the other seeds) needs the 10% fine-tuning of the longest pretraining:
+  without it, one line saying so, and nothing started (no pretraining from a second process)."""
+  data = tiny_image_folder(tmp_path / 'data')
+  command = [sys.executable, os.path.join(ROOT, 'experiments', 'cifar10_pretraining_curve.py'), f'--data_dir={data}',
+             f'--out={tmp_path / "out"}', f'--ledger={tmp_path / "ledger"}', '--part=students']
+  done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+  assert done.returncode == 1 and done.stderr.splitlines() == [
+      'error: --part=students needs finetune_e100_10pct (the distillations\' teacher) done: run --part=pretrained '
+      'until it is (or --part=all).']
+  assert sorted(os.listdir(tmp_path / 'out')) == []
+  # With the teacher recorded, the part goes on to the pretraining's checkpoints (here: its settings' check).
+  os.makedirs(tmp_path / 'ledger' / 'finetune_e100_10pct')
+  (tmp_path / 'ledger' / 'finetune_e100_10pct' / 'stage.json').write_text(json.dumps({'seconds': 1.0}))
+  os.makedirs(tmp_path / 'ledger' / 'pretrain')
+  (tmp_path / 'ledger' / 'pretrain' / 'stage.json').write_text(json.dumps({'args': ['--other']}))
+  done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+  assert done.returncode == 1 and 'records the long pretraining with other settings' in done.stderr
+  # Each part runs its own stages only; all of them, in order, make the report's input.
+  curve, ran = curve_driver(), []
+  stub = type('Stages', (), {'tuned': {'t': 1}, 'results': {'r': 2}, 'evaluations': lambda s: ran.append('e'),
+                             'students': lambda s: ran.append('s'), 'baseline': lambda s: ran.append('b') or {}})()
+  assert curve.Stages.all(stub, curve.PARTS['students']) == {'tuning': {'t': 1}, 'results': {'r': 2}}
+  assert ran == ['s']
+  assert curve.Stages.all(stub, curve.PARTS['all']) is not None and ran == ['s', 'e', 's', 'b']
+  stub.baseline = lambda: None  # waiting for the pretraining's clock: no report yet
+  assert curve.Stages.all(stub, curve.PARTS['baseline']) is None
+
+
 def test_the_baselines_epochs_grow_threefold_within_the_clock():
   curve = curve_driver()
   listed = (20, 60, 180, 540)
