@@ -199,9 +199,7 @@ def main():
   chain = chain_lib.Chain(out, chain_lib.git_commit(), options.ledger and os.path.abspath(options.ledger),
                           also_from=also_from, run_flags=chain_lib.threads(options))
 
-  common = ['--dataset=image_folder', '--image_size=32', '--resnet_depth=18', f'--width_multiplier={p["width"]}',
-            '--seed=0', '--export_at_end=false', '--log_every_steps=50', '--proj_out_dim=128', '--num_proj_layers=3',
-            f'--precision={p["precision"]}']
+  common = common_args(p)
   # Epoch E ends at step E * N // batch (simclr_tf.optim.build.epoch_period), where --checkpoint_epochs=1 saves.
   # The checkpoints kept at 12, 25 and 50 epochs were written before that (epoch = N // batch = 390 steps): ledger
   # pretrain/epoch_12 is ckpt-4680, not 4687; a kept folder is never written again.
@@ -227,6 +225,13 @@ def main():
   report = stages.all(parts)
   if report is not None and options.part == 'all':
     write_report(out, p, report, chain.timings, chain.commit)
+
+
+def common_args(p):
+  """The run.py flags every stage of preset `p` shares: the network, its precision, how it logs."""
+  return ['--dataset=image_folder', '--image_size=32', '--resnet_depth=18', f'--width_multiplier={p["width"]}',
+          '--seed=0', '--export_at_end=false', '--log_every_steps=50', '--proj_out_dim=128', '--num_proj_layers=3',
+          f'--precision={p["precision"]}']
 
 
 def curve_rows(p, results):
@@ -530,8 +535,7 @@ class Stages:
     if not extend or t['epochs'] != listed[-1] or len(listed) < 2:
       return t
     # The longest listed run still improved: how long may the next be?
-    longest_run = f'tune/supervised_{frac}_{chain_lib.tag_of(t["learning_rate"], t["crop_min_area"], listed[-1])}'
-    per_epoch = chain.timings[longest_run] / listed[-1] / (1 - p['val_fraction'])  # on every training image
+    per_epoch = self.baseline_seconds(frac, t, listed[-1]) / listed[-1]
     pretrain_seconds, finished = self.pretraining_seconds()
     finetune = chain.stage_seconds(f'finetune_e{self.longest}_{frac}') or 0.0
     epochs = extended_epochs(listed, per_epoch, pretrain_seconds + finetune)
@@ -543,6 +547,12 @@ class Stages:
     # Runs longer than the listed ones take hours: they keep their newest checkpoint in the ledger.
     return chain_lib.grid_search(chain, f'tune/supervised_{frac}', base, p['lrs'], p['crop_min_areas'], epochs,
                                  resumable_after=listed[-1], min_gain=p['baseline_min_gain'])
+
+  def baseline_seconds(self, frac, t, epochs):
+    """How long the baseline at `t`'s learning rate and crop takes for `epochs` epochs on every training image:
+    its tuning run's recorded seconds (on the training split less the validation images), scaled."""
+    run = f'tune/supervised_{frac}_{chain_lib.tag_of(t["learning_rate"], t["crop_min_area"], epochs)}'
+    return self.chain.timings[run] / (1 - self.p['val_fraction'])
 
   def pretraining_seconds(self):
     """(seconds the long pretraining has trained so far, whether it is finished): its record once finished (here
@@ -563,10 +573,9 @@ class Stages:
       if t is None:
         return None
       self.tuned[f'supervised_{frac}'] = t
-      # A run of more than half an hour here (its tuning run's recorded seconds, on every training image) keeps
-      # its newest checkpoint in the ledger as it goes, to continue in a later session.
-      tuning_run = f'tune/supervised_{frac}_{chain_lib.tag_of(t["learning_rate"], t["crop_min_area"], t["epochs"])}'
-      long = self.chain.timings[tuning_run] / (1 - self.p['val_fraction']) > 1800
+      # A run of more than half an hour here keeps its newest checkpoint in the ledger as it goes, to continue in a
+      # later session.
+      long = self.baseline_seconds(frac, t, t['epochs']) > 1800
       for seed in self.p['seeds']:
         args = (seeded(self.final, seed) + self.supervised + self.from_scratch +
                 [f'--label_fraction={FRACTIONS[frac]}'] + self.chosen(t))

@@ -232,6 +232,7 @@ def curve_driver():
 
 
 CHAIN_LEDGER = os.path.join(ROOT, 'experiments', 'results', 'cifar10_semisup_full', 'ledger')
+CURVE_LEDGER = os.path.join(ROOT, 'experiments', 'results', 'cifar10_pretraining_curve', 'ledger')
 
 
 def tiny_image_folder(root):
@@ -242,19 +243,23 @@ def tiny_image_folder(root):
   return str(root)
 
 
+def full_curve_stages(tmp_path, also_from, pretraining_ledger, run_flags=()):
+  """The full preset's Stages over a tiny image folder, with --out and the ledger under tmp_path, taking runs from
+  the `also_from` ledger and the pretraining's record from `pretraining_ledger`."""
+  curve = curve_driver()
+  p = curve.PRESETS['full']
+  chain = curve.chain_lib.Chain(str(tmp_path / 'out'), 'test', str(tmp_path / 'ledger'), also_from=[also_from],
+                                run_flags=run_flags)
+  pretraining = type('Pretraining', (), {'model_dir': str(tmp_path / 'out' / 'pretrain'),
+                                         'ledger_dir': pretraining_ledger})
+  return curve.Stages(chain, p, tiny_image_folder(tmp_path / 'data'), curve.common_args(p),
+                      {e: f'kept/{e}' for e in p['kept_epochs']}, pretraining)
+
+
 def test_the_curve_takes_the_chains_baseline_runs_and_waits_for_the_pretrainings_clock(tmp_path, capsys):
   """The curve's supervised baseline is the committed chain's: its grid points are taken from the chain's ledger
   (same settings, nothing run), and a run past the chain's longest waits until the pretraining's clock allows it."""
-  curve = curve_driver()
-  p = curve.PRESETS['full']
-  data = tiny_image_folder(tmp_path / 'data')
-  chain = curve.chain_lib.Chain(str(tmp_path / 'out'), 'test', str(tmp_path / 'ledger'), also_from=[CHAIN_LEDGER])
-  pretraining = type('Pretraining', (), {'model_dir': str(tmp_path / 'out' / 'pretrain'),
-                                         'ledger_dir': str(tmp_path / 'ledger' / 'pretrain')})
-  common = ['--dataset=image_folder', '--image_size=32', '--resnet_depth=18', '--width_multiplier=0.25', '--seed=0',
-            '--export_at_end=false', '--log_every_steps=50', '--proj_out_dim=128', '--num_proj_layers=3',
-            '--precision=mixed_bfloat16']
-  stages = curve.Stages(chain, p, data, common, {e: f'kept/{e}' for e in p['kept_epochs']}, pretraining)
+  stages = full_curve_stages(tmp_path, CHAIN_LEDGER, str(tmp_path / 'ledger' / 'pretrain'))
   first = stages.baseline_tuning('10pct', extend=False)
   assert '$ ' not in capsys.readouterr().out  # nothing ran
   assert (first['learning_rate'], first['crop_min_area'], round(first['val_top1'], 3)) == (0.8, 0.7, 0.66)
@@ -275,24 +280,12 @@ def test_the_curve_takes_the_chains_baseline_runs_and_waits_for_the_pretrainings
   assert stages.pretraining_seconds() == (15000.0, True)
 
 
-CURVE_LEDGER = os.path.join(ROOT, 'experiments', 'results', 'cifar10_pretraining_curve', 'ledger')
-
-
 def test_the_curves_baseline_stops_where_a_longer_run_gains_less_than_half_a_point(tmp_path, capsys):
   """The curve's own ledger: at 10% labels the 1,620-epoch run gained 0.2 points of validation top-1 over the
   540-epoch one, within the noise of 5,000 images: a tie, so 540 epochs stay chosen and no longer run is tried. At
   1% the 2,700-epoch run was worse than 900 epochs: 900 stay chosen."""
-  curve = curve_driver()
-  p = curve.PRESETS['full']
-  chain = curve.chain_lib.Chain(str(tmp_path / 'out'), 'test', str(tmp_path / 'ledger'), also_from=[CURVE_LEDGER],
-                                run_flags=['--no_such_flag'])  # a run that starts ends in an error at once
-  pretraining = type('Pretraining', (), {'model_dir': str(tmp_path / 'out' / 'pretrain'),
-                                         'ledger_dir': os.path.join(CURVE_LEDGER, 'pretrain')})
-  common = ['--dataset=image_folder', '--image_size=32', '--resnet_depth=18', '--width_multiplier=0.25', '--seed=0',
-            '--export_at_end=false', '--log_every_steps=50', '--proj_out_dim=128', '--num_proj_layers=3',
-            '--precision=mixed_bfloat16']
-  stages = curve.Stages(chain, p, tiny_image_folder(tmp_path / 'data'), common,
-                        {e: f'kept/{e}' for e in p['kept_epochs']}, pretraining)
+  stages = full_curve_stages(tmp_path, CURVE_LEDGER, os.path.join(CURVE_LEDGER, 'pretrain'),
+                             run_flags=['--no_such_flag'])  # a run that starts ends in an error at once
   ten = stages.baseline_tuning('10pct')
   assert (ten['learning_rate'], ten['crop_min_area'], ten['epochs'], ten['val_top1']) == (0.8, 0.7, 540, 0.764)
   assert round(ten['scores']['lr0.8_crop0.7_ep1620'] - ten['val_top1'], 4) == 0.0022
