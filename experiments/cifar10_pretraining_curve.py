@@ -152,11 +152,13 @@ class LongPretraining:
     cmd = [sys.executable, os.path.join(ROOT, 'run.py'), f'--model_dir={self.model_dir}', *self.args]
     print('\n$ ' + ' '.join(cmd[1:]), flush=True)
     process = subprocess.Popen(cmd, cwd=ROOT)
-    while process.poll() is None:
-      time.sleep(self.POLL_SECONDS)
-      self.sync()
+    with chain_lib.passing_stops_on(process) as stops:
+      while process.poll() is None:
+        time.sleep(self.POLL_SECONDS)
+        self.sync()
     self.sync()  # the checkpoint a SIGTERM (a session's end) saved last
     if process.returncode:
+      chain_lib.exit_if_stopped(PRETRAIN, stops, process.returncode)
       raise subprocess.CalledProcessError(process.returncode, cmd)
     missing = [e for e in self.kept_steps if not os.path.isdir(self.kept(e))]
     if missing:
@@ -169,6 +171,7 @@ class LongPretraining:
       os.makedirs(folder, exist_ok=True)
       with open(os.path.join(folder, 'stage.json'), 'w') as f:
         json.dump(stage, f, indent=1)
+    chain_lib.exit_if_stopped(PRETRAIN, stops, 0)
 
   def ledger_has(self, epochs):
     return bool(self.ledger_dir) and os.path.isdir(os.path.join(self.ledger_dir, f'epoch_{epochs}'))

@@ -21,11 +21,13 @@ of that layout works. The fast preset links a few images per class into OUT/data
 """
 
 import argparse
+import contextlib
 import itertools
 import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -153,8 +155,10 @@ class Chain:
     returns the result file (model_dir/`result`) as a dict, or {}. With may_fail, a run that ends in one of
     run.py's one-line errors (exit code 2: a learning rate past the grid's edge that diverges) is recorded as such
     and returns {'failed': 2}; any other failure stops the chain (a killed run is run again next time, or, when
-    `resumable`, continues from its newest checkpoint)."""
+    `resumable`, continues from its newest checkpoint). SIGTERM or Ctrl-C to the driver stops its run too, at a
+    checkpoint, and then the driver, in one line (exit_if_stopped)."""
     model_dir = os.path.join(self.out, name)
+    stops = []  # the signals that came while its run ran
     done = os.path.join(model_dir, 'stage.json')
     started = os.path.join(model_dir, 'stage_args.json')  # written as a run starts: a cut-short run's settings
     partial = self.in_progress(name)
@@ -178,14 +182,17 @@ class Chain:
       print('\n$ ' + ' '.join(cmd[1:]), flush=True)
       start = time.time()
       process = subprocess.Popen(cmd, cwd=ROOT)
-      while True:
-        try:
-          code = process.wait(timeout=self.POLL_SECONDS if resumable and partial else None)
-          break
-        except subprocess.TimeoutExpired:
-          keep_newest(model_dir, partial)
+      with passing_stops_on(process) as stops:
+        while True:
+          try:
+            code = process.wait(timeout=self.POLL_SECONDS if resumable and partial else None)
+            break
+          except subprocess.TimeoutExpired:
+            keep_newest(model_dir, partial)
       if resumable and partial:
         keep_newest(model_dir, partial)  # the checkpoint a SIGTERM (a session's end) saved last
+      if code:
+        exit_if_stopped(name, stops, code)
       if code and not (may_fail and code == 2):  # 2: run.py's one-line errors, divergence among them
         raise subprocess.CalledProcessError(code, cmd)
       os.makedirs(model_dir, exist_ok=True)
@@ -201,6 +208,7 @@ class Chain:
       shutil.rmtree(partial)
       if not os.listdir(os.path.dirname(partial)):
         os.rmdir(os.path.dirname(partial))
+    exit_if_stopped(name, stops, 0)
     stage = json.load(open(done))
     self.timings[name] = stage['seconds']
     if stage.get('exit_code'):
@@ -264,6 +272,46 @@ def copy_checkpoint(model_dir, step, target, extra=()):
     os.rename(target, old)
   os.rename(tmp, target)
   shutil.rmtree(old, ignore_errors=True)
+
+
+STOPS = (signal.SIGTERM, signal.SIGINT)
+
+
+@contextlib.contextmanager
+def passing_stops_on(process):
+  """While active, SIGTERM and SIGINT to this driver go on to `process`, a run.py (which saves a checkpoint and
+  ends, exit code 128 + the signal), and the driver waits for it rather than leave it running on its own: stopping
+  the driver stops its run as a session's end does. Yields the list of signals received."""
+  received = []
+
+  def pass_on(signum, frame):
+    del frame
+    received.append(signum)
+    if process.poll() is None:
+      process.send_signal(signum)
+
+  previous = {sig: signal.signal(sig, pass_on) for sig in STOPS}
+  try:
+    yield received
+  finally:
+    for sig, handler in previous.items():
+      signal.signal(sig, handler)
+
+
+def exit_if_stopped(name, received, code):
+  """Ends the driver in one line when stage `name`'s run was stopped by a signal, sent to the driver (`received`)
+  or to the run itself (exit code 128 + the signal): the run saved a checkpoint and the same command continues it.
+  A run that finished (code 0) as the driver was told to stop is not cut: call this again once it is recorded, and
+  the driver ends then, before the next stage."""
+  by_signal = [s for s in STOPS if code == 128 + s]
+  if by_signal or (received and code):
+    print(f'{name}: stopped by {signal.Signals((by_signal or received)[0]).name} after its run saved a checkpoint; '
+          'the same command continues it.', file=sys.stderr, flush=True)
+    sys.exit(code)
+  if received and not code:
+    print(f'{name}: finished and recorded as {signal.Signals(received[0]).name} came; the same command goes on '
+          'with the next stage.', file=sys.stderr, flush=True)
+    sys.exit(128 + received[0])
 
 
 def keep_newest(model_dir, target):

@@ -5,8 +5,10 @@ import importlib.util
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -370,8 +372,9 @@ def test_a_resumable_stage_goes_on_from_the_ledger_on_a_new_machine(tmp_path, mo
   args = ['--train_steps=5', '--checkpoint_epochs=1']
   for session in range(2):
     chain = module.Chain(str(tmp_path / f'machine{session}'), 'test', str(ledger))
-    with pytest.raises(subprocess.CalledProcessError):
+    with pytest.raises(SystemExit) as stopped:
       chain.run('long', args, 'eval_val.json', resumable=True)
+    assert stopped.value.code == 143  # the run's own: stopped by SIGTERM, the driver too
     assert module.listed_checkpoints(ledger / 'in_progress' / 'long') == [2 * (session + 1)]
   # The checkpoint cadence is not part of the settings: a different one still continues the run; nor is how a
   # machine runs it (its threads).
@@ -383,11 +386,67 @@ def test_a_resumable_stage_goes_on_from_the_ledger_on_a_new_machine(tmp_path, mo
   assert json.load(open(ledger / 'long' / 'stage.json'))['seconds'] == 5.0  # over the three sessions
   assert not any('num_threads' in a for a in json.load(open(ledger / 'long' / 'stage.json'))['args'])
   # Other settings: the kept checkpoint is not resumed.
-  with pytest.raises(subprocess.CalledProcessError):
+  with pytest.raises(SystemExit):
     module.Chain(str(tmp_path / 'machine3'), 'test', str(ledger)).run('other', args, resumable=True)
-  with pytest.raises(subprocess.CalledProcessError):
+  with pytest.raises(SystemExit):
     module.Chain(str(tmp_path / 'machine4'), 'test', str(ledger)).run('other', ['--train_steps=9'], resumable=True)
   assert (tmp_path / 'machine4' / 'other' / 'started_at').read_text().split() == ['0:-']
+
+
+WAITING_RUN = '''import os, signal, sys, time
+model_dir = dict(a[2:].split('=', 1) for a in sys.argv[1:])['model_dir']
+def save(step):
+  for name in ('index', 'data-00000-of-00001'):
+    open(os.path.join(model_dir, f'ckpt-{step}.{name}'), 'w').write(str(step))
+  with open(os.path.join(model_dir, 'checkpoint'), 'w') as f:
+    f.write(f'model_checkpoint_path: "ckpt-{step}"\\nall_model_checkpoint_paths: "ckpt-{step}"\\n')
+save(1)
+stops = []
+signal.signal(signal.SIGTERM, lambda signum, frame: stops.append(signum))
+open(os.path.join(model_dir, 'pid'), 'w').write(str(os.getpid()))
+deadline = time.time() + 30
+while not stops and time.time() < deadline:
+  time.sleep(0.05)
+save(2)  # as run.py does when told to stop: a checkpoint of the step reached, exit code 128 + the signal
+sys.exit(128 + stops[0] if stops else 0)
+'''
+
+DRIVER = '''import importlib.util, sys
+spec = importlib.util.spec_from_file_location('chain', sys.argv[1])
+chain = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(chain)
+chain.ROOT, chain.Chain.POLL_SECONDS = sys.argv[2], 0.1
+chain.Chain(sys.argv[3], 'test', sys.argv[4]).run('long', ['--train_steps=9'], 'eval_val.json', resumable=True)
+print('went on')
+'''
+
+
+def test_stopping_the_driver_stops_its_run_at_a_checkpoint_kept_in_the_ledger(tmp_path):
+  """SIGTERM to the driver (a session's end, `kill`) goes on to its run.py, which saves and ends; the driver keeps
+  that checkpoint in the ledger and ends in one line with the run's exit code, leaving no run behind it. (A
+  stand-in run.py waits for the signal; run.py's own stop and exact resume are proven in tests/modes.)"""
+  fake_root, out, ledger = tmp_path / 'root', tmp_path / 'out', tmp_path / 'ledger'
+  fake_root.mkdir()
+  (fake_root / 'run.py').write_text(WAITING_RUN)
+  (tmp_path / 'driver.py').write_text(DRIVER)
+  process = subprocess.Popen([sys.executable, str(tmp_path / 'driver.py'),
+                              os.path.join(ROOT, 'experiments', 'cifar10_semisup.py'), str(fake_root), str(out),
+                              str(ledger)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  pid = out / 'long' / 'pid'
+  for _ in range(600):
+    if pid.exists() or process.poll() is not None:
+      break
+    time.sleep(0.05)
+  assert pid.exists(), process.communicate()
+  process.send_signal(signal.SIGTERM)
+  stdout, stderr = process.communicate(timeout=30)
+  assert process.returncode == 143, stderr
+  assert stderr.strip().splitlines()[-1] == ('long: stopped by SIGTERM after its run saved a checkpoint; the same '
+                                             'command continues it.')
+  assert 'Traceback' not in stderr and 'went on' not in stdout
+  with pytest.raises(ProcessLookupError):  # the run ended (and was waited for) before the driver did
+    os.kill(int(pid.read_text()), 0)
+  assert driver().listed_checkpoints(ledger / 'in_progress' / 'long') == [2]
 
 
 def test_the_curves_report_has_the_curve_the_seeds_and_the_students(tmp_path):
