@@ -259,15 +259,18 @@ def goals(p, results, seeds, curve):
   """The issue's goals at the longest pretraining, measured: [{'goal', 'measured', 'met'}], and the first kept
   checkpoint whose 10% fine-tuning reaches the baseline (seed 0, the curve's). A gap between fine-tuning and the
   baseline is the difference of their means over the seeds; under two standard deviations of that difference
-  (sqrt(sd_a² + sd_b²)) it is called a tie."""
+  (sqrt(sd_a² + sd_b²)) it is called a tie. The difference at each seed is shown too: a seed draws the labelled
+  subset, the same for both."""
   longest, found = max(p['kept_epochs']), []
   for frac, target in (('1pct', 15.0), ('10pct', 5.0)):
     a, b = seeds.get(f'finetune_e{longest}_{frac}'), seeds.get(f'supervised_{frac}')
     if a and b:
       gap, sd = 100 * (a['mean'] - b['mean']), 100 * (a['std'] ** 2 + b['std'] ** 2) ** 0.5
       tie = ' (a tie: under two standard deviations)' if abs(gap) < 2 * sd else ''
+      paired = ', '.join(f'{100 * (x - y):+.1f}' for x, y in zip(a['top1'], b['top1']))
       found.append({'goal': f'fine-tuning at {frac[:-3]}% labels ≥ the tuned baseline + {target:g} points',
-                    'measured': f'{gap:+.1f} ± {sd:.1f} points{tie}', 'met': gap >= target})
+                    'measured': f'{gap:+.1f} ± {sd:.1f} points (by seed, on the same labelled images: {paired}){tie}',
+                    'met': gap >= target})
   for kind, goal, limit in (('self', 'the self-distilled student ≥ its teacher − 1 point', -1.0),
                             ('half', 'the half-width student within 3 points of its teacher', -3.0)):
     r = results.get(f'distill_e{longest}_10pct_{kind}', {})

@@ -481,17 +481,21 @@ def test_the_curves_report_has_the_curve_the_seeds_and_the_students(tmp_path):
   assert (tmp_path / 'results.png').stat().st_size > 10000
   # The goals, measured: 1% +18.0 (sd 2.8: not a tie), 10% +4.0 with no spread (short of +5), the students.
   assert [(g['measured'], g['met']) for g in summary['goals']] == [
-      ('+18.0 ± 2.8 points', True), ('+4.0 ± 0.0 points', False), ('+1.0 points on its teacher', True),
+      ('+18.0 ± 2.8 points (by seed, on the same labelled images: +18.0, +18.0, +18.0)', True),
+      ('+4.0 ± 0.0 points (by seed, on the same labelled images: +4.0, +4.0, +4.0)', False),
+      ('+1.0 points on its teacher', True),
       ('-2.0 points on its teacher', True)]
   assert summary['crossing_10pct'] == 100  # 0.7 + e/1000 reaches 0.76 only at e = 100 (0.712, 0.725, 0.75 before)
-  assert '| fine-tuning at 10% labels ≥ the tuned baseline + 5 points | +4.0 ± 0.0 points | no |' in lines
+  assert ('| fine-tuning at 10% labels ≥ the tuned baseline + 5 points | +4.0 ± 0.0 points (by seed, on the same '
+          'labelled images: +4.0, +4.0, +4.0) | no |') in lines
   assert any('first reaches the tuned baseline after 100 epochs' in line for line in lines)
   # Seeds that disagree more than the gap: a tie; and a curve that never reaches the baseline says so.
   results['finetune_e100_1pct_seed1'] = {'top1': 0.30}
   results['supervised_10pct'] = {'top1': 0.9}
   curve.write_report(str(tmp_path), p, {'results': results, 'tuning': tuning}, {'x': 3600}, 'abc')
   summary = json.load(open(tmp_path / 'results.json'))
-  assert summary['goals'][0]['measured'].endswith('(a tie: under two standard deviations)')
+  assert summary['goals'][0]['measured'] == ('+8.7 ± 18.0 points (by seed, on the same labelled images: +18.0, '
+                                             '-10.0, +18.0) (a tie: under two standard deviations)')
   assert summary['crossing_10pct'] is None
   assert any('stays under the tuned baseline at every kept checkpoint up to 100' in line
              for line in (tmp_path / 'results.md').read_text().splitlines())
