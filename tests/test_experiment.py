@@ -394,7 +394,8 @@ def test_a_resumable_stage_goes_on_from_the_ledger_on_a_new_machine(tmp_path, mo
 
 
 WAITING_RUN = '''import os, signal, sys, time
-model_dir = dict(a[2:].split('=', 1) for a in sys.argv[1:])['model_dir']
+args = dict(a[2:].split('=', 1) for a in sys.argv[1:])
+model_dir = args['model_dir']
 def save(step):
   for name in ('index', 'data-00000-of-00001'):
     open(os.path.join(model_dir, f'ckpt-{step}.{name}'), 'w').write(str(step))
@@ -408,7 +409,7 @@ deadline = time.time() + 30
 while not stops and time.time() < deadline:
   time.sleep(0.05)
 save(2)  # as run.py does when told to stop: a checkpoint of the step reached, exit code 128 + the signal
-sys.exit(128 + stops[0] if stops else 0)
+sys.exit(128 + stops[0] if stops and args['train_steps'] != '2' else 0)  # or it had just reached its last step
 '''
 
 DRIVER = '''import importlib.util, sys
@@ -416,22 +417,25 @@ spec = importlib.util.spec_from_file_location('chain', sys.argv[1])
 chain = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(chain)
 chain.ROOT, chain.Chain.POLL_SECONDS = sys.argv[2], 0.1
-chain.Chain(sys.argv[3], 'test', sys.argv[4]).run('long', ['--train_steps=9'], 'eval_val.json', resumable=True)
+chain.Chain(sys.argv[3], 'test', sys.argv[4]).run('long', sys.argv[5:], 'eval_val.json', resumable=True)
 print('went on')
 '''
 
 
-def test_stopping_the_driver_stops_its_run_at_a_checkpoint_kept_in_the_ledger(tmp_path):
+@pytest.mark.parametrize('steps', [9, 2])
+def test_stopping_the_driver_stops_its_run_at_a_checkpoint_kept_in_the_ledger(tmp_path, steps):
   """SIGTERM to the driver (a session's end, `kill`) goes on to its run.py, which saves and ends; the driver keeps
-  that checkpoint in the ledger and ends in one line with the run's exit code, leaving no run behind it. (A
-  stand-in run.py waits for the signal; run.py's own stop and exact resume are proven in tests/modes.)"""
+  that checkpoint in the ledger and ends in one line with the run's exit code, leaving no run behind it. A run that
+  finished as the signal came (2 steps) is recorded first, and the driver ends before the next stage. (A stand-in
+  run.py waits for the signal; run.py's own stop and exact resume are proven in tests/modes.)"""
   fake_root, out, ledger = tmp_path / 'root', tmp_path / 'out', tmp_path / 'ledger'
   fake_root.mkdir()
   (fake_root / 'run.py').write_text(WAITING_RUN)
   (tmp_path / 'driver.py').write_text(DRIVER)
   process = subprocess.Popen([sys.executable, str(tmp_path / 'driver.py'),
                               os.path.join(ROOT, 'experiments', 'cifar10_semisup.py'), str(fake_root), str(out),
-                              str(ledger)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                              str(ledger), f'--train_steps={steps}'], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
   pid = out / 'long' / 'pid'
   for _ in range(600):
     if pid.exists() or process.poll() is not None:
@@ -441,12 +445,18 @@ def test_stopping_the_driver_stops_its_run_at_a_checkpoint_kept_in_the_ledger(tm
   process.send_signal(signal.SIGTERM)
   stdout, stderr = process.communicate(timeout=30)
   assert process.returncode == 143, stderr
-  assert stderr.strip().splitlines()[-1] == ('long: stopped by SIGTERM after its run saved a checkpoint; the same '
-                                             'command continues it.')
   assert 'Traceback' not in stderr and 'went on' not in stdout
   with pytest.raises(ProcessLookupError):  # the run ended (and was waited for) before the driver did
     os.kill(int(pid.read_text()), 0)
-  assert driver().listed_checkpoints(ledger / 'in_progress' / 'long') == [2]
+  if steps == 9:
+    assert stderr.strip().splitlines()[-1] == ('long: stopped by SIGTERM after its run saved a checkpoint; the same '
+                                               'command continues it.')
+    assert driver().listed_checkpoints(ledger / 'in_progress' / 'long') == [2]
+    assert not (ledger / 'long').exists()
+  else:
+    assert stderr.strip().splitlines()[-1] == ('long: finished and recorded as SIGTERM came; the same command goes '
+                                               'on with the next stage.')
+    assert (ledger / 'long' / 'stage.json').exists() and not (ledger / 'in_progress').exists()
 
 
 def test_the_curves_report_has_the_curve_the_seeds_and_the_students(tmp_path):
