@@ -171,7 +171,7 @@ class LongPretraining:
       os.makedirs(folder, exist_ok=True)
       with open(os.path.join(folder, 'stage.json'), 'w') as f:
         json.dump(stage, f, indent=1)
-    chain_lib.exit_if_stopped(PRETRAIN, stops, 0)
+    chain_lib.exit_if_told_to_stop(PRETRAIN, stops)
 
   def ledger_has(self, epochs):
     return bool(self.ledger_dir) and os.path.isdir(os.path.join(self.ledger_dir, f'epoch_{epochs}'))

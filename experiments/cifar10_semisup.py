@@ -208,7 +208,7 @@ class Chain:
       shutil.rmtree(partial)
       if not os.listdir(os.path.dirname(partial)):
         os.rmdir(os.path.dirname(partial))
-    exit_if_stopped(name, stops, 0)
+    exit_if_told_to_stop(name, stops)
     stage = json.load(open(done))
     self.timings[name] = stage['seconds']
     if stage.get('exit_code'):
@@ -299,16 +299,20 @@ def passing_stops_on(process):
 
 
 def exit_if_stopped(name, received, code):
-  """Ends the driver in one line when stage `name`'s run was stopped by a signal, sent to the driver (`received`)
-  or to the run itself (exit code 128 + the signal): the run saved a checkpoint and the same command continues it.
-  A run that finished (code 0) as the driver was told to stop is not cut: call this again once it is recorded, and
-  the driver ends then, before the next stage."""
+  """Ends the driver in one line when stage `name`'s run, which failed with exit code `code`, was stopped by a
+  signal, sent to the driver (`received`) or to the run itself (code 128 + the signal): the run saved a checkpoint
+  and the same command continues it."""
   by_signal = [s for s in STOPS if code == 128 + s]
-  if by_signal or (received and code):
+  if by_signal or received:
     print(f'{name}: stopped by {signal.Signals((by_signal or received)[0]).name} after its run saved a checkpoint; '
           'the same command continues it.', file=sys.stderr, flush=True)
     sys.exit(code)
-  if received and not code:
+
+
+def exit_if_told_to_stop(name, received):
+  """Ends the driver in one line, before the next stage, when it was told to stop (`received`) as stage `name`'s
+  run finished: that run is recorded first, so it is not cut."""
+  if received:
     print(f'{name}: finished and recorded as {signal.Signals(received[0]).name} came; the same command goes on '
           'with the next stage.', file=sys.stderr, flush=True)
     sys.exit(128 + received[0])
