@@ -344,7 +344,7 @@ def plot_curve(path, curve, results):
   import matplotlib
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
-  fig, ax = plt.subplots(figsize=(7.5, 4.8))
+  fig, ax = plt.subplots(figsize=(9.5, 4.8))
   epochs = sorted(curve)
   # (curve key, label, style, the baseline drawn beside it as a line)
   for key, label, style, baseline in (
@@ -362,7 +362,7 @@ def plot_curve(path, curve, results):
   ax.set_xlabel('pretraining epochs')
   ax.set_ylabel('test top-1 (%)')
   ax.set_title('CIFAR-10: accuracy against the length of pretraining')
-  ax.legend(fontsize=7)
+  ax.legend(fontsize=8, loc='upper left', bbox_to_anchor=(1.01, 1))  # beside the axes: no line hidden under it
   fig.tight_layout()
   fig.savefig(path, dpi=90)
   plt.close(fig)
