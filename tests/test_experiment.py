@@ -509,3 +509,35 @@ def test_the_curves_report_has_the_curve_the_seeds_and_the_students(tmp_path):
   assert summary['crossing_10pct'] is None
   assert any('stays under the tuned baseline at every kept checkpoint up to 100' in line
              for line in (tmp_path / 'results.md').read_text().splitlines())
+
+
+def test_the_readme_shows_the_committed_curve():
+  """The README's headline and curve tables (its Results section, above the 12-epoch chain) are the committed
+  report's numbers (the curve's results.json): a new report, or an edit of the README, cannot leave them apart."""
+  folder = os.path.join(ROOT, 'experiments', 'results', 'cifar10_pretraining_curve')
+  report = json.load(open(os.path.join(folder, 'results.json')))
+  readme = open(os.path.join(ROOT, 'README.md'), encoding='utf-8').read()
+  section = readme[readme.index('## Results\n'):readme.index('The first chain, with **12 epochs**')].splitlines()
+  pct = lambda v: f'{100 * v:.1f}'
+
+  def cells(label):
+    rows = [line for line in section if line.startswith(f'| {label}')]
+    assert len(rows) == 1, label
+    return [cell.strip().replace('**', '') for cell in rows[0].split('|')[2:-1]]
+
+  epochs = sorted(report['curve'], key=int)
+  assert cells('pretraining epochs') == epochs
+  for key, label in (('finetune_1pct', 'fine-tuned, 1% labels'), ('finetune_10pct', 'fine-tuned, 10% labels'),
+                     ('linear', 'linear evaluation'), ('knn', 'kNN')):
+    assert cells(label) == [pct(report['curve'][e][key]) for e in epochs], label
+  longest, seeds = epochs[-1], report['seeds']
+  spread = lambda key: f'{pct(seeds[key]["mean"])} ± {pct(seeds[key]["std"])}'
+  assert cells('Supervised only, tuned') == [spread('supervised_1pct'), spread('supervised_10pct')]
+  gaps = [100 * (seeds[f'finetune_e{longest}_{frac}']['mean'] - seeds[f'supervised_{frac}']['mean'])
+          for frac in ('1pct', '10pct')]
+  assert cells('SimCLRv2: pretrain → fine-tune') == [
+      f'{spread(f"finetune_e{longest}_{frac}")} ({gap:+.1f})' for frac, gap in zip(('1pct', '10pct'), gaps)]
+  for kind, label in (('self', 'SimCLRv2: + self-distillation'), ('half', 'SimCLRv2: + distillation into half')):
+    student = report['results'][f'distill_e{longest}_10pct_{kind}']
+    diff = 100 * (student['top1'] - student['teacher_top1'])
+    assert cells(label)[1] == f'{pct(student["top1"])} ({diff:+.1f} on its teacher\'s {pct(student["teacher_top1"])})'
