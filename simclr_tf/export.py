@@ -252,11 +252,13 @@ def export_saved_model(model, export_dir: str, config_json: Optional[str] = None
           files.replace_directory(target, export_dir)
     except BaseException as e:
       files.remove_tree(target)
+      if signals.received:  # whatever TF's code made of the Interrupted raised inside it
+        raise signals.interrupted() from None
       if isinstance(e, (tf.errors.OpError, OSError)):
         raise UserError(f'cannot write the SavedModel to --export_dir={export_dir} ({files.describe_error(e)}); '
                         f'{left}.') from None
       raise
-  if signals.pending:  # arrived while the new SavedModel took the old one's place: that finished
-    raise Interrupted(f'stopped by {signal.Signals(signals.pending).name} right after writing the SavedModel to '
-                      f'{export_dir} (complete).', signals.pending)
+  if signals.received:  # arrived while the new SavedModel took the old one's place, or TF's code dropped it
+    raise Interrupted(f'stopped by {signal.Signals(signals.received).name} right after writing the SavedModel to '
+                      f'{export_dir} (complete).', signals.received)
   return export_dir

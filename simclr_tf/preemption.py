@@ -48,21 +48,26 @@ class StopRequests:
 class AbortOnSignals:
   """While active (in the main thread), SIGTERM and SIGINT raise Interrupted(describe(signal name)) at once, so
   that a short piece of work (an export) stops and cleans up after itself. Inside deferred() (a step that must
-  not be cut in half) a signal only sets `pending`, for the caller to act on after the block. Restores the
-  previous handlers on exit."""
+  not be cut in half) a signal is only remembered. Either way `received` is the first signal's number: the raise
+  lands in whatever code runs, and TF's has bare `except:` clauses that turn it into another error (a TypeError
+  from tf.function's tracing) or drop it, so the caller asks `received`, not the exception, whether a signal came
+  (interrupted() is its error). Restores the previous handlers on exit."""
 
   def __init__(self, describe: Callable[[str], str]):
     self.describe = describe
     self._previous = {}
     self._deferring = False
-    self.pending: Optional[int] = None
+    self.received: Optional[int] = None
 
   def _handle(self, signum, frame):
     del frame
-    if self._deferring:
-      self.pending = self.pending or signum
-    else:
-      raise Interrupted(self.describe(signal.Signals(signum).name), signum)
+    self.received = self.received or signum
+    if not self._deferring:
+      raise self.interrupted()
+
+  def interrupted(self) -> Interrupted:
+    """The error that ends the work for the first signal received."""
+    return Interrupted(self.describe(signal.Signals(self.received).name), self.received)
 
   def __enter__(self) -> 'AbortOnSignals':
     if threading.current_thread() is threading.main_thread():

@@ -278,6 +278,45 @@ def test_a_signal_during_the_export_leaves_the_old_saved_model_and_no_lock(tmp_p
   assert snapshot(run / 'saved_model') == before
 
 
+@pytest.mark.parametrize('sig', [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize('tf_code', ['turns it into a TypeError', 'drops it'])
+def test_a_signal_that_lands_in_tfs_bare_except_still_stops_the_export(tmp_path, monkeypatch, sig, tf_code):
+  """The handler's Interrupted is raised in whatever code runs when the signal comes. tf.function's tracing has
+  bare `except:` clauses (trace_type_builder.from_value) that turn it into a TypeError, or drop it: the export still
+  ends as stopped by that signal, cleaned up (the first case came up in the CLI test above, one run in many)."""
+  from simclr_tf import export
+  from simclr_tf.errors import Interrupted
+  from simclr_tf.models.simclr import build_model
+  config = tiny_config()
+  model = build_model(config, pretraining=True)
+  target = str(tmp_path / 'saved_model')
+  export.export_saved_model(model, target, config.to_json())
+  before = snapshot(target)
+  trace = export.ExportModule.trace
+
+  def trace_with_a_bare_except(module):  # as TF's code does
+    try:
+      os.kill(os.getpid(), sig)
+      time.sleep(30)  # cut short by the handler's raise
+    except:  # noqa: E722
+      if tf_code == 'turns it into a TypeError':
+        raise TypeError('Could not generate a generic TraceType for None.')  # pylint: disable=raise-missing-from
+    return trace(module)
+
+  monkeypatch.setattr(export.ExportModule, 'trace', trace_with_a_bare_except)
+  with pytest.raises(Interrupted) as stopped:
+    export.export_saved_model(model, target, config.to_json())
+  assert stopped.value.exit_code == 128 + sig
+  assert not os.path.exists(target + export.PARTIAL)
+  if tf_code == 'turns it into a TypeError':
+    assert str(stopped.value) == (f'stopped by {sig.name} while writing the SavedModel to {target}; the previous '
+                                  'one is still there. Rerun the same command to export.')
+    assert snapshot(target) == before
+  else:  # the export went on to the end: the new SavedModel is whole, and the run still stops
+    assert str(stopped.value) == f'stopped by {sig.name} right after writing the SavedModel to {target} (complete).'
+    assert tf.saved_model.load(target).signatures['serving_default'] is not None
+
+
 # ---- the smaller ones --------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize('value,expected', [('nan', '--learning_rate=nan is not a number'),
