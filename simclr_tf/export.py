@@ -251,7 +251,8 @@ def export_saved_model(model, export_dir: str, config_json: Optional[str] = None
         with signals.deferred():  # the swap is not cut in half
           files.replace_directory(target, export_dir)
     except BaseException as e:
-      files.remove_tree(target)
+      with signals.deferred():  # a second signal (Ctrl-C twice) does not cut the cleanup short
+        files.remove_tree(target)
       if signals.received:  # whatever TF's code made of the Interrupted raised inside it
         raise signals.interrupted() from None
       if isinstance(e, (tf.errors.OpError, OSError)):

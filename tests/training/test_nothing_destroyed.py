@@ -317,6 +317,37 @@ def test_a_signal_that_lands_in_tfs_bare_except_still_stops_the_export(tmp_path,
     assert tf.saved_model.load(target).signatures['serving_default'] is not None
 
 
+def test_a_second_signal_does_not_cut_the_exports_cleanup_short(tmp_path, monkeypatch):
+  """Ctrl-C twice, or a SIGTERM then Ctrl-C: the first stops the export, the second comes while its partial
+  SavedModel is being removed; the removal finishes, and the run ends as the first signal said."""
+  from simclr_tf import export, files
+  from simclr_tf.errors import Interrupted
+  from simclr_tf.models.simclr import build_model
+  config = tiny_config()
+  model = build_model(config, pretraining=True)
+  target = str(tmp_path / 'saved_model')
+  export.export_saved_model(model, target, config.to_json())
+  before = snapshot(target)
+
+  def trace_stopped_by_sigterm(module):
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(30)  # cut short by the handler's raise
+
+  remove_tree = files.remove_tree
+
+  def remove_tree_meeting_a_sigint(path):
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(0.2)  # the handler runs here
+    remove_tree(path)
+
+  monkeypatch.setattr(export.ExportModule, 'trace', trace_stopped_by_sigterm)
+  monkeypatch.setattr(export.files, 'remove_tree', remove_tree_meeting_a_sigint)
+  with pytest.raises(Interrupted) as stopped:
+    export.export_saved_model(model, target, config.to_json())
+  assert stopped.value.exit_code == 128 + signal.SIGTERM and 'stopped by SIGTERM while writing' in str(stopped.value)
+  assert not os.path.exists(target + export.PARTIAL) and snapshot(target) == before
+
+
 # ---- the smaller ones --------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize('value,expected', [('nan', '--learning_rate=nan is not a number'),
