@@ -278,6 +278,17 @@ def test_a_signal_during_the_export_leaves_the_old_saved_model_and_no_lock(tmp_p
   assert snapshot(run / 'saved_model') == before
 
 
+def a_tiny_export(tmp_path):
+  """A tiny pretraining model exported to tmp_path/saved_model: (model, config, its path, snapshot of the folder)."""
+  from simclr_tf import export
+  from simclr_tf.models.simclr import build_model
+  config = tiny_config()
+  model = build_model(config, pretraining=True)
+  target = str(tmp_path / 'saved_model')
+  export.export_saved_model(model, target, config.to_json())
+  return model, config, target, snapshot(target)
+
+
 @pytest.mark.parametrize('sig', [signal.SIGTERM, signal.SIGINT])
 @pytest.mark.parametrize('tf_code', ['turns it into a TypeError', 'drops it'])
 def test_a_signal_that_lands_in_tfs_bare_except_still_stops_the_export(tmp_path, monkeypatch, sig, tf_code):
@@ -286,12 +297,7 @@ def test_a_signal_that_lands_in_tfs_bare_except_still_stops_the_export(tmp_path,
   ends as stopped by that signal, cleaned up (the first case came up in the CLI test above, one run in many)."""
   from simclr_tf import export
   from simclr_tf.errors import Interrupted
-  from simclr_tf.models.simclr import build_model
-  config = tiny_config()
-  model = build_model(config, pretraining=True)
-  target = str(tmp_path / 'saved_model')
-  export.export_saved_model(model, target, config.to_json())
-  before = snapshot(target)
+  model, config, target, before = a_tiny_export(tmp_path)
   trace = export.ExportModule.trace
 
   def trace_with_a_bare_except(module):  # as TF's code does
@@ -322,12 +328,7 @@ def test_a_second_signal_does_not_cut_the_exports_cleanup_short(tmp_path, monkey
   SavedModel is being removed; the removal finishes, and the run ends as the first signal said."""
   from simclr_tf import export, files
   from simclr_tf.errors import Interrupted
-  from simclr_tf.models.simclr import build_model
-  config = tiny_config()
-  model = build_model(config, pretraining=True)
-  target = str(tmp_path / 'saved_model')
-  export.export_saved_model(model, target, config.to_json())
-  before = snapshot(target)
+  model, config, target, before = a_tiny_export(tmp_path)
 
   def trace_stopped_by_sigterm(module):
     os.kill(os.getpid(), signal.SIGTERM)
@@ -341,7 +342,7 @@ def test_a_second_signal_does_not_cut_the_exports_cleanup_short(tmp_path, monkey
     remove_tree(path)
 
   monkeypatch.setattr(export.ExportModule, 'trace', trace_stopped_by_sigterm)
-  monkeypatch.setattr(export.files, 'remove_tree', remove_tree_meeting_a_sigint)
+  monkeypatch.setattr(files, 'remove_tree', remove_tree_meeting_a_sigint)
   with pytest.raises(Interrupted) as stopped:
     export.export_saved_model(model, target, config.to_json())
   assert stopped.value.exit_code == 128 + signal.SIGTERM and 'stopped by SIGTERM while writing' in str(stopped.value)
