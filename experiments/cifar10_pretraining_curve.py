@@ -149,7 +149,8 @@ class LongPretraining:
     os.makedirs(self.model_dir, exist_ok=True)
     with open(os.path.join(self.model_dir, 'stage_args.json'), 'w') as f:
       json.dump({'args': self.args}, f, indent=1)
-    cmd = [sys.executable, os.path.join(ROOT, 'run.py'), f'--model_dir={self.model_dir}', *self.args]
+    cmd = [sys.executable, os.path.join(ROOT, 'run.py'), f'--model_dir={self.model_dir}', *self.args,
+           *self.chain.run_flags]  # how this machine runs it (--num_threads), not what it trains
     print('\n$ ' + ' '.join(cmd[1:]), flush=True)
     process = subprocess.Popen(cmd, cwd=ROOT)
     with chain_lib.passing_stops_on(process) as stops:

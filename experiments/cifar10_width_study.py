@@ -1,0 +1,85 @@
+"""Are bigger models more label-efficient on CIFAR-10 (the paper's title claim, its Figure 1 and Table 3 at our
+scale)? ResNet-18 (CIFAR stem) at widths 0.125, 0.25 and 0.5, each pretrained with the chain's recipe; from each
+width's 50-epoch checkpoint (100 where the clock allowed): fine-tuning at 1% and 10%, linear evaluation, kNN and
+the tuned supervised baseline; then the widest network's fine-tuned models distilled into narrower students.
+
+  LEDGER=experiments/results/cifar10_width_study/ledger
+  # the long pretraining of one width (hours; resumable across machines from the ledger):
+  python experiments/cifar10_width_study.py --ledger=$LEDGER --part=pretrain --width=0.5 --num_threads=1
+
+Each width is a chain of its own (experiments/cifar10_semisup.py's Chain) under OUT/w<width> and LEDGER/w<width>,
+with the stage names of the pretraining curve (experiments/cifar10_pretraining_curve.py): pretrain, knn_e50,
+finetune_e50_10pct, ... Width 0.25 is the curve's network: its stages are taken from the curve's ledger where the
+settings are the same. The pretraining recipe is the curve's (batch 128, LARS 1.0 x B/256, temperature 0.5, colour
+strength 0.5, no blur, bfloat16) with its 100-epoch cosine schedule, so that the 50-epoch checkpoints of every width
+are taken at the same point of the same schedule.
+"""
+
+import argparse
+import os
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import cifar10_pretraining_curve as curve_lib  # noqa: E402  (the long pretraining and the stages after it)
+import cifar10_semisup as chain_lib  # noqa: E402  (the chain's stages, ledger and grid search)
+
+ROOT = chain_lib.ROOT
+
+PRESETS = {
+    # Relative to width 0.25 (7.3 hours for 100 epochs here), width 0.125 trains 2.2x faster, width 0.5 2.6x slower.
+    'full': dict(widths=(0.125, 0.25, 0.5), pretrain_epochs=100, kept_epochs=(50, 100), pretrain_batch=128,
+                 warmup_epochs=5, precision='mixed_bfloat16'),
+    'fast': dict(widths=(0.0625, 0.125), pretrain_epochs=2, kept_epochs=(1, 2), pretrain_batch=32, warmup_epochs=1,
+                 precision='float32', per_class=(40, 10)),
+}
+PARTS = ('pretrain',)
+
+
+def width_tag(width):
+  return f'w{width:g}'
+
+
+def pretraining(chain, p, data, width):
+  """The long pretraining of `width`, as the curve's (LongPretraining), keeping the checkpoints of p's
+  kept_epochs."""
+  preset = dict(p, width=width)
+  end_of = lambda epochs: epochs * curve_lib.count_images(data) // p['pretrain_batch']
+  args = curve_lib.common_args(preset) + [
+      f'--data_dir={data}', '--mode=pretrain', f'--train_batch_size={p["pretrain_batch"]}',
+      f'--train_epochs={p["pretrain_epochs"]}', '--optimizer=lars', '--learning_rate=1.0',
+      '--learning_rate_scaling=linear', '--weight_decay=1e-4', '--temperature=0.5', '--color_jitter_strength=0.5',
+      '--use_blur=false', f'--warmup_epochs={p["warmup_epochs"]}', '--checkpoint_epochs=1',
+      '--keep_checkpoint_max=1000']
+  return curve_lib.LongPretraining(chain, args, {e: end_of(e) for e in p['kept_epochs']},
+                                   end_of(p['pretrain_epochs']))
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--preset', choices=sorted(PRESETS), default='full')
+  parser.add_argument('--data_dir', default=os.path.join(os.path.dirname(ROOT), 'shared', 'data', 'cifar10'))
+  parser.add_argument('--out', default=None, help='default: runs/cifar10_width_study_<preset>')
+  parser.add_argument('--ledger', default=None, help='as in experiments/cifar10_semisup.py')
+  parser.add_argument('--part', default='pretrain', choices=PARTS)
+  parser.add_argument('--width', type=float, required=True, help='the width multiplier to pretrain')
+  parser.add_argument('--num_threads', type=int, default=0, help=chain_lib.NUM_THREADS_HELP)
+  options = parser.parse_args()
+  p = PRESETS[options.preset]
+  if options.width not in p['widths']:
+    sys.exit(f'error: --width={options.width:g} is not one of the study\'s widths {p["widths"]}.')
+  out = os.path.abspath(options.out or os.path.join(ROOT, 'runs', f'cifar10_width_study_{options.preset}'))
+  if not os.path.isdir(os.path.join(options.data_dir, 'train')):
+    sys.exit(f'error: --data_dir={options.data_dir} has no train/ split (expected ROOT/train/<class>/*.jpg).')
+  os.makedirs(out, exist_ok=True)
+  data = chain_lib.link_subset(options.data_dir, out, *p['per_class']) if 'per_class' in p else options.data_dir
+  tag = width_tag(options.width)
+  ledger = options.ledger and os.path.join(os.path.abspath(options.ledger), tag)
+  chain = chain_lib.Chain(os.path.join(out, tag), chain_lib.git_commit(), ledger,
+                          run_flags=chain_lib.threads(options))
+  os.makedirs(chain.out, exist_ok=True)
+  pretraining(chain, p, data, options.width).run()
+
+
+if __name__ == '__main__':
+  main()
