@@ -167,7 +167,7 @@ class LongPretraining:
                f'see {self.model_dir}.')
     # Its time over every session: the metrics log's intervals (steps x batch / images per second).
     stage = {'seconds': round(chain_lib.training_seconds(self.model_dir), 1), 'commit': self.chain.commit,
-             'args': self.args}
+             'args': self.args, 'run_flags': self.chain.run_flags}
     for folder in filter(None, (self.model_dir, self.ledger_dir)):
       os.makedirs(folder, exist_ok=True)
       with open(os.path.join(folder, 'stage.json'), 'w') as f:

@@ -199,7 +199,7 @@ class Chain:
       seconds = round(time.time() - start, 1)
       if resumable and os.path.exists(os.path.join(model_dir, 'metrics.jsonl')):
         seconds = round(training_seconds(model_dir), 1)  # over every session it took
-      stage = {'seconds': seconds, 'commit': self.commit, 'args': args}
+      stage = {'seconds': seconds, 'commit': self.commit, 'args': args, 'run_flags': self.run_flags}
       with open(done, 'w') as f:
         json.dump(dict(stage, exit_code=code) if code else stage, f, indent=1)
     if self.ledger and not self.recorded(name):
@@ -344,12 +344,16 @@ PATH_FLAGS = ('--data_dir', '--checkpoint', '--teacher')  # where things are, wh
 # How often a run saves changes nothing it computes (a resumed run continues exactly): a stage may save more often
 # than the record it is compared with.
 CADENCE_FLAGS = ('--checkpoint_epochs', '--checkpoint_steps', '--keep_checkpoint_max')
+# How this machine computes, not what: threads, and the precision (float32 and mixed_bfloat16 train the same network
+# with the same recipe, and their checkpoints are interchangeable; bfloat16 is faster on CPUs with AVX512_BF16 and
+# emulated, 7-14x slower, elsewhere). A stage's record keeps the ones it ran with (`run_flags`).
+MACHINE_FLAGS = ('--num_threads', '--precision')
 
 
 def settings(args):
   """A stage's run.py arguments without the paths and the checkpoint cadence: what must match for a recorded stage
   to stand."""
-  return sorted(a for a in args if a.split('=', 1)[0] not in PATH_FLAGS + CADENCE_FLAGS)
+  return sorted(a for a in args if a.split('=', 1)[0] not in PATH_FLAGS + CADENCE_FLAGS + MACHINE_FLAGS)
 
 
 def copy_files(source_dir, target_dir, names):
