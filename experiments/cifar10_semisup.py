@@ -346,7 +346,7 @@ PATH_FLAGS = ('--data_dir', '--checkpoint', '--teacher')  # where things are, wh
 CADENCE_FLAGS = ('--checkpoint_epochs', '--checkpoint_steps', '--keep_checkpoint_max')
 # How this machine computes, not what: threads, and the precision (float32 and mixed_bfloat16 train the same network
 # with the same recipe, and their checkpoints are interchangeable; bfloat16 is faster on CPUs with AVX512_BF16 and
-# emulated, 7-14x slower, elsewhere). A stage's record keeps the ones it ran with (`run_flags`).
+# emulated, 8x slower, elsewhere). A stage's record keeps the ones it ran with (`run_flags`).
 MACHINE_FLAGS = ('--num_threads', '--precision')
 
 
