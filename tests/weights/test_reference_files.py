@@ -88,9 +88,11 @@ def test_converted_reference_files_give_the_reference_outputs(tmp_path, name, so
   for key in sorted(reference_keys):
     error = relative_error(trained[key], io[f'train/{key}'])
     bound = TRAINING_TOLERANCE
-    if error > bound:  # what float32 can reproduce: our output after a 1-ulp change of the images
-      nudged = nudged or loaded(tf.constant(one_ulp(images)), trainable=True)
-      float32_floor = relative_error(nudged[key], trained[key].numpy())
+    if error > bound:  # what float32 can reproduce: our output after a 1-ulp change of the images, up or down
+      # (on a 2-core AMD EPYC with AVX2 only, R50-SK's proj_head_output moves by 7.9e-3 up and 1.8e-2 down, where
+      # the reference's value, from an Intel Xeon, is 1.4e-2 away)
+      nudged = nudged or [loaded(tf.constant(one_ulp(images, d)), trainable=True) for d in (1, -1)]
+      float32_floor = max(relative_error(n[key], trained[key].numpy()) for n in nudged)
       assert float32_floor < 0.1, f'{name} {key}: training mode not reproducible at all ({float32_floor:.2e})'
       bound = max(bound, float32_floor)
     assert error <= bound, f'{name} {source} training mode {key}: {error:.2e} > {bound:.2e}'
