@@ -166,11 +166,26 @@ def redirect_native_stderr(model_dir: str):
   os.close(native)
 
 
-def run(config: config_lib.Config, places_checked: bool = False):
-  """Runs the mode of a config (validated here); returns its result dict."""
+def run(config: config_lib.Config, places_checked: bool = False, given=None, prepared: bool = False):
+  """Runs the mode of a config (prepared here unless `prepared`: simclr_tf.modes.prepare); returns its result
+  dict."""
   setup_logging()
   import_tensorflow_quietly()
-  return modes.run(config, places_checked=places_checked)
+  return modes.run(config, places_checked=places_checked, given=given, prepared=prepared)
+
+
+def execute(flag_values=FLAGS, native_stderr_to_file: bool = True) -> dict:
+  """What the command does once its flags are parsed (main's work; tests call it in their own process with flags
+  of their own): the config, checked; the architecture a --checkpoint records, adopted; the places it writes,
+  checked; then the mode. Returns the mode's result dict."""
+  setup_logging()
+  config = config_from_flags(flag_values).check_fields()  # the mistakes that need no TensorFlow, before it loads
+  import_tensorflow_quietly()
+  config = modes.prepare(config, given_flags(flag_values))  # a --checkpoint's own architecture, the mode's rules
+  modes.check_places(config)  # before the log file goes into model_dir
+  if native_stderr_to_file:
+    redirect_native_stderr(config.model_dir)
+  return run(config, places_checked=True, prepared=True)
 
 
 def main(argv):
@@ -179,13 +194,7 @@ def main(argv):
     sys.exit(2)
   setup_logging()
   try:
-    config = config_from_flags().check_fields()  # the mistakes that need no TensorFlow, before it loads
-    import_tensorflow_quietly()
-    from simclr_tf.weights import architecture
-    config = modes.validate(architecture.adopt(config, given_flags()))  # a --checkpoint's own architecture
-    modes.check_places(config)  # before the log file goes into model_dir
-    redirect_native_stderr(config.model_dir)
-    run(config, places_checked=True)
+    execute()
   except errors.Interrupted as e:  # stopped by a signal after saving
     print(str(e), file=sys.stderr)
     sys.exit(e.exit_code)

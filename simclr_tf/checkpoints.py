@@ -11,6 +11,7 @@ from typing import List, Optional, Tuple
 
 import tensorflow as tf
 
+from simclr_tf import record as record_lib
 from simclr_tf.errors import UserError
 from simclr_tf.files import describe_error
 
@@ -100,17 +101,25 @@ class StepNumberedManager(tf.train.CheckpointManager):
 
 
 class CheckpointKeeper:
-  """The model, optimizer and step of a training run, saved to and restored from one directory."""
+  """The model, optimizer and step of a training run, saved to and restored from one directory. With `record`
+  (the run's record as JSON, simclr_tf.record), every checkpoint also holds it, as the string variable `record`:
+  saved, never restored (a resumed run writes its own)."""
 
-  def __init__(self, directory: str, max_to_keep: int, **objects):
-    self.checkpoint = tf.train.Checkpoint(**objects)
+  def __init__(self, directory: str, max_to_keep: int, record: Optional[str] = None, **objects):
+    self.checkpoint = tf.train.Checkpoint(**objects)  # what a restore fills: every object must be in the file
+    self.record = None
+    self.saved = self.checkpoint  # what a save writes
+    if record is not None:
+      with tf.device('/cpu:0'):
+        self.record = tf.Variable(record, dtype=tf.string, trainable=False, name=record_lib.VARIABLE)
+      self.saved = tf.train.Checkpoint(**objects, **{record_lib.VARIABLE: self.record})
     self.directory, self.max_to_keep = directory, max_to_keep
     optimizer = objects.get('optimizer')
     self._step = (lambda: int(optimizer.iterations.numpy())) if optimizer is not None else None
     self.manager = self._make_manager()
 
   def _make_manager(self) -> 'StepNumberedManager':
-    make = lambda: StepNumberedManager(self.checkpoint, self.directory, max_to_keep=self.max_to_keep,
+    make = lambda: StepNumberedManager(self.saved, self.directory, max_to_keep=self.max_to_keep,
                                        checkpoint_name=CHECKPOINT_NAME, step=self._step)
     try:
       return make()
@@ -163,7 +172,10 @@ class CheckpointKeeper:
     candidates = list(reversed(manager.checkpoints))
     for i, path in enumerate(candidates):
       try:
-        self.checkpoint.restore(path).assert_existing_objects_matched()
+        # expect_partial: a checkpoint's own record is saved, never restored (no warning about it at exit).
+        self.checkpoint.restore(path).assert_existing_objects_matched().expect_partial()
+        if self.saved is not self.checkpoint:  # the saving checkpoint's count goes on from the file's
+          self.saved.save_counter.assign(self.checkpoint.save_counter)
         return path
       except (AssertionError, ValueError) as e:
         raise UserError(f'{path} does not fit this model (a different architecture in the same --model_dir?): '

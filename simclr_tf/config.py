@@ -26,16 +26,22 @@ LR_SCALINGS = ('linear', 'sqrt')
 RESNET_DEPTHS = (18, 34, 50, 101, 152, 200)
 PRECISIONS = ('float32', 'mixed_bfloat16', 'mixed_float16')
 
-# The fields that decide the network: SHAPE_FIELDS decide its variables (which checkpoints fit it), the others what
-# it computes with them. A distillation teacher's (and any model a mode reads) are read from its run's config.json.
-HEAD_FIELDS = ('num_proj_layers', 'proj_out_dim', 'ft_proj_selector', 'image_size')
-SHAPE_FIELDS = ('encoder',) + tuple(f for fields in ENCODER_FIELDS.values() for f in fields) + HEAD_FIELDS
-ARCHITECTURE_FIELDS = SHAPE_FIELDS + ('global_bn', 'batch_norm_decay')
+# What a model is, defined once (simclr_tf.record carries these with every model; readers adopt them): the encoder
+# family and its fields, the projection head (its depth and width) and which of its layers feeds the supervised
+# head, the input size (a ResNet's stem, a ViT's positions), and batch norm's settings. SHAPE_FIELDS decide the
+# variables (which checkpoints fit); the others what the network computes with them.
+PROJECTION_FIELDS = ('num_proj_layers', 'proj_out_dim')
+HEAD_FIELDS = PROJECTION_FIELDS + ('ft_proj_selector',)
+INPUT_FIELDS = ('image_size',)
+SHAPE_FIELDS = (('encoder',) + tuple(f for fields in ENCODER_FIELDS.values() for f in fields) + HEAD_FIELDS +
+                INPUT_FIELDS)
+NORMALIZATION_FIELDS = ('global_bn', 'batch_norm_decay')
+ARCHITECTURE_FIELDS = SHAPE_FIELDS + NORMALIZATION_FIELDS
 
 
 def architecture_flags(encoder: str = 'resnet') -> str:
   """The flags to check when a file does not fit a model of the `encoder` family, for error messages."""
-  return ', '.join(f'--{name}' for name in ENCODER_FIELDS[encoder] + HEAD_FIELDS)
+  return ', '.join(f'--{name}' for name in ENCODER_FIELDS[encoder] + HEAD_FIELDS + INPUT_FIELDS)
 
 
 def _field(default, help_text, choices=None):

@@ -142,15 +142,6 @@ def is_our_saved_model(path: str) -> bool:
   return isinstance(recorded, dict) and {'mode', 'resnet_depth', 'model_dir'} <= set(recorded)
 
 
-def _same_or_inside(path: str, folder: str) -> bool:
-  """Whether `path` is `folder` or lies inside it (local paths compared resolved)."""
-  def norm(p):
-    p = p.rstrip('/')
-    return os.path.realpath(p.replace('file://', '', 1)) if files.is_local(p) else p
-  path, folder = norm(path), norm(folder)
-  return path == folder or path.startswith(folder.rstrip('/') + '/')
-
-
 def check_export_target(export_dir: str, protected=(), flag: str = 'export_dir') -> None:
   """Refuses (UserError, nothing touched) an export target whose replacement would destroy what simclr-tf did
   not write there: a file; a directory that is not empty and not one of our SavedModels (or holds more than one);
@@ -158,9 +149,9 @@ def check_export_target(export_dir: str, protected=(), flag: str = 'export_dir')
   that holds one. Leftovers of an export that was killed are cleared; then the place is checked for writing."""
   export_dir = export_dir.rstrip('/')
   for other_flag, other in protected:
-    if other and (_same_or_inside(other, export_dir)):
+    if other and (files.same_or_inside(other, export_dir)):
       raise UserError(f'--{flag}={export_dir} would replace --{other_flag}={other}'
-                      f'{"" if _same_or_inside(export_dir, other) else ", which lies inside it"}; export to a '
+                      f'{"" if files.same_or_inside(export_dir, other) else ", which lies inside it"}; export to a '
                       f'folder of its own (e.g. {other.rstrip("/")}/saved_model).')
   _clear_leftovers(export_dir, flag)
   if tf.io.gfile.exists(export_dir):

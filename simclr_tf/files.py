@@ -33,6 +33,15 @@ def parent(path: str) -> str:
   return os.path.dirname(path.rstrip('/'))
 
 
+def same_or_inside(path: str, folder: str) -> bool:
+  """Whether `path` is `folder` or lies inside it (local paths compared resolved: symlinks, '..', '~')."""
+  def norm(p):
+    p = p.rstrip('/')
+    return os.path.realpath(os.path.expanduser(p.replace('file://', '', 1))) if is_local(p) else p
+  path, folder = norm(path), norm(folder)
+  return path == folder or path.startswith(folder.rstrip('/') + '/')
+
+
 def write_atomically(path: str, text) -> str:
   """Writes `text` (str or bytes) to `path` through a temporary file beside it, renamed into place."""
   directory = parent(path)

@@ -84,11 +84,44 @@ def run_cli(*args, timeout=300, env=None):
                         timeout=timeout, cwd=ROOT, env=full_env)
 
 
+def run_here(*args):
+  """`python run.py ARGS` in this process (run.execute: the command's own path once its flags are parsed), for
+  tests that call many commands without paying a new process's TensorFlow import each time. Returns (0, the mode's
+  result dict) or (2, the one-line error a user would see)."""
+  from absl import flags
+  import run as run_py
+  from simclr_tf.errors import UserError
+  flag_values = flags.FlagValues()
+  run_py.declare_flags(flag_values)
+  flag_values(['run.py', *args])
+  try:
+    return 0, run_py.execute(flag_values, native_stderr_to_file=False)
+  except UserError as e:
+    return 2, str(e)
+
+
+@pytest.fixture
+def simclr_log():
+  """The messages the 'simclr_tf' logger emits during a test (run_here's runs log there; it does not propagate to
+  pytest's caplog)."""
+  import logging
+  messages = []
+  handler = logging.Handler(logging.INFO)
+  handler.emit = lambda record: messages.append(record.getMessage())
+  logger = logging.getLogger('simclr_tf')
+  logger.addHandler(handler)
+  yield messages
+  logger.removeHandler(handler)
+
+
 def checkpoint_values(model_dir) -> dict:
-  """name -> value of every variable in the latest checkpoint of model_dir (model, optimizer and extra state)."""
+  """name -> value of every variable in the latest checkpoint of model_dir (model, optimizer and extra state; not
+  the run's record, which names its own model_dir)."""
+  from simclr_tf.record import CHECKPOINT_KEY
   path = tf.train.latest_checkpoint(str(model_dir))
   reader = tf.train.load_checkpoint(path)
-  return {k: reader.get_tensor(k) for k, _ in tf.train.list_variables(path) if k != '_CHECKPOINTABLE_OBJECT_GRAPH'}
+  return {k: reader.get_tensor(k) for k, _ in tf.train.list_variables(path)
+          if k not in ('_CHECKPOINTABLE_OBJECT_GRAPH', CHECKPOINT_KEY)}
 
 
 def run_interrupted_then_resumed(config, monkeypatch, stop_after_step: int = 3):

@@ -4,6 +4,7 @@ against a tiny quick start (the README's own quick-start command, one epoch of 8
 their own, with only their training length cut to two steps."""
 
 import glob
+import json
 import os
 import re
 import shlex
@@ -90,19 +91,56 @@ ON_QUICKSTART = [(p, n, a) for p, n, a in ALL if any('runs/quickstart' in w for 
                  and not any(w.startswith('--flagfile') for w in a)]
 
 
+def flag_value(args, name):
+  return next((w.split('=', 1)[1] for w in args if w.startswith(f'--{name}=')), None)
+
+
 def test_the_commands_on_the_quick_starts_output_run_as_written(quickstart_folder):
+  """...and what they report of a model is what the run that wrote it measured: an evaluation's figures are the
+  training run's own at its end, and an exported classifier's loss on the same split too."""
   assert len(ON_QUICKSTART) >= 6
-  done = set()
+  done, measured, checked = set(), {}, []
   for path, line, args in ON_QUICKSTART:  # in the documents' order: a fine-tuning before what reads it
     if tuple(args) in done:
       continue
     done.add(tuple(args))
     mode = re.search(r'--mode=(\w+)', ' '.join(args))
+    mode = mode and mode.group(1)
     shorter = []
-    if mode and mode.group(1) in TRAINING:  # 2 steps, and an export only if a command reads the SavedModel
-      model_dir = next(w.split('=', 1)[1] for w in args if w.startswith('--model_dir='))
+    if mode in TRAINING:  # 2 steps, and an export only if a command reads the SavedModel
+      model_dir = flag_value(args, 'model_dir')
       read = any(f'{model_dir}/saved_model' in w for _, _, a in ON_QUICKSTART for w in a)
       shorter = ['--train_steps=2'] + ([] if read else ['--export_at_end=false'])
     proc = subprocess.run([sys.executable, os.path.join(ROOT, 'run.py'), *args, *shorter], capture_output=True,
                           text=True, cwd=quickstart_folder, timeout=900)
     assert proc.returncode == 0, f'{path}:{line}: {" ".join(args)}\n{proc.stderr[-3000:]}'
+    if mode in TRAINING and flag_value(args, 'eval_split'):
+      model_dir = flag_value(args, 'model_dir')
+      measured[model_dir] = json.loads((quickstart_folder / model_dir / f'eval_{flag_value(args, "eval_split")}.json')
+                                       .read_text())
+    checkpoint = flag_value(args, 'checkpoint')
+    if mode == 'eval' and checkpoint in measured:  # written into the checkpoint's folder, replacing the run's own
+      again = json.loads((quickstart_folder / checkpoint / f'eval_{measured[checkpoint]["split"]}.json').read_text())
+      assert again['top1'] == measured[checkpoint]['top1'], f'{path}:{line}'
+      assert abs(again['loss'] - measured[checkpoint]['loss']) <= 1e-5 * abs(measured[checkpoint]['loss'])
+      checked.append(mode)
+    if mode == 'export' and checkpoint in measured:
+      assert abs(exported_loss(quickstart_folder / flag_value(args, 'export_dir'), quickstart_folder / 'data' /
+                               'shapes', measured[checkpoint]['split']) - measured[checkpoint]['loss']) <= \
+          1e-5 * measured[checkpoint]['loss'], f'{path}:{line}'
+      checked.append(mode)
+  assert sorted(checked) == ['eval', 'export'], checked
+
+
+def exported_loss(saved_model, data_dir, split):
+  """The mean cross-entropy of a SavedModel's logits_sup on a split of an image folder, by its own serving
+  signature for encoded images (decoded and preprocessed inside), the labels numbered by the class names its
+  config.json records."""
+  import numpy as np
+  import tensorflow as tf
+  names = json.loads((saved_model / 'config.json').read_text())['class_names']
+  paths = sorted(glob.glob(str(data_dir / split / '*' / '*.png')))
+  labels = np.array([names.index(os.path.basename(os.path.dirname(p))) for p in paths])
+  serve = tf.saved_model.load(str(saved_model)).signatures['serving_bytes']
+  logits = serve(image_bytes=tf.constant([open(p, 'rb').read() for p in paths]))['logits_sup']
+  return float(tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)))

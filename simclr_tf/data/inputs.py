@@ -61,8 +61,15 @@ def _is_image(name: str) -> bool:
   return name.lower().endswith(IMAGE_EXTENSIONS)
 
 
+def _is_hidden(name: str) -> bool:
+  """Names starting with '.' are never classes or images: .ipynb_checkpoints/ (Jupyter leaves one in every folder
+  it opens), .DS_Store, macOS's ._* files beside each image on some drives."""
+  return name.startswith('.')
+
+
 def list_image_folder(root: str, split: str):
-  """(paths, labels, class_names) of ROOT/split: labelled from class sub-folders, or unlabeled (labels -1)."""
+  """(paths, labels, class_names) of ROOT/split: labelled from class sub-folders (numbered in name order), or
+  unlabeled (labels -1). Hidden entries (a name starting with '.') are left out."""
   split_dir = os.path.join(root, split)
   if not tf.io.gfile.isdir(root):
     raise UserError(f'--data_dir={root} does not exist; point it at the root of an image folder.')
@@ -71,7 +78,7 @@ def list_image_folder(root: str, split: str):
     raise UserError(f'split {split!r} not found: {split_dir} is not a directory '
                     f'(splits in --data_dir: {", ".join(splits) or "none"}).')
   # Images are told by their names (one listing per folder, no call per file: cheap on object stores).
-  entries = sorted(e.rstrip('/') for e in tf.io.gfile.listdir(split_dir))
+  entries = sorted(e.rstrip('/') for e in tf.io.gfile.listdir(split_dir) if not _is_hidden(e.rstrip('/')))
   loose = [e for e in entries if _is_image(e)]
   class_names = [e for e in entries if not _is_image(e) and tf.io.gfile.isdir(os.path.join(split_dir, e))]
   if class_names and loose:
@@ -80,7 +87,8 @@ def list_image_folder(root: str, split: str):
   paths, labels = [], []
   if class_names:
     for label, name in enumerate(class_names):
-      files = sorted(f for f in tf.io.gfile.listdir(os.path.join(split_dir, name)) if _is_image(f))
+      files = sorted(f for f in tf.io.gfile.listdir(os.path.join(split_dir, name)) if _is_image(f) and
+                     not _is_hidden(f))
       paths += [os.path.join(split_dir, name, f) for f in files]
       labels += [label] * len(files)
   else:
@@ -171,16 +179,49 @@ def prepare_tfds(builder, name: str, data_dir: str) -> None:
                     f'{cause[:600]}); {advice}.') from None
 
 
-def make_source(settings, split: str) -> Source:
-  """The split of --dataset (DataSettings, or a Config: its `data`)."""
+def make_source(settings, split: str, class_names=None, role: str = 'the model') -> Source:
+  """The split of --dataset (DataSettings, or a Config: its `data`). With `class_names` (a model's classes in
+  label order), its labels are those of the classes' names there (by_name); without, the split's own."""
   config = section_of(settings, DataSettings)
   if config.dataset == 'image_folder':
-    return image_folder_source(config.data_dir, split)
-  if config.dataset == 'shapes':
+    source = image_folder_source(config.data_dir, split)
+  elif config.dataset == 'shapes':
     from simclr_tf.data import shapes
     shapes.ensure(config.data_dir)
-    return image_folder_source(config.data_dir, split)
-  return tfds_source(config.dataset, split, config.data_dir)
+    source = image_folder_source(config.data_dir, split)
+  else:
+    source = tfds_source(config.dataset, split, config.data_dir)
+  return by_name(source, class_names, role) if class_names else source
+
+
+def by_name(source: Source, class_names, role: str = 'the model') -> Source:
+  """`source` with each example labelled by its class's position in `class_names` (the classes of `role`, e.g. a
+  model's, in label order) instead of the split's own numbering, so that a split lacking some classes, or listing
+  them in another order, keeps the model's label ids. A class `role` does not know is one UserError naming it; the
+  classes the split lacks are said in one line. A source without class names (tfds data without label names) keeps
+  its numbers."""
+  class_names = tuple(class_names)
+  if not source.labeled or not source.class_names or tuple(source.class_names) == class_names:
+    return source
+  unknown = [name for name in source.class_names if name not in class_names]
+  if unknown:
+    shown = ', '.join(class_names[:10]) + (', ...' if len(class_names) > 10 else '')
+    raise UserError(f'split {source.split!r} of {source.name} has {len(unknown)} class(es) that {role} does not '
+                    f'know: {", ".join(unknown[:5])}{", ..." if len(unknown) > 5 else ""} ({role} has '
+                    f'{len(class_names)}: {shown}); leave those folders out of the split.')
+  missing = [name for name in class_names if name not in source.class_names]
+  if missing:
+    log.warning('split %r of %s lacks %d of the %d classes of %s (%s%s): its labels keep their ids', source.split,
+                source.name, len(missing), len(class_names), role, ', '.join(missing[:5]),
+                ', ...' if len(missing) > 5 else '')
+  mapping = tf.constant([class_names.index(name) for name in source.class_names], tf.int64)
+  base = source.records
+
+  def records(pipeline_id, num_pipelines):
+    return base(pipeline_id, num_pipelines).map(as_written(
+        lambda r: dict(r, label=tf.gather(mapping, r['label']))))
+
+  return dataclasses.replace(source, records=records, num_classes=len(class_names), class_names=class_names)
 
 
 # ---- label fractions ------------------------------------------------------------------------------------------

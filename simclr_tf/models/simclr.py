@@ -24,20 +24,24 @@ class SimCLRModel(keras.Model):
   batch norm, the input size, the precision). The encoder is held under its family's attribute (`resnet` for a
   ResNet: the first name of every variable path in our checkpoints) and is `encoder` whatever its family.
   With `sup_stop_gradient` (linear evaluation while pretraining) the supervised head trains on a stop-gradient of
-  the selected projection-head layer, so it never changes the representation. get_config() describes the network
-  as built (a model holding it saves to and loads from a .keras file).
+  the selected projection-head layer, so it never changes the representation. `class_names`: what each of the
+  supervised head's outputs is, in label order (() when unknown), recorded with every checkpoint and SavedModel
+  of it (simclr_tf.record). get_config() describes the network as built (a model holding it saves to and loads
+  from a .keras file).
   """
 
   def __init__(self, architecture: dict, num_classes: int = 0, sup_stop_gradient: bool = False,
                proj_keep_layers: Optional[int] = None, fine_tune_after_block: int = -1,
-               zero_init_logits_layer: bool = False, **kwargs):
+               zero_init_logits_layer: bool = False, class_names=(), **kwargs):
     settings = ModelSettings(**architecture)
     kwargs.setdefault('dtype', settings.precision)
     super().__init__(**kwargs)
     self._arguments = dict(architecture=dataclasses.asdict(settings), num_classes=num_classes,
                            sup_stop_gradient=sup_stop_gradient, proj_keep_layers=proj_keep_layers,
-                           fine_tune_after_block=fine_tune_after_block, zero_init_logits_layer=zero_init_logits_layer)
+                           fine_tune_after_block=fine_tune_after_block, zero_init_logits_layer=zero_init_logits_layer,
+                           class_names=list(class_names or ()))
     self.settings = settings
+    self.class_names = tuple(class_names or ())
     self.image_size = settings.image_size  # what it was built for: the evaluation preprocessing of its SavedModels
     self.ft_proj_selector = settings.ft_proj_selector
     self.sup_stop_gradient = sup_stop_gradient
@@ -91,7 +95,7 @@ class SimCLRModel(keras.Model):
 
 
 def build_model(settings, *, pretraining: bool, num_classes: int = 0, image_size: int = 0,
-                proj_keep_layers: Optional[int] = None) -> SimCLRModel:
+                proj_keep_layers: Optional[int] = None, class_names=(), name: Optional[str] = None) -> SimCLRModel:
   """The model of `settings` (a ModelSettings, or a Config: its `architecture`), with its variables created from
   its seed (call it inside strategy.scope()).
 
@@ -100,6 +104,8 @@ def build_model(settings, *, pretraining: bool, num_classes: int = 0, image_size
   --ft_proj_selector (or `proj_keep_layers` of it), a fresh supervised head (zeroed with --zero_init_logits_layer)
   and freezes the encoder through --fine_tune_after_block. num_classes=0: no supervised head. The variables are
   created by a call on `image_size` pixels (default: the settings', at most 64 where the encoder takes any size).
+  `class_names`: the supervised head's classes in label order. `name`: the Keras model's name (default: unique in
+  this process, 'simclr', 'simclr_1', ..., so that models built side by side compose in one Keras model).
   """
   settings = section_of(settings, ModelSettings)
   keras.utils.set_random_seed(settings.seed)
@@ -109,10 +115,21 @@ def build_model(settings, *, pretraining: bool, num_classes: int = 0, image_size
   model = SimCLRModel(architecture, num_classes=num_classes, sup_stop_gradient=pretraining,
                       proj_keep_layers=proj_keep_layers,
                       fine_tune_after_block=-1 if pretraining else settings.fine_tune_after_block,
-                      zero_init_logits_layer=settings.zero_init_logits_layer and not pretraining, name='simclr')
+                      zero_init_logits_layer=settings.zero_init_logits_layer and not pretraining,
+                      class_names=class_names if num_classes else (), name=name or unique_name('simclr'))
   size = image_size or getattr(model.encoder, 'input_size', None) or min(settings.image_size, 64)
   model.build((None, size, size, 3))
   return model
+
+
+def unique_name(base: str) -> str:
+  """`base`, then `base_1`, `base_2`, ...: a new name at each call in this process."""
+  count = _NAMES.get(base, 0)
+  _NAMES[base] = count + 1
+  return f'{base}_{count}' if count else base
+
+
+_NAMES = {}
 
 
 def encoder_parameter_count(model: SimCLRModel) -> int:

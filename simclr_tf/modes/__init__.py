@@ -40,17 +40,27 @@ def validate(config):
   return config
 
 
+def prepare(config, given=None):
+  """The config a mode runs: check_fields, then the architecture of the model its --checkpoint names adopted from
+  that model's record (simclr_tf.weights.architecture.adopt; `given`: the fields the user set, None for a Config
+  built in Python: those that differ from the defaults), then the mode's rules."""
+  from simclr_tf.weights import architecture
+  config.check_fields()
+  return validate(architecture.adopt(config, given))
+
+
 def check_places(config) -> None:
   """Before any work: the places the mode writes can be used (simclr_tf.modes.common.check_places)."""
   from simclr_tf.modes import common
   common.check_places(config, getattr(get(config.mode).run, 'training', False))
 
 
-def run(config, strategy=None, places_checked: bool = False) -> dict:
-  """Validates `config`, checks the places it writes (unless `places_checked`) and runs its mode on `strategy`
-  (default: the one --strategy names, made here)."""
+def run(config, strategy=None, places_checked: bool = False, given=None, prepared: bool = False) -> dict:
+  """Prepares `config` (unless `prepared`; `given` as in prepare), checks the places it writes (unless
+  `places_checked`) and runs its mode on `strategy` (default: the one --strategy names, made here)."""
   from simclr_tf import distribute
-  config = validate(config)
+  if not prepared:
+    config = prepare(config, given)
   if not places_checked:
     check_places(config)
   if strategy is None:

@@ -8,7 +8,7 @@ from typing import Callable, Dict, Optional
 
 import tensorflow as tf
 
-from simclr_tf import checkpoints, distribute, export, files, runlock, weights
+from simclr_tf import checkpoints, distribute, export, files, record, runlock, weights
 from simclr_tf.config import Config
 from simclr_tf.data import inputs
 from simclr_tf.errors import UserError
@@ -86,11 +86,37 @@ def protected_paths(config: Config):
   return [(flag, path) for flag, path in pairs if path]
 
 
+def read_splits(config: Config):
+  """The splits of --data_dir the mode reads."""
+  if config.mode == 'export':
+    return []
+  if config.mode == 'embed':
+    return [config.embed_split]
+  evaluated = config.eval_split or ('test' if config.mode in ('eval', 'knn') else '')
+  return [s for s in ([] if config.mode == 'eval' else [config.train_split]) + [evaluated] if s]
+
+
+def check_outside_data(config: Config) -> None:
+  """A model_dir or export_dir inside a split of an image folder it reads would be read as a class (its files as
+  images, its curves.png trained on): refused in one line."""
+  if config.dataset not in ('image_folder', 'shapes') or not config.data_dir:
+    return
+  for flag in ('model_dir', 'export_dir'):
+    path = getattr(config, flag)
+    for split in read_splits(config):
+      folder = os.path.join(config.data_dir, split)
+      if path and files.same_or_inside(path, folder):
+        raise UserError(f'--{flag}={path} lies inside the data split {folder}: its files would be read as images of '
+                        f'a class. Put it outside --data_dir\'s splits.')
+
+
 def check_places(config: Config, is_training: bool) -> None:
   """Before any work: model_dir can be created and written, and the export target (training modes with
-  --export_at_end, --mode=export) may be written without destroying what simclr-tf did not write there. Each
-  failure is one UserError naming the flag and path. An --export_dir is checked first, so that a refused export
-  creates nothing, not even the model_dir; the default one (model_dir/saved_model) after its model_dir."""
+  --export_at_end, --mode=export) may be written without destroying what simclr-tf did not write there, and neither
+  lies inside a split of the data (check_outside_data). Each failure is one UserError naming the flag and path. An
+  --export_dir is checked first, so that a refused export creates nothing, not even the model_dir; the default one
+  (model_dir/saved_model) after its model_dir."""
+  check_outside_data(config)
   exports = config.mode == 'export' or (is_training and config.export_at_end)
   if exports and config.export_dir:
     export.check_export_target(config.export_dir, protected_paths(config))
@@ -135,7 +161,7 @@ def results_dir(config: Config) -> str:
 def load_encoder(config: Config, strategy):
   """The model of --checkpoint, and model_dir (default: the checkpoint's directory)."""
   model_dir = results_dir(config)
-  model, found = weights.load_model(config, config.checkpoint, strategy)
+  model, found = weights.load_model(config, config.checkpoint, strategy, adopt=False)  # adopted: modes.prepare
   if config.embed_output == 'logits_sup' and model.supervised_head is None:
     raise UserError(f'--embed_output=logits_sup: {config.checkpoint} has no supervised head; use final_avg_pool '
                     f'or a fine-tuned model.')
@@ -156,9 +182,10 @@ class Pooled(tf.Module):
     return {self.key: tf.reduce_mean(value, axis=list(range(1, rank - 1))) if rank > 2 else value}
 
 
-def knn_source(config: Config, split: str, role: str) -> inputs.Source:
-  """The source of `split`, which kNN needs labelled (`role` names the flag it comes from)."""
-  source = inputs.make_source(config.data, split)
+def knn_source(config: Config, split: str, role: str, class_names=None) -> inputs.Source:
+  """The source of `split`, which kNN needs labelled (`role` names the flag it comes from), labelled by
+  `class_names` (those of the memory split, for its queries) when given."""
+  source = inputs.make_source(config.data, split, class_names, 'the memory split (--train_split)')
   if not source.labeled:
     raise UserError(f'kNN needs labels in its {role} split, and {split!r} of {source.name} has none.')
   return source
@@ -183,9 +210,22 @@ def export_at_end(config: Config, strategy, model) -> Optional[str]:
   if not (config.export_at_end and distribute.is_chief(strategy)):
     return None
   path = export_path(config)
-  export.export_saved_model(model, path, config.to_json(), protected_paths(config))
+  export.export_saved_model(model, path, record.to_json(config, model.class_names), protected_paths(config))
   log.info('exported SavedModel to %s', path)
   return path
+
+
+def model_labelled_source(config: Config, split: str, model) -> inputs.Source:
+  """`split` labelled as `model`'s supervised head numbers its classes (its recorded class names); a model that
+  records none (written by an earlier version, or trained with --num_classes other than its data's) takes the
+  split's own numbering, said in one line."""
+  if model.class_names:
+    return inputs.make_source(config.data, split, model.class_names)
+  source = inputs.make_source(config.data, split)
+  if source.class_names:
+    log.info('the model records no class names: the labels of split %r are numbered from its own classes in '
+             'name order (%s%s)', split, ', '.join(source.class_names[:10]), ', ...' if source.num_classes > 10 else '')
+  return source
 
 
 def evaluate_and_record(config: Config, strategy, model, step: int, teacher_model=None,
@@ -194,7 +234,8 @@ def evaluate_and_record(config: Config, strategy, model, step: int, teacher_mode
   result also holds the teacher's accuracy and the student's top-1 agreement with it."""
   if not config.eval_split:
     return None
-  result = evaluate(model, inputs.make_source(config.data, config.eval_split), config, strategy, teacher_model)
+  source = model_labelled_source(config, config.eval_split, model)
+  result = evaluate(model, source, config, strategy, teacher_model)
   result.update(split=config.eval_split, step=step, mode=config.mode, **extra)
   log.info('eval on %s: top1 %.4f  top5 %.4f  loss %.4f  (%d examples)', config.eval_split, result['top1'],
            result['top5'], result['loss'], result['num_examples'])

@@ -8,7 +8,7 @@ from typing import Dict
 import tensorflow as tf
 
 from simclr_tf import losses, metrics, weights
-from simclr_tf.config import ARCHITECTURE_FIELDS, Config
+from simclr_tf.config import Config
 from simclr_tf.data import inputs, views
 from simclr_tf.errors import UserError
 from simclr_tf.models.registry import ENCODERS
@@ -16,7 +16,6 @@ from simclr_tf.models.simclr import build_model
 from simclr_tf.modes import common
 from simclr_tf.optim.build import learning_rate_schedule, make_optimizer, weight_decay_loss
 from simclr_tf.training.loop import Task, fit
-from simclr_tf.weights.architecture import recorded_architecture
 
 log = logging.getLogger('simclr_tf')
 
@@ -27,15 +26,13 @@ def validate(config: Config) -> None:
 
 
 def load_teacher(config: Config, strategy):
-  """The teacher of --teacher, frozen, and the prefix of its weights. Its architecture comes from the config.json
-  its run wrote (a model_dir of ours, or a SavedModel we exported); a file of the paper's reference code has none
-  and is read from its variables (weights.reference_architecture)."""
+  """The teacher of --teacher, frozen, and the prefix of its weights. Its architecture and class names come from
+  the record its run wrote (a model_dir of ours, a checkpoint, or a SavedModel we exported); a file of the paper's
+  reference code has none and is read from its variables (weights.reference_architecture). None of the student's
+  flags applies to it but the precision."""
   path = config.teacher
-  recorded, source = recorded_architecture(path, 'teacher', config.ft_proj_selector)
-  architecture = {k: recorded[k] for k in ARCHITECTURE_FIELDS if k in recorded}
-  log.info('teacher %s: architecture from %s: %s', path, source,
-           ', '.join(f'{k}={v}' for k, v in architecture.items()))
-  teacher, found = weights.load_model(config.replace(**architecture), path, strategy, flag='teacher')
+  teacher, found = weights.load_model(config.replace(partial_checkpoint=False), path, strategy, flag='teacher',
+                                     given=frozenset())
   if teacher.supervised_head is None:
     raise UserError(f'--teacher={path} has no supervised head: distil from a fine-tuned model.')
   teacher.trainable = False
@@ -71,8 +68,11 @@ def run(config: Config, strategy: tf.distribute.Strategy) -> Dict[str, float]:
                     f'{source.name} has none; use --distill_label_weight=0 for unlabeled data.')
   teacher, teacher_prefix = load_teacher(config, strategy)
   num_classes = int(teacher.supervised_head.dense.kernel.shape[-1])
+  if alpha > 0 and teacher.class_names:  # the labels, as the teacher numbers the classes
+    source = inputs.by_name(source, teacher.class_names, 'the teacher')
   with strategy.scope():
-    student = build_model(config.architecture, num_classes=num_classes, pretraining=False)
+    student = build_model(config.architecture, num_classes=num_classes, pretraining=False,
+                          class_names=teacher.class_names)
     optimizer = make_optimizer(config.optim, learning_rate_schedule(config.optim, source.num_examples))
   common.initialise_from_checkpoint(config, student, 'the student starts from random weights')
   log.info('distilling %s (teacher) into %s at T=%g%s', teacher_prefix,

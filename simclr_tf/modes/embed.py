@@ -1,6 +1,7 @@
 """--mode=embed: the vectors of one output of a model (--embed_output, default final_avg_pool) for every image of a
 split (--embed_split of an image folder, labelled or not, or of a tfds dataset), in one pass with a progress line:
-model_dir/embeddings.npz (ids: file paths or `split[i]`; labels, -1 without; vectors [N, D]) and two pictures of
+model_dir/embeddings.npz (ids: file paths or `split[i]`; labels, -1 without, and the class_names they number;
+vectors [N, D]) and two pictures of
 them coloured by label: model_dir/embeddings_tsne.png (t-SNE, neighbourhoods: the class structure kNN sees) and
 model_dir/embeddings_pca.png (the two directions of largest variance)."""
 
@@ -91,7 +92,7 @@ def pictures(vectors: np.ndarray, labels: np.ndarray, class_names, title: str, s
 
 def run(config: Config, strategy: tf.distribute.Strategy) -> Dict[str, object]:
   model, found, model_dir = common.load_encoder(config, strategy)
-  source = inputs.make_source(config.data, config.embed_split)
+  source = inputs.make_source(config.data, config.embed_split)  # its own classes (named in the file): any split
   result = embed(common.Pooled(model, config.embed_output), source, config, config.embed_output,
                  progress=f'embedding {source.name} ({config.embed_split})')
   if not len(result['ids']):
@@ -103,7 +104,8 @@ def run(config: Config, strategy: tf.distribute.Strategy) -> Dict[str, object]:
   if distribute.is_chief(strategy):
     buffer = io.BytesIO()
     np.savez(buffer, ids=result['ids'], labels=result['labels'], vectors=result['vectors'].astype(np.float32),
-             output=config.embed_output, checkpoint=found.prefix, split=config.embed_split)
+             output=config.embed_output, checkpoint=found.prefix, split=config.embed_split,
+             class_names=np.array(source.class_names, dtype=str))
     files.write_atomically(path, buffer.getvalue())
     drawn = pictures(result['vectors'], result['labels'], source.class_names,
                      f'{config.embed_output} of {os.path.basename(source.name)} ({config.embed_split})', config.seed)

@@ -18,7 +18,7 @@ def validate(config: Config) -> None:
 
 def run(config: Config, strategy: tf.distribute.Strategy) -> Dict[str, float]:
   config = config.replace(eval_split=config.eval_split or 'test', model_dir=common.results_dir(config))
-  model, found = weights.load_model(config, config.checkpoint, strategy)
+  model, found = weights.load_model(config, config.checkpoint, strategy, adopt=False)  # adopted: modes.prepare
   if model.supervised_head is None:
     raise UserError(f'{config.checkpoint} has no supervised head to evaluate (pretrain with labels and '
                     f'--lineareval_while_pretraining, or fine-tune it first).')

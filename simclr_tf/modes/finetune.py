@@ -38,7 +38,8 @@ def run(config: Config, strategy: tf.distribute.Strategy) -> Dict[str, float]:
   source = common.labelled_train_source(config, strategy)
   num_classes = config.num_classes or source.num_classes
   with strategy.scope():
-    model = build_model(config.architecture, num_classes=num_classes, pretraining=False)
+    model = build_model(config.architecture, num_classes=num_classes, pretraining=False,
+                        class_names=source.class_names if num_classes == source.num_classes else ())
     optimizer = make_optimizer(config.optim, learning_rate_schedule(config.optim, source.num_examples))
   common.initialise_from_checkpoint(config, model, 'fine-tuning starts from random weights (the supervised baseline)')
   if config.fine_tune_after_block >= 0:

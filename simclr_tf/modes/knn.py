@@ -23,7 +23,7 @@ def run(config: Config, strategy: tf.distribute.Strategy) -> Dict[str, object]:
   config = config.replace(eval_split=config.eval_split or 'test')
   model, found, model_dir = common.load_encoder(config, strategy)
   memory = common.knn_source(config, config.train_split, 'memory (--train_split)')
-  queries = common.knn_source(config, config.eval_split, '--eval_split')
+  queries = common.knn_source(config, config.eval_split, '--eval_split', memory.class_names)
   result = knn_evaluate(common.Pooled(model, config.embed_output), config, memory, queries, config.embed_output)
   result.update(split=config.eval_split, memory_split=config.train_split, k=config.knn_k,
                 temperature=config.knn_temperature, output=config.embed_output, checkpoint=found.prefix,

@@ -39,7 +39,7 @@ def knn_monitor(config: Config, model, source: inputs.Source) -> Optional[Measur
   if not config.knn_every_epochs:
     return None
   memory = common.knn_source(config, config.train_split, 'memory (--train_split)')
-  queries = common.knn_source(config, config.eval_split, '--eval_split')
+  queries = common.knn_source(config, config.eval_split, '--eval_split', memory.class_names)
 
   def measure():
     result = knn_evaluate(model, config, memory, queries, 'final_avg_pool', progress=False)
@@ -86,9 +86,11 @@ def contrastive_replica_step(model, config: Config, num_classes: int,
 def make_task(config: Config, strategy: tf.distribute.Strategy, source: Optional[inputs.Source],
               num_classes: int = 0, num_examples: int = 0) -> Task:
   """The pretraining task: model and optimizer made in the strategy's scope, the two-view augmentation and the
-  contrastive step. Without a source (benchmarks feed their own batches), num_examples sets the schedule."""
+  contrastive step. Without a source (benchmarks feed their own batches), num_examples sets the schedule. The linear
+  head (num_classes > 0) is named by the source's classes."""
+  class_names = source.class_names if source is not None and num_classes else ()
   with strategy.scope():
-    model = build_model(config.architecture, num_classes=num_classes, pretraining=True)
+    model = build_model(config.architecture, num_classes=num_classes, pretraining=True, class_names=class_names)
     optimizer = make_optimizer(config.optim, learning_rate_schedule(config.optim, source.num_examples if source else
                                                               num_examples))
     negatives = None

@@ -24,7 +24,7 @@ from typing import Callable, Dict, List, Optional
 import keras
 import tensorflow as tf
 
-from simclr_tf import checkpoints, distribute, files, monitor, precision, preemption, runlock
+from simclr_tf import checkpoints, distribute, files, monitor, precision, preemption, record, runlock
 from simclr_tf.config import Config, resume_conflicts
 from simclr_tf.data import inputs
 from simclr_tf.data.views import Views
@@ -188,16 +188,49 @@ def next_boundary(step: int, steps: int, config: Config, save_every: Optional[Pe
   return min(candidates)
 
 
-def check_resume_compatible(config: Config) -> None:
-  """Refuses to continue a run in model_dir whose recorded config differs in what is being trained."""
-  path = os.path.join(config.model_dir, 'config.json')
-  if not (tf.io.gfile.exists(path) and checkpoints.latest_checkpoint(config.model_dir)):
+RESUME_ADVICE = ('delete it to resume with the settings of the flags (nothing can check them then), or restore it '
+                 'from a copy')
+
+
+def resume_record(model_dir: str) -> Optional[dict]:
+  """The record of the run in model_dir that a resume continues: its latest checkpoint's own record, else
+  model_dir/config.json (read defensively: simclr_tf.record.parse); None for a new run, or (one warning) when
+  neither says anything (a checkpoint of an earlier version whose config.json was lost)."""
+  latest = checkpoints.latest_checkpoint(model_dir)
+  if not latest:
+    return None
+  own = record.of_checkpoint(latest)
+  if own is not None:
+    return own
+  path = os.path.join(model_dir, 'config.json')
+  found = record.read(path, RESUME_ADVICE)
+  if found is None:
+    log.warning('%s is missing and %s holds no record of its run (written by an earlier version): resuming with '
+                'the settings of the flags (data, schedule, optimizer, loss), which nothing can check against the '
+                'run\'s; the restore checks the architecture', path, os.path.basename(latest))
+  return found
+
+
+def check_resume_compatible(config: Config, class_names=()) -> None:
+  """Refuses to continue a run in model_dir whose record differs in what is being trained, or whose training
+  split's classes were added or removed since (`class_names`: this run's, in label order)."""
+  recorded = resume_record(config.model_dir)
+  if recorded is None:
     return
-  conflicts = resume_conflicts(files.read_json(path), config)
+  conflicts = resume_conflicts(recorded, config)
   if conflicts:
     listed = ', '.join(f'--{k}={new} (was {old})' for k, old, new in conflicts)
     raise UserError(f'--model_dir={config.model_dir} holds a run with other settings; resuming it with {listed} '
                     f'would not continue it. Use a new --model_dir, or the recorded values.')
+  before = record.class_names(recorded)
+  if before is not None and tuple(before) != tuple(class_names):
+    added = [n for n in class_names if n not in before]
+    removed = [n for n in before if n not in class_names]
+    change = '; '.join(f'{what} {", ".join(names[:5])}{", ..." if len(names) > 5 else ""}'
+                       for what, names in (('added', added), ('removed', removed)) if names) or 'reordered'
+    raise UserError(f'the classes of --train_split={config.train_split} changed since the run in --model_dir='
+                    f'{config.model_dir} started ({change}); a resumed run keeps its classes. Restore the split, or '
+                    f'start a new --model_dir.')
 
 
 def jit_compile_step(config: Config, strategy: tf.distribute.Strategy) -> bool:
@@ -243,8 +276,10 @@ class TrainingRun:
                   config.train_split)
     self.chief = distribute.is_chief(strategy)
     self.out_dir = distribute.writable_dir(config.model_dir, strategy)
-    self.keeper = checkpoints.CheckpointKeeper(self.out_dir, config.keep_checkpoint_max, model=task.model,
-                                               optimizer=task.optimizer, **task.extra_checkpoint)
+    self.class_names = tuple(getattr(task.model, 'class_names', ()))
+    self.record = record.to_json(config, self.class_names)
+    self.keeper = checkpoints.CheckpointKeeper(self.out_dir, config.keep_checkpoint_max, record=self.record,
+                                               model=task.model, optimizer=task.optimizer, **task.extra_checkpoint)
     self.start = 0
 
   @property
@@ -252,14 +287,16 @@ class TrainingRun:
     return int(self.task.optimizer.iterations.numpy())
 
   def restore(self) -> int:
-    """Records the run's config (chief) and restores the latest checkpoint of model_dir; returns the step."""
-    check_resume_compatible(self.config)
-    if self.chief:
-      files.write_atomically(os.path.join(self.config.model_dir, 'config.json'), self.config.to_json())
+    """Restores the latest checkpoint of model_dir (after checking that this run continues it), then records the
+    run (model_dir/config.json, on the chief): written once the restore (or the start) succeeded, so that a run
+    that fails to start changes nothing. Returns the step."""
+    check_resume_compatible(self.config, self.class_names)
     with self.strategy.scope():
       self.task.optimizer.build(self.task.trainable_variables())
     # Other workers restore the chief's checkpoint, so that all start from the same state.
     restored = self.keeper.restore_latest(None if self.chief else self.config.model_dir)
+    if self.chief:
+      files.write_atomically(os.path.join(self.config.model_dir, 'config.json'), self.record)
     self.start = self.step
     if restored:
       log.info('resuming from %s at step %d', restored, self.start)

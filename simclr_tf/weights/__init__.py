@@ -8,7 +8,7 @@ code, restored into our model.
 """
 
 import logging
-from typing import Tuple
+from typing import Optional, Tuple
 
 import tensorflow as tf
 
@@ -53,16 +53,29 @@ def restore(model, variables, path, flag: str = 'checkpoint', allow_partial: boo
   return count, weights.layout
 
 
-def load_model(config, path: str, strategy: tf.distribute.Strategy = None, flag: str = 'checkpoint',
-               network: str = 'model'):
-  """A model with every variable of `path` (a checkpoint or SavedModel of this project, or of the paper's
-  reference code): its projection-head depth and number of classes are read from the file, the rest of the
-  architecture from `config`. network='momentum_network' loads the memory's momentum copy instead (see
-  WeightFile). Returns (model, the file's WeightFile)."""
+def load_model(config=None, path: str = '', strategy: tf.distribute.Strategy = None, flag: str = 'checkpoint',
+               network: str = 'model', name: Optional[str] = None, adopt: bool = True, given=None):
+  """A model with every variable of `path` (a model_dir, checkpoint or SavedModel of this project, or of the paper's
+  reference code), built as its record says (simclr_tf.weights.architecture): `load_model(path)`, or
+  `load_model(config, path)` to set what the record does not decide (precision, --partial_checkpoint) or what a
+  config's non-default fields say (`given`: the fields set on purpose; a contradiction with the record is one
+  UserError). adopt=False builds `config` as it is (its architecture already adopted). The model knows its class
+  names (model.class_names, in label order: () when not recorded). network='momentum_network' loads the memory's
+  momentum copy instead (see WeightFile). `name`: the Keras model's name (default: a unique one). Returns (model, the
+  file's WeightFile)."""
+  from simclr_tf.config import Config
   from simclr_tf.models.simclr import build_model
+  from simclr_tf.weights import architecture
+  if isinstance(config, str) and not path:
+    config, path, given = Config(), config, frozenset()
+  config = config if config is not None else Config()
+  if adopt:
+    config = architecture.adopt(config, given, path, flag, uses=True)
   weights = WeightFile(path, flag, network)
   num_classes, proj_layers = describe_head(weights)
+  class_names = (architecture.recorded_class_names(path, flag) or ()) if num_classes and weights.ours else ()
   with (strategy or tf.distribute.get_strategy()).scope():
-    model = build_model(config.architecture, pretraining=False, num_classes=num_classes, proj_keep_layers=proj_layers)
+    model = build_model(config.architecture, pretraining=False, num_classes=num_classes, proj_keep_layers=proj_layers,
+                        class_names=class_names, name=name)
   restore(model, model.weights, weights, flag, allow_partial=config.partial_checkpoint)
   return model, weights

@@ -180,6 +180,8 @@ def reference_architecture(weights, ft_proj_selector: int = 0) -> dict:
     widths = [weights.shape(f'{head}{i}/dense/kernel')[0] for i in range(proj_layers)] + [proj_out_dim]
     if widths[min(ft_proj_selector, proj_layers)] != sup_in:
       ft_proj_selector = widths.index(sup_in)
+  # Batch norm as the reference code runs it (its flags' defaults: synchronised, decay 0.9).
   return dict(resnet_depth=depths[0], width_multiplier=width, sk_ratio=PUBLISHED_SK_RATIO if resnet_d else 0.0,
               se_ratio=se_ratio, image_size=32 if cifar_stem else 224, num_proj_layers=max(proj_layers, 1),
-              proj_out_dim=proj_out_dim, ft_proj_selector=min(ft_proj_selector, proj_layers))
+              proj_out_dim=proj_out_dim, ft_proj_selector=min(ft_proj_selector, proj_layers), global_bn=True,
+              batch_norm_decay=0.9)

@@ -30,7 +30,7 @@ def test_modes_read_the_architecture_of_the_run_and_of_its_saved_model(tmp_path,
                  f'--model_dir={tmp_path / "knn"}', '--knn_k=3')
   assert proc.returncode == 0, proc.stderr[-2000:]
   line = [l for l in proc.stderr.splitlines() + proc.stdout.splitlines() if 'architecture of --checkpoint' in l]
-  assert line and 'config.json' in line[0], proc.stderr[-2000:]
+  assert line and 'ckpt-1 (its own record)' in line[0], proc.stderr[-2000:]
   for name, value in (('resnet_depth', 18), ('width_multiplier', 0.125), ('proj_out_dim', 8), ('image_size', 32)):
     assert f'{name}={value}' in line[0]
   proc = run_cli(*DATA, f'--data_dir={shapes_dir}', '--mode=embed', f'--checkpoint={pretrained}/saved_model',
@@ -44,7 +44,7 @@ def test_a_flag_that_contradicts_the_file_is_one_line_naming_both(tmp_path, shap
                  f'--model_dir={tmp_path}', '--resnet_depth=34')
   lines = proc.stderr.strip().splitlines()
   assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-2000:]
-  assert '--resnet_depth=34' in lines[0] and 'resnet_depth=18' in lines[0] and 'config.json' in lines[0]
+  assert '--resnet_depth=34' in lines[0] and 'resnet_depth=18' in lines[0] and 'ckpt-1 (its own record)' in lines[0]
 
 
 def test_flags_that_agree_a_given_image_size_and_partial_starts_keep_the_flags(pretrained):
@@ -61,11 +61,17 @@ def test_flags_that_agree_a_given_image_size_and_partial_starts_keep_the_flags(p
   assert architecture.adopt(config.replace(checkpoint=''), frozenset()) == config.replace(checkpoint='')
 
 
-def test_a_file_of_ours_without_config_json_is_one_line(tmp_path, pretrained):
+def test_a_checkpoint_knows_its_architecture_without_config_json_unless_an_earlier_version_wrote_it(tmp_path,
+                                                                                                  pretrained):
   import shutil
   shutil.copytree(pretrained, tmp_path / 'copy', ignore=shutil.ignore_patterns('config.json', 'saved_model'))
+  adopted = architecture.adopt(tiny_config(mode='knn', checkpoint=str(tmp_path / 'copy'), proj_out_dim=128),
+                               frozenset())
+  assert (adopted.width_multiplier, adopted.proj_out_dim) == (0.125, 8)  # from the checkpoint's own record
+  before = os.path.join(os.path.dirname(os.path.dirname(__file__)), 'resources', 'written_before_layout_change')
+  shutil.copytree(before, tmp_path / 'before', ignore=shutil.ignore_patterns('config.json', 'saved_model'))
   with pytest.raises(UserError, match='no config.json'):
-    architecture.adopt(tiny_config(mode='knn', checkpoint=str(tmp_path / 'copy')), frozenset())
+    architecture.adopt(tiny_config(mode='knn', checkpoint=str(tmp_path / 'before')), frozenset())
 
 
 @needs_shared('reference/golden/r50_sk_w0.125', 'Reading a reference file\'s architecture from its variables')

@@ -12,7 +12,7 @@ import tensorflow as tf
 
 import run as run_py
 from conftest import ROOT
-from simclr_tf import files, weights
+from simclr_tf import files, record, weights
 from simclr_tf.config import from_dict
 from simclr_tf.errors import UserError
 
@@ -87,7 +87,30 @@ def test_saved_model_written_before_still_serves(recorded):
   images = tf.constant(expected['images'])
   outputs = {mode: {k: v.numpy() for k, v in loaded(images, trainable=mode == 'train').items()}
              for mode in ('infer', 'train')}
-  assert_outputs_match(outputs, expected, 'saved_model/')
+
+  def floor():  # float32's own error here: how far these outputs are from the same network's in float64
+    config, _ = recorded
+    exact = float64_outputs(config, BEFORE, expected['images'])
+    return {k: float(np.abs(outputs['train'][k] - exact[k]).max()) for k in outputs['train']}
+
+  # The recorded values come from another machine. Training mode's batch norm over 2 images is ill-conditioned: on a
+  # 2-core AMD EPYC with AVX2 only, proj_head_output (magnitude 1) is 2.3e-5 from the recorded value, while both
+  # are 1.2e-4 and 1.4e-4 from the float64 value; an AVX-512 Xeon matched the recorded values to 1e-6.
+  assert_outputs_match(outputs, expected, 'saved_model/', floor)
+
+
+def float64_outputs(config, path, images) -> dict:
+  """Training-mode outputs of the model in `path` computed in float64 (a twin of the float32 model, its weights
+  cast), the value float32 approximates."""
+  import dataclasses
+  from simclr_tf.models.simclr import SimCLRModel
+  model, _ = weights.load_model(config, path)
+  twin = SimCLRModel(dataclasses.asdict(config.architecture), num_classes=model.supervised_head.dense.units,
+                     proj_keep_layers=model.projection_head.keep_layers, dtype='float64')
+  twin.build((None, *images.shape[1:]))
+  for mine, theirs in zip(twin.weights, model.weights):
+    mine.assign(tf.cast(theirs, mine.dtype))
+  return {k: v.numpy() for k, v in twin(tf.constant(images, tf.float64), training=True).items()}
 
 
 def copy_of_the_run_written_before(tmp_path) -> str:
@@ -107,8 +130,7 @@ def test_run_written_before_resumes_with_the_same_object_paths(recorded, tmp_pat
   assert result['step'] == 3
   old = tf.train.list_variables(os.path.join(BEFORE, 'ckpt-2'))
   new = tf.train.list_variables(os.path.join(model_dir, 'ckpt-3'))
-  assert [name for name, _ in new] == [name for name, _ in old]
-  assert new == old  # names and shapes
+  assert new == sorted(old + [(record.CHECKPOINT_KEY, [])])  # names and shapes, and now the run's own record
   before = weights.WeightFile(os.path.join(BEFORE, 'ckpt-2')).model_values()
   after = weights.WeightFile(os.path.join(model_dir, 'ckpt-3')).model_values()
   assert before.keys() == after.keys()
