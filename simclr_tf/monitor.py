@@ -77,6 +77,8 @@ def unit_of(metric: str) -> str:
     return 'unreadable images so far'
   if metric == 'learning_rate':
     return 'learning rate'
+  if metric == 'memory_fill':
+    return 'fraction of the memory filled'
   if any(word in metric for word in ('acc', 'top1', 'top5', 'agreement')):
     return 'accuracy (fraction)'
   if 'loss' in metric and 'scale' in metric:
@@ -84,6 +86,56 @@ def unit_of(metric: str) -> str:
   if 'loss' in metric or 'entropy' in metric:
     return 'nats'
   return metric
+
+
+# What a panel's title says of each metric, and the group it is drawn in: losses, accuracies, then the rest, speed
+# and the learning rate last. Metrics not named here keep their names, among the rest.
+TITLES = {
+    'loss': 'total loss (minimised, weight decay included)', 'contrast_loss': 'contrastive loss (NT-Xent)',
+    'sup_loss': 'supervised cross-entropy', 'distill_loss': 'distillation loss (vs the teacher)',
+    'loss_scale': 'loss scale (float16)',
+    'contrast_acc': 'contrastive accuracy (positive ranked first)', 'sup_acc': 'supervised head, training top-1',
+    'teacher_agreement': 'agreement with the teacher', 'knn_top1': 'kNN top-1 (eval split)',
+    'knn_top5': 'kNN top-5 (eval split)', 'probe_top1': 'linear probe top-1 (eval split)',
+    'contrast_entropy': 'entropy of the contrastive softmax', 'memory_fill': 'memory of negatives filled',
+    'skipped_images': 'unreadable images skipped', 'images_per_second': 'speed', 'learning_rate': 'learning rate'}
+GROUPS = (('losses', lambda m: 'loss' in m and 'scale' not in m),
+          ('accuracies', lambda m: unit_of(m) == 'accuracy (fraction)'),
+          ('other', lambda m: m not in ('images_per_second', 'learning_rate')),
+          ('speed', lambda m: m == 'images_per_second'), ('learning rate', lambda m: m == 'learning_rate'))
+
+
+def panel_order(names) -> List[str]:
+  """`names` in the order of GROUPS (losses, accuracies, the rest, speed, learning rate), alphabetical within a
+  group but for the total loss, which leads."""
+  ordered = []
+  for _, belongs in GROUPS:
+    group = sorted((n for n in names if n not in ordered and belongs(n)), key=lambda n: (n != 'loss', n))
+    ordered += group
+  return ordered
+
+
+def chance_levels(model_dir: str, records) -> Dict[str, float]:
+  """{metric: its chance level} where one applies: a class prediction (1 / the run's number of classes, from its
+  record) and the contrastive accuracy (1 / the 2B - 1 candidates of each view). {} when the run's record cannot be
+  read."""
+  from simclr_tf import record
+  try:
+    recorded = record.read(os.path.join(model_dir, 'config.json'))
+  except Exception:  # noqa: BLE001  (a picture is drawn whatever the record says)
+    recorded = None
+  if not recorded:
+    return {}
+  levels = {}
+  classes = len(recorded.get(record.CLASS_NAMES) or []) or recorded.get('num_classes') or 0
+  if classes > 1:
+    levels.update({m: 1 / classes for m in ('sup_acc', 'knn_top1', 'probe_top1')})
+    if classes > 5:
+      levels['knn_top5'] = 5 / classes
+  batch = recorded.get('train_batch_size', 0)
+  if batch > 1 and not recorded.get('memory_size'):
+    levels['contrast_acc'] = 1 / (2 * batch - 1)
+  return {m: v for m, v in levels.items() if any(m in r for r in records)}
 
 
 def curve_panels(records) -> Tuple[List[str], Dict[str, float]]:
@@ -108,9 +160,10 @@ def _space_panels(fig, rows: int, cols: int, bottom_note: float = 0.0) -> None:
 
 
 def plot_curves(model_dir: str, out_path: Optional[str] = None) -> Optional[str]:
-  """Draws every logged metric against the step into model_dir/curves.png (one panel per metric, its unit on the
-  y axis). A metric that never moved (e.g. kNN top-5 with 5 classes, always 1) gets no panel: it is named with its
-  value below the panels."""
+  """Draws every logged metric against the step into model_dir/curves.png: one panel per metric, grouped (losses,
+  accuracies, the rest, speed, learning rate), titled in words, its unit on the y axis, chance drawn as a dashed
+  line where it applies (chance_levels). A metric that never moved (e.g. kNN top-5 with 5 classes, always 1) gets
+  no panel: it is named with its value below the panels."""
   records = read_metrics(model_dir)
   if not records:
     return None
@@ -123,6 +176,8 @@ def plot_curves(model_dir: str, out_path: Optional[str] = None) -> Optional[str]
     by_step[(r.get('mode', 'train'), r['step'])] = r
   records = [by_step[k] for k in sorted(by_step)]
   names, constant = curve_panels(records)
+  names = panel_order(names)
+  chance = chance_levels(model_dir, records)
   cols = min(3, len(names))
   rows = math.ceil(len(names) / cols)
   fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.2 * rows + (0.3 if constant else 0)), squeeze=False)
@@ -131,7 +186,10 @@ def plot_curves(model_dir: str, out_path: Optional[str] = None) -> Optional[str]
       pts = [(r['step'], r[name]) for r in records if r.get('mode', 'train') == mode and name in r]
       if pts:
         ax.plot(*zip(*pts), label=mode, marker='o' if len(pts) < 12 else None)
-    ax.set_title(name)
+    if name in chance:
+      ax.axhline(chance[name], color='grey', linestyle='--', linewidth=1, label='chance')
+      ax.legend(fontsize=7, loc='best')
+    ax.set_title(TITLES.get(name, name.replace('_', ' ')), fontsize=10)
     ax.set_xlabel('training step')
     ax.set_ylabel(unit_of(name))
     ax.grid(alpha=0.3)

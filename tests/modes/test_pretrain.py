@@ -135,3 +135,11 @@ def test_curves_have_units_and_no_panel_that_cannot_move(tmp_path):
       'nats', 'accuracy (fraction)', 'accuracy (fraction)', 'images / s', 'learning rate']
   (tmp_path / 'metrics.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in records))
   assert open(monitor.plot_curves(str(tmp_path)), 'rb').read(8) == b'\x89PNG\r\n\x1a\n'
+  # Grouped: losses, accuracies, the rest, speed, the learning rate; chance where the run's record tells it.
+  assert monitor.panel_order(['learning_rate', 'contrast_acc', 'images_per_second', 'sup_loss', 'loss',
+                              'contrast_entropy', 'knn_top1', 'contrast_loss']) == [
+      'loss', 'contrast_loss', 'sup_loss', 'contrast_acc', 'knn_top1', 'contrast_entropy', 'images_per_second',
+      'learning_rate']
+  (tmp_path / 'config.json').write_text(json.dumps(dict(train_batch_size=8, class_names=['a', 'b', 'c', 'd'])))
+  assert monitor.chance_levels(str(tmp_path), records + [dict(step=3, knn_top1=0.5)]) == {
+      'contrast_acc': 1 / 15, 'knn_top1': 0.25}
