@@ -8,6 +8,7 @@ Every flag is a field of simclr_tf.config.Config (see `python run.py --helpfull`
 reads flags: it turns them into one frozen Config and hands it down.
 """
 
+import atexit
 import contextlib
 import os
 import sys
@@ -70,9 +71,17 @@ def _read(flag_values):
           frozenset(name for name in names if flag_values[name].present))
 
 
+# Flags that name a path: a leading ~ is the user's home, as a shell expands it (it does not in a flagfile, nor in
+# --flag=~/x), never a folder named '~'.
+PATH_FLAGS = ('model_dir', 'data_dir', 'checkpoint', 'teacher', 'export_dir')
+
+
 def config_from_flags(flag_values=FLAGS) -> config_lib.Config:
-  """The Config of the parsed flags, the reference's flags translated (one log line says how)."""
+  """The Config of the parsed flags, the reference's flags translated (one log line says how), ~ expanded in
+  paths."""
   values, given = _read(flag_values)
+  values.update({name: os.path.expanduser(values[name]) for name in PATH_FLAGS
+                 if isinstance(values.get(name), str) and values[name].startswith('~')})
   changes, notes = reference_cli.translate(values, given)
   if notes:
     import logging
@@ -96,8 +105,21 @@ def parse_flags(argv):
   try:
     return FLAGS(argv)
   except flags.Error as e:
-    print(f'error: {e}. See `python run.py --helpfull`.', file=sys.stderr)
+    print(flag_error_line(e), file=sys.stderr)
     sys.exit(2)
+
+
+def flag_error_line(error: Exception) -> str:
+  """absl's message as one clean line: without its own 'ERROR::' prefix (a missing flagfile) and the space it puts
+  before the question mark of 'Did you mean: NAME ?'."""
+  import re
+  text = ' '.join(str(error).split())
+  text = re.sub(r'^(ERROR:+\s*)+', '', text)
+  text = re.sub(r'Did you mean: ([\w, ]+?) \?$',
+                lambda m: 'Did you mean ' + ' or '.join(f'--{n}' for n in m.group(1).split(', ')) + '?', text)
+  if not text.endswith(('.', '?')):
+    text += '.'
+  return f'error: {text} See `python run.py --helpfull`.'
 
 
 def setup_logging():
@@ -157,13 +179,26 @@ def redirect_native_stderr(model_dir: str):
     return
   if '://' in model_dir and not model_dir.startswith('file://'):
     return
-  model_dir = model_dir[len('file://'):] if model_dir.startswith('file://') else model_dir
+  model_dir = local(model_dir)
   os.makedirs(model_dir, exist_ok=True)
   terminal = os.dup(2)
   sys.stderr = os.fdopen(terminal, 'w', buffering=1)
-  native = os.open(os.path.join(model_dir, 'native_stderr.log'), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+  path = os.path.join(model_dir, NATIVE_LOG)
+  native = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
   os.dup2(native, 2)
   os.close(native)
+  atexit.register(remove_if_empty, path)  # a log of nothing is not left behind
+
+
+NATIVE_LOG = 'native_stderr.log'
+
+
+def remove_if_empty(path: str) -> None:
+  try:
+    if os.path.getsize(path) == 0:
+      os.remove(path)
+  except OSError:
+    pass
 
 
 def run(config: config_lib.Config, places_checked: bool = False, given=None, prepared: bool = False):
@@ -182,10 +217,37 @@ def execute(flag_values=FLAGS, native_stderr_to_file: bool = True) -> dict:
   config = config_from_flags(flag_values).check_fields()  # the mistakes that need no TensorFlow, before it loads
   import_tensorflow_quietly()
   config = modes.prepare(config, given_flags(flag_values))  # a --checkpoint's own architecture, the mode's rules
-  modes.check_places(config)  # before the log file goes into model_dir
-  if native_stderr_to_file:
-    redirect_native_stderr(config.model_dir)
-  return run(config, places_checked=True, prepared=True)
+  new_folder = bool(config.model_dir) and is_local(config.model_dir) and not os.path.exists(local(config.model_dir))
+  try:
+    modes.check_places(config)  # before the log file goes into model_dir
+    if native_stderr_to_file:
+      redirect_native_stderr(config.model_dir)
+    return run(config, places_checked=True, prepared=True)
+  except (errors.UserError, errors.Interrupted):
+    if new_folder:
+      remove_if_nothing_written(local(config.model_dir))
+    raise
+
+
+def is_local(path: str) -> bool:
+  return '://' not in path or path.startswith('file://')
+
+
+def local(path: str) -> str:
+  return os.path.expanduser(path[len('file://'):] if path.startswith('file://') else path)
+
+
+def remove_if_nothing_written(folder: str) -> None:
+  """A model_dir this command created and then wrote nothing into (it failed before its first result: a dataset
+  that cannot be found, a refused checkpoint) is removed, its empty native_stderr.log with it."""
+  try:
+    entries = os.listdir(folder)
+    if all(e == NATIVE_LOG and os.path.getsize(os.path.join(folder, e)) == 0 for e in entries):
+      for e in entries:
+        os.remove(os.path.join(folder, e))
+      os.rmdir(folder)
+  except OSError:
+    pass
 
 
 def main(argv):

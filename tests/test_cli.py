@@ -20,6 +20,8 @@ TINY = tiny_flags(train_steps=1)
     (['--memory_momentum=1'], '--memory_momentum must be in [0, 1)'),
     (['--memory_size=8'], '--memory_size=8 cannot hold the 16 keys a step enqueues'),
     (['--export_momentum_network'], '--export_momentum_network needs a memory of negatives'),
+    (['--train_batchsize=8'], "Did you mean --train_batch_size? See"),
+    (['--flagfile=/nonexistent/recipe.cfg'], 'error: Unable to open flagfile'),
 ])
 def test_bad_flags_give_one_line(args, expected, tmp_path):
   model_dir = [] if '--mode=pretrain' in args else [f'--model_dir={tmp_path}']
@@ -27,7 +29,7 @@ def test_bad_flags_give_one_line(args, expected, tmp_path):
   assert proc.returncode == 2
   lines = proc.stderr.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith('error:') and expected in lines[0], proc.stderr
-  assert 'Traceback' not in proc.stdout + proc.stderr
+  assert 'Traceback' not in proc.stdout + proc.stderr and 'ERROR' not in lines[0] and '?.' not in lines[0]
 
 
 @pytest.mark.parametrize('extra,expected', [
