@@ -188,14 +188,18 @@ def knn_evaluate(model, config: Config, memory: inputs.Source, queries: inputs.S
                  progress: bool = True) -> Dict[str, float]:
   """kNN top-1/top-5 (--knn_k, --knn_temperature) of `queries` against the features `key` of `memory`, the model
   in inference mode, and the top-1 of a linear probe fitted to the same (L2-normalised) features; with the
-  numbers of examples."""
+  numbers of examples and the k used ('k': at most the memory's size, said in one line when --knn_k is more)."""
   train_feats, train_labels = features(model, memory, config, config.eval_batch_size, key,
                                        progress=f'kNN memory {memory.split}' if progress else None)
   test_feats, test_labels = features(model, queries, config, config.eval_batch_size, key,
                                      progress=f'kNN queries {queries.split}' if progress else None)
   num_classes = max(memory.num_classes, queries.num_classes)
-  result = knn_classify(train_feats, train_labels, test_feats, test_labels, config.knn_k, config.knn_temperature,
+  k = min(config.knn_k, len(train_labels))
+  if k < config.knn_k and progress:
+    log.info('--knn_k=%d is more than the memory\'s %d examples: every one of them votes (k=%d)', config.knn_k,
+             len(train_labels), k)
+  result = knn_classify(train_feats, train_labels, test_feats, test_labels, k, config.knn_temperature,
                         num_classes=num_classes)
   result.update(linear_probe_top1=linear_probe(train_feats, train_labels, test_feats, test_labels, num_classes),
-                num_examples=len(test_labels), memory_examples=len(train_labels))
+                num_examples=len(test_labels), memory_examples=len(train_labels), k=k)
   return result
