@@ -3,6 +3,7 @@ training mode optimises with: the length of the run, the learning-rate schedule,
 or Adam; loss-scaled under mixed_float16) and the part of weight decay that goes through the loss."""
 
 import dataclasses
+import logging
 
 import keras
 import tensorflow as tf
@@ -11,6 +12,8 @@ from simclr_tf import precision
 from simclr_tf.config import OptimizerSettings, section_of
 from simclr_tf.optim.lars import EMBEDDINGS, LARS, excluded_from_decay
 from simclr_tf.optim.schedule import WarmupCosine, scaled_learning_rate
+
+log = logging.getLogger('simclr_tf')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,7 +49,12 @@ def learning_rate_schedule(settings, num_examples: int) -> WarmupCosine:
   settings = section_of(settings, OptimizerSettings)
   peak = scaled_learning_rate(settings.learning_rate, settings.train_batch_size, settings.learning_rate_scaling)
   warmup = int(round(settings.warmup_epochs * num_examples / settings.train_batch_size))
-  return WarmupCosine(peak, warmup, total_steps(settings, num_examples))
+  steps = total_steps(settings, num_examples)
+  if warmup >= steps > 1:
+    log.warning('--warmup_epochs=%g (%d steps) is as long as the whole run (%d steps): it is warm-up to the end and '
+                'stops at its peak learning rate, never decaying; use a warm-up of a few percent of the run (the '
+                'paper: 5%%), or --warmup_epochs=0', settings.warmup_epochs, warmup, steps)
+  return WarmupCosine(peak, warmup, steps)
 
 
 def is_supervised_head(variable) -> bool:
