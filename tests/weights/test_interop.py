@@ -101,15 +101,24 @@ def test_the_papers_call_and_the_reusable_saved_model_api(exported):
 
 
 def hub_python():
-  """A venv with tensorflow-hub and tf-keras (installed without dependencies: TensorFlow comes from this
-  environment's site-packages), made once per machine and reused."""
-  home = os.environ.get('XDG_CACHE_HOME', os.path.expanduser('~/.cache'))
-  venv = os.path.join(home, 'simclr-tf-tests', f'hub-venv-tf{tf.__version__}')
+  """A venv with tensorflow-hub and tf-keras (installed without dependencies) that sees this environment's packages
+  (TensorFlow among them) through a .pth file: `python -m venv --system-site-packages` run from inside a venv sees
+  the base interpreter's packages, not the venv's. Made once per environment in the clone's .test-cache/ (ignored by
+  git) and reused."""
+  import hashlib
+  import site
+  here = [p for p in site.getsitepackages() if os.path.isdir(p)]
+  key = hashlib.sha256(('\n'.join(here) + tf.__version__).encode()).hexdigest()[:10]
+  venv = os.path.join(ROOT, '.test-cache', f'hub-venv-{key}')
   python = os.path.join(venv, 'bin', 'python')
-  check = [python, '-c', 'import tensorflow_hub, tf_keras']
+  check = [python, '-c', 'import tensorflow, tensorflow_hub, tf_keras']
   if os.path.exists(python) and subprocess.run(check, capture_output=True, timeout=300).returncode == 0:
     return python
-  subprocess.run([sys.executable, '-m', 'venv', '--system-site-packages', '--clear', venv], check=True)
+  subprocess.run([sys.executable, '-m', 'venv', '--clear', venv], check=True)
+  own = subprocess.run([python, '-c', 'import sysconfig; print(sysconfig.get_paths()["purelib"])'], check=True,
+                       capture_output=True, text=True).stdout.strip()
+  with open(os.path.join(own, 'simclr-tf-tests-environment.pth'), 'w') as f:
+    f.write('\n'.join(here) + '\n')  # after the venv's own site-packages: its tf-keras wins
   major_minor = '.'.join(tf.__version__.split('.')[:2])
   proc = subprocess.run([python, '-m', 'pip', 'install', '--quiet', '--disable-pip-version-check', '--no-deps',
                          '--ignore-installed', 'tensorflow-hub==0.16.1', f'tf-keras=={major_minor}.*'],
@@ -117,7 +126,8 @@ def hub_python():
   if proc.returncode:
     pytest.skip(f'tensorflow-hub and tf-keras could not be installed in a venv (no package registry?): '
                 f'{proc.stderr.strip().splitlines()[-1:]}')
-  assert subprocess.run(check, capture_output=True, timeout=300).returncode == 0
+  found = subprocess.run(check, capture_output=True, text=True, timeout=300)
+  assert found.returncode == 0, found.stderr[-2000:]
   return python
 
 
