@@ -110,6 +110,15 @@ class Chain:
     self.ledger = ledger
     self.also_from = tuple(also_from)
     self.timings = {}
+    self.places = {}  # stage name -> its model_dir, where it is not OUT/name (place())
+
+  def place(self, name, model_dir):
+    """Stage `name` runs in `model_dir` instead of OUT/name (a command whose folder is part of it, as the
+    README's are)."""
+    self.places[name] = model_dir
+
+  def model_dir_of(self, name):
+    return self.places.get(name, os.path.join(self.out, name))
 
   def ledger_record(self, name):
     """The ledger's stage.json of stage `name` (None without a ledger)."""
@@ -129,13 +138,13 @@ class Chain:
 
   def stage_seconds(self, name):
     """How long finished stage `name` took (its record here or in the ledger), or None."""
-    for record in (os.path.join(self.out, name, 'stage.json'), self.ledger_record(name)):
+    for record in (os.path.join(self.model_dir_of(name), 'stage.json'), self.ledger_record(name)):
       if record and os.path.exists(record):
         return json.load(open(record))['seconds']
     return None
 
   def finished(self, name):
-    return os.path.exists(os.path.join(self.out, name, 'stage.json')) or self.recorded(name)
+    return os.path.exists(os.path.join(self.model_dir_of(name), 'stage.json')) or self.recorded(name)
 
   def in_progress(self, name):
     """Where the ledger keeps the newest checkpoint of resumable stage `name` while it is not finished."""
@@ -144,7 +153,7 @@ class Chain:
   def forget(self, name):
     """Runs stage `name` again, from an empty model_dir, next time it is asked for (its record in the ledger goes
     too)."""
-    shutil.rmtree(os.path.join(self.out, name), ignore_errors=True)
+    shutil.rmtree(self.model_dir_of(name), ignore_errors=True)
     if self.recorded(name):
       os.remove(self.ledger_record(name))
     if self.ledger:
@@ -157,7 +166,7 @@ class Chain:
     and returns {'failed': 2}; any other failure stops the chain (a killed run is run again next time, or, when
     `resumable`, continues from its newest checkpoint). SIGTERM or Ctrl-C to the driver stops its run too, at a
     checkpoint, and then the driver, in one line (exit_if_stopped)."""
-    model_dir = os.path.join(self.out, name)
+    model_dir = self.model_dir_of(name)
     stops = []  # the signals that came while its run ran
     done = os.path.join(model_dir, 'stage.json')
     started = os.path.join(model_dir, 'stage_args.json')  # written as a run starts: a cut-short run's settings
@@ -219,7 +228,7 @@ class Chain:
   def record(self, name, result, keep_checkpoint):
     """Copies the stage's small files (and its last checkpoint) into the ledger; stage.json last, so a copy cut
     short is not taken for a finished stage."""
-    model_dir, target = os.path.join(self.out, name), os.path.join(self.ledger, name)
+    model_dir, target = self.model_dir_of(name), os.path.join(self.ledger, name)
     names = [n for n in (*self.KEPT, result) if n and os.path.exists(os.path.join(model_dir, n))]
     if keep_checkpoint:
       from simclr_tf import checkpoints
