@@ -1,0 +1,154 @@
+"""The README's three steps on the quick start's data: the fine-tuning and distillation settings the README prints,
+chosen on a validation split, and the figures it prints beside each command.
+
+  python experiments/quickstart_steps.py --ledger=experiments/results/quickstart_steps/ledger
+
+It runs the README's quick start (unless runs/quickstart holds it), then on a validation split: the grid for
+fine-tuning the pretrained network on 10% of the labels (200 images) and for the supervised-only network on the same
+labels for as long, and the grid for distilling the fine-tuned model into a student; then the README's commands with
+the chosen settings, evaluated once on the test split, and the linear probe on the same 200 labels (--mode=knn
+--label_fraction=0.1). Writes results.json and results.md (the table the README shows) beside the ledger.
+
+The validation split is a second draw of the shapes dataset (seed 1: the same generator, other images):
+OUT/tuning_data/train is the quick start's training split (linked), OUT/tuning_data/val the seed-1 draw's test
+split. Training uses the same images and labels while tuning as in the final runs (only the evaluated split
+differs), so a chosen run and its final run train the same network; the test split is read by the final runs only.
+Stages are run.py commands, skipped when done (experiments/cifar10_semisup.py's Chain, grid search and ledger).
+"""
+
+import argparse
+import json
+import os
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import cifar10_semisup as chain_lib  # noqa: E402  (stages, ledger and grid search)
+
+ROOT = chain_lib.ROOT
+
+# The quick start's network and data, as the README's commands give them (the architecture comes from the
+# checkpoint's record; the baseline, which has none, names it).
+DATA = ['--dataset=shapes', '--data_dir=data/shapes']
+NETWORK = ['--image_size=32', '--resnet_depth=18', '--width_multiplier=0.125']
+LABELS = ['--label_fraction=0.1']
+SUPERVISED = ['--mode=finetune', '--optimizer=momentum', '--train_batch_size=64', '--weight_decay=0',
+              '--warmup_epochs=0']
+FROM_PRETRAINED = ['--checkpoint=runs/quickstart', '--ft_proj_selector=1', '--zero_init_logits_layer']
+FROM_SCRATCH = NETWORK + ['--ft_proj_selector=0']
+DISTILL = ['--mode=distill', '--teacher=runs/quickstart_ft10', '--checkpoint=runs/quickstart', '--ft_proj_selector=1',
+           '--optimizer=momentum', '--train_batch_size=128', '--weight_decay=0', '--warmup_epochs=0']
+GRID = dict(lrs=(0.05, 0.2, 0.8), crops=(0.3, 0.6, 1.0), finetune_epochs=(30, 90, 270), distill_epochs=(10, 30, 90))
+KNN_K = 20  # the quick start's
+
+
+def tuning_data(out):
+  """OUT/tuning_data/{train,val}: the quick start's training split, and the test split of the seed-1 draw."""
+  from simclr_tf.data import shapes
+  draw = os.path.join(out, 'shapes_seed1')
+  if not os.path.exists(os.path.join(draw, shapes.MARKER)):
+    shapes.generate(draw, seed=1)
+  target = os.path.join(out, 'tuning_data')
+  os.makedirs(target, exist_ok=True)
+  for split, source in (('train', os.path.join(ROOT, 'data', 'shapes', 'train')), ('val', os.path.join(draw, 'test'))):
+    link = os.path.join(target, split)
+    if not os.path.lexists(link):
+      os.symlink(source, link)
+  return target
+
+
+def on_tuning(args, data):
+  """args, tuning: the image folder of OUT/tuning_data instead of the shapes, evaluated on val, nothing exported."""
+  replaced = [a for a in args if a.split('=', 1)[0] not in ('--dataset', '--data_dir', '--eval_split')]
+  return replaced + ['--dataset=image_folder', f'--data_dir={data}', '--eval_split=val', '--export_at_end=false']
+
+
+def chosen_flags(t):
+  return [f'--learning_rate={t["learning_rate"]:g}', f'--finetune_crop_min_area={t["crop_min_area"]:g}',
+          f'--train_epochs={t["epochs"]}']
+
+
+def readme_commands(tuned):
+  """{step: run.py arguments} of the README's commands with the chosen settings (model_dir last, as written)."""
+  ft, base, student = tuned['finetune_10pct'], tuned['supervised_10pct'], tuned['distill']
+  return {
+      'probe_10pct': ['--mode=knn', '--checkpoint=runs/quickstart', *DATA, *LABELS, f'--knn_k={KNN_K}',
+                      '--model_dir=runs/quickstart_probe10'],
+      'supervised_10pct': [*SUPERVISED, *DATA, *LABELS, *FROM_SCRATCH, *chosen_flags(base), '--eval_split=test',
+                           '--model_dir=runs/supervised10'],
+      'finetune_10pct': [*SUPERVISED, *DATA, *LABELS, *FROM_PRETRAINED, *chosen_flags(ft), '--eval_split=test',
+                         '--model_dir=runs/quickstart_ft10'],
+      'distill': [*DISTILL, *DATA, *chosen_flags(student), '--eval_split=test', '--model_dir=runs/quickstart_student'],
+  }
+
+
+def run_readme_command(chain, name, args, result):
+  """A README command as a stage: in the README's model_dir (under ROOT), recorded in the ledger as `name`."""
+  model_dir = next(a.split('=', 1)[1] for a in args if a.startswith('--model_dir='))
+  chain.place(name, os.path.join(ROOT, model_dir))
+  return chain.run(name, [a for a in args if not a.startswith('--model_dir=')], result)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--out', default=os.path.join(ROOT, 'runs', 'quickstart_steps'))
+  parser.add_argument('--ledger', default=None, help='as in experiments/cifar10_semisup.py')
+  parser.add_argument('--num_threads', type=int, default=0, help=chain_lib.NUM_THREADS_HELP)
+  options = parser.parse_args()
+  out = os.path.abspath(options.out)
+  os.makedirs(out, exist_ok=True)
+  chain = chain_lib.Chain(out, chain_lib.git_commit(), options.ledger and os.path.abspath(options.ledger),
+                          run_flags=chain_lib.threads(options))
+  quickstart = run_readme_command(chain, 'quickstart', ['--flagfile=flags/quickstart.cfg',
+                                                        '--model_dir=runs/quickstart'], 'eval_test.json')
+  data = tuning_data(out)
+  tuned = {}
+  finetune = on_tuning([*SUPERVISED, *LABELS, *FROM_PRETRAINED], data)
+  tuned['finetune_10pct'] = chain_lib.grid_search(chain, 'tune/finetune_10pct', finetune, GRID['lrs'], GRID['crops'],
+                                                  GRID['finetune_epochs'])
+  # The supervised-only network on the same labels for as long: its learning rate and crop tuned at that length.
+  tuned['supervised_10pct'] = chain_lib.grid_search(
+      chain, 'tune/supervised_10pct', on_tuning([*SUPERVISED, *LABELS, *FROM_SCRATCH], data), GRID['lrs'],
+      GRID['crops'], (tuned['finetune_10pct']['epochs'],))
+  # The distillation's teacher is the chosen fine-tuning's run (the same images and labels as the final one).
+  ft = tuned['finetune_10pct']
+  teacher = chain.model_dir_of('tune/finetune_10pct_' +
+                               chain_lib.tag_of(ft['learning_rate'], ft['crop_min_area'], ft['epochs']))
+  distill = on_tuning([a if not a.startswith('--teacher=') else f'--teacher={teacher}' for a in DISTILL], data)
+  tuned['distill'] = chain_lib.grid_search(chain, 'tune/distill', distill, GRID['lrs'], GRID['crops'],
+                                           GRID['distill_epochs'])
+  results = {'quickstart': quickstart}
+  for name, args in readme_commands(tuned).items():  # in order: the fine-tuned model teaches the student
+    results[name] = run_readme_command(chain, name, args, 'knn_test.json' if name.startswith('probe') else
+                                       'eval_test.json')
+  write_report(os.path.dirname(chain.ledger) if chain.ledger else out, tuned, results, readme_commands(tuned),
+               chain.timings, chain.commit)
+
+
+def write_report(folder, tuned, results, commands, timings, commit):
+  from simclr_tf import files
+  top1 = {name: results[name].get('linear_probe_top1' if name.startswith('probe') else 'top1') for name in commands}
+  top1['knn_10pct'] = results['probe_10pct'].get('top1')
+  summary = dict(commit=commit, tuning=tuned, top1=top1, commands={k: ' '.join(v) for k, v in commands.items()},
+                 results=results, seconds=timings)
+  files.write_json(os.path.join(folder, 'results.json'), summary)
+  pct = lambda v: '–' if v is None else f'{100 * v:.1f}%'
+  lines = ['| on the 5-class test split (500 images), 10% of the labels (200 images) | top-1 |', '| --- | ---: |',
+           f'| linear probe on the frozen pretrained encoder, fitted to the 200 labelled images | '
+           f'{pct(top1["probe_10pct"])} |',
+           f'| kNN (k = {KNN_K}) with the 200 labelled images as memory | {pct(top1["knn_10pct"])} |',
+           f'| supervised only, the same 200 images for as long | {pct(top1["supervised_10pct"])} |',
+           f'| fine-tuned from the projection head\'s first layer | {pct(top1["finetune_10pct"])} |',
+           f'| distilled into the same network on all 2,000 training images (no labels) | {pct(top1["distill"])} |',
+           '', '| chosen on the validation split | learning rate | crop min. area | epochs | val top-1 |',
+           '| --- | ---: | ---: | ---: | ---: |']
+  lines += [f'| {key} | {t["learning_rate"]:g} | {t["crop_min_area"]:g} | {t["epochs"]} | {pct(t["val_top1"])} |'
+            for key, t in tuned.items()]
+  lines += ['', f'commit {commit}; {round(sum(timings.values()) / 60, 1)} minutes of runs in all']
+  with open(os.path.join(folder, 'results.md'), 'w') as f:
+    f.write('\n'.join(lines) + '\n')
+  print('\n'.join(lines))
+
+
+if __name__ == '__main__':
+  main()
