@@ -99,8 +99,11 @@ def ensure(root):
     if any(tf.io.gfile.exists(os.path.join(root, old)) for old in OLD_MARKERS):
       log.info('%s holds shapes of an earlier version; drawing them again', root)
   total = sum(SPLITS.values()) * len(CLASSES)
-  log.info('drawing the shapes dataset (%d images of %d classes) into %s (once)', total,
-           len(CLASSES), root)
+  if tf.io.gfile.isdir(root):
+    log.info('drawing the shapes dataset (%d images of %d classes) into %s (once)', total, len(CLASSES), root)
+  else:  # a typo'd --data_dir would otherwise train on a new draw without a word
+    log.warning('--data_dir=%s does not exist: drawing a new shapes dataset (%d images of %d classes) there; to use '
+                'one drawn before, stop (Ctrl-C) and point --data_dir at its folder', root, total, len(CLASSES))
   started = time.time()
   generate(root)
   log.info('drew %d images in %.0f s', total, time.time() - started)

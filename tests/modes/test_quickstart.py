@@ -14,7 +14,9 @@ def test_quickstart_recipe_reduced(tmp_path):
                  '--train_epochs=2', '--knn_every_epochs=1', '--width_multiplier=0.0625', timeout=900)
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert os.path.exists(data / 'train' / 'circle' / '0399.png') and os.path.exists(data / '.complete-v2')
-  assert 'drawing the shapes dataset (2500 images of 5 classes)' in proc.stdout  # no silent start
+  # No silent start, and a --data_dir that did not exist (a typo?) is said to be drawn anew.
+  assert f'--data_dir={data} does not exist: drawing a new shapes dataset (2500 images of 5 classes) there' in (
+      proc.stdout + proc.stderr)
   with open(model_dir / 'eval_test.json') as f:
     result = json.load(f)
   steps = 2 * 2000 // 128
