@@ -141,6 +141,11 @@ class Config:
   export_dir: str = _field('', 'Where --mode=export (and every training mode at its end) writes the SavedModel '
                            '(default: model_dir/saved_model).')
   export_at_end: bool = _field(True, 'Training modes export a SavedModel when they finish.')
+  keep_export_versions: int = _field(0, '0: the SavedModel at the export path is replaced whole by each export. '
+                                     'N > 0: the export path is a base folder of versions, <path>/<step>/, the '
+                                     'layout TF Serving polls (the reference\'s, --keep_hub_module_max=N): each '
+                                     'export is a new version beside the others, never changed after; the oldest '
+                                     'are removed beyond N.')
 
   # Embeddings and kNN.
   embed_split: str = _field('train', 'Split that --mode=embed writes the vectors of (to model_dir/embeddings.npz).')
@@ -281,6 +286,8 @@ class Config:
         (self.cpu_replicas >= 1, f'--cpu_replicas must be at least 1, got {self.cpu_replicas}.'),
         (self.checkpoint_steps >= 0 and self.checkpoint_epochs >= 0,
          '--checkpoint_steps and --checkpoint_epochs must not be negative.'),
+        (self.keep_export_versions >= 0,
+         f'--keep_export_versions must not be negative, got {self.keep_export_versions}.'),
         (self.keep_checkpoint_max >= 1, f'--keep_checkpoint_max must be at least 1, got {self.keep_checkpoint_max}.'),
         (self.log_every_steps >= 1, f'--log_every_steps must be at least 1, got {self.log_every_steps}.'),
         (self.steps_per_loop >= 1, f'--steps_per_loop must be at least 1, got {self.steps_per_loop}.'),
@@ -385,7 +392,7 @@ RESUMABLE_CHANGES = frozenset({
     'keep_checkpoint_max', 'num_threads', 'cache_dataset', 'strategy', 'tpu', 'cpu_replicas', 'data_dir',
     'train_steps', 'train_epochs', 'checkpoint', 'teacher', 'strict_data', 'model_dir', 'export_dir', 'eval_steps',
     'eval_name', 'tpu_zone', 'gcp_project',
-    'export_at_end', 'worker_timeout', 'jit_compile', 'embed_split', 'embed_output', 'knn_k', 'knn_temperature',
+    'export_at_end', 'keep_export_versions', 'worker_timeout', 'jit_compile', 'embed_split', 'embed_output', 'knn_k', 'knn_temperature',
     'knn_every_epochs', 'augment_on', 'export_momentum_network', 'partial_checkpoint',
 })
 # Precisions whose checkpoints are interchangeable (same weights, same optimizer state); float16 adds a loss scale.

@@ -21,20 +21,24 @@ custom gradients it cannot save.)
 
 import contextlib
 import json
+import logging
 import os
+import re
 import signal
 from typing import Optional
 
 import keras
 import tensorflow as tf
 
-from simclr_tf import files, preemption
+from simclr_tf import files, preemption, runlock
 from simclr_tf.data import augment
 from simclr_tf.errors import Interrupted, UserError
 from simclr_tf.models.resnet import OUTPUT_KEYS
 from simclr_tf.models.simclr import HEAD_OUTPUTS
 from simclr_tf.optim.lars import excluded_from_decay
 from simclr_tf.weights.ours import variable_paths
+
+log = logging.getLogger('simclr_tf')
 
 SAVED_OUTPUTS = OUTPUT_KEYS + HEAD_OUTPUTS  # a ResNet's: the published SimCLRv2 models' keys (and logits_sup)
 SIGNATURES = ('serving_default', 'serving_bytes')
@@ -128,6 +132,9 @@ class ExportModule(tf.__internal__.tracking.AutoTrackable):
 OUR_ENTRIES = frozenset({'saved_model.pb', 'fingerprint.pb', 'variables', 'assets', 'config.json'})
 PARTIAL = '.simclr-tf-partial'  # the new SavedModel is written to TARGET + PARTIAL, beside its target
 ASIDE = '.simclr-tf-old'  # where the old one waits, on file systems without an atomic exchange
+LOCK = '.simclr-tf-lock'  # PARENT/.NAME + LOCK: held by the export writing PARENT/NAME (one at a time), removed after
+# it. A hidden name that does not start with the target's: ram:// and object stores match names by prefix.
+PROBE = '.simclr-tf-probe-'  # TARGET + PROBE + <pid>: made and removed to see that TARGET's folder can be written
 
 
 def is_our_saved_model(path: str) -> bool:
@@ -142,23 +149,43 @@ def is_our_saved_model(path: str) -> bool:
   return isinstance(recorded, dict) and {'mode', 'resnet_depth', 'model_dir'} <= set(recorded)
 
 
-def check_export_target(export_dir: str, protected=(), flag: str = 'export_dir') -> None:
+def export_lock(export_dir: str, flag: str = 'export_dir') -> runlock.RunLock:
+  """The lock an export of `export_dir` holds (a file beside it, as model_dir/run.lock is for training)."""
+  return runlock.RunLock(export_dir, path=lock_path(export_dir), flag=flag, holder='export')
+
+
+def lock_path(export_dir: str) -> str:
+  """Where the lock of an export to `export_dir` is: a hidden file beside it."""
+  return os.path.join(files.parent(export_dir), f'.{os.path.basename(export_dir.rstrip("/"))}{LOCK}')
+
+
+def check_export_target(export_dir: str, protected=(), flag: str = 'export_dir', locked: bool = False,
+                        probe_only: bool = False) -> None:
   """Refuses (UserError, nothing touched) an export target whose replacement would destroy what simclr-tf did
-  not write there: a file; a directory that is not empty and not one of our SavedModels (or holds more than one);
-  a run's folder (`protected`: (flag, path) pairs such as ('model_dir', ...), ('checkpoint', ...)) or a folder
-  that holds one. Leftovers of an export that was killed are cleared; then the place is checked for writing."""
+  not write there: a file; a symbolic link (what it points at would be replaced or deleted; a link is re-pointed
+  by the user, see docs/reliability.md); a directory that is not empty and not one of our SavedModels (or holds
+  more than one); a run's folder (`protected`: (flag, path) pairs such as ('model_dir', ...), ('checkpoint', ...))
+  or a folder that holds one; a target another export is writing. `locked` (the export itself, holding the
+  target's lock): leftovers of an export that was killed are cleared. Then the place is checked for writing."""
   export_dir = export_dir.rstrip('/')
   for other_flag, other in protected:
     if other and (files.same_or_inside(other, export_dir)):
       raise UserError(f'--{flag}={export_dir} would replace --{other_flag}={other}'
                       f'{"" if files.same_or_inside(export_dir, other) else ", which lies inside it"}; export to a '
                       f'folder of its own (e.g. {other.rstrip("/")}/saved_model).')
-  _clear_leftovers(export_dir, flag)
-  if tf.io.gfile.exists(export_dir):
+  local = export_dir.replace('file://', '', 1)
+  if files.is_local(export_dir) and os.path.islink(local):
+    dangling = '' if os.path.exists(local) else ', which does not exist'
+    raise UserError(f'--{flag}={export_dir} is a symbolic link (to {os.readlink(local)}{dangling}); simclr-tf does '
+                    f'not write through links. Export to a new folder, then point the link at it (ln -sfn).')
+  if not locked:
+    export_lock(export_dir, flag).check_free()
+  _clear_leftovers(export_dir, flag, remove=locked)
+  if tf.io.gfile.exists(export_dir) and not probe_only:  # (probe_only: what is there is check_versions_base's)
     if not tf.io.gfile.isdir(export_dir):
       raise UserError(f'--{flag}={export_dir} is a file; a SavedModel is a directory. Give a new or empty '
                       f'directory, or one of our SavedModels to replace.')
-    entries = [e.rstrip('/') for e in tf.io.gfile.listdir(export_dir)]
+    entries = _listing(export_dir)
     if entries:
       if any(e.startswith('ckpt-') or e == 'checkpoint' for e in entries):
         raise UserError(f'--{flag}={export_dir} holds training checkpoints (a model_dir?); the SavedModel would '
@@ -171,8 +198,8 @@ def check_export_target(export_dir: str, protected=(), flag: str = 'export_dir')
       if foreign:
         raise UserError(f'--{flag}={export_dir} is one of our SavedModels but also holds {foreign[0]}, which '
                         f'simclr-tf did not write; move it away to replace the SavedModel.')
-  # Can the new one be written beside it? (The place a killed export leaves is cleared by the next one.)
-  probe = export_dir + PARTIAL
+  # Can the new one be written beside it? (A probe of its own: the partial folder may be another export's.)
+  probe = f'{export_dir}{PROBE}{os.getpid()}'
   try:
     tf.io.gfile.makedirs(probe)
     tf.io.gfile.rmtree(probe)
@@ -181,18 +208,41 @@ def check_export_target(export_dir: str, protected=(), flag: str = 'export_dir')
                     f'can create.') from None
 
 
-def _clear_leftovers(export_dir: str, flag: str) -> None:
+def _listing(folder: str) -> list:
+  """The entries of `folder`, without our files beside it (TARGET.simclr-tf-lock, ...): ram:// lists by name prefix,
+  so there the files beside a folder are listed as its entries too."""
+  return [e.rstrip('/') for e in tf.io.gfile.listdir(folder) if not e.startswith('.simclr-tf-')]
+
+
+def _clear_leftovers(export_dir: str, flag: str, remove: bool = True) -> None:
   """What an export killed half-way left: its partial SavedModel beside the target (removed: it is ours, it
   holds our config.json or nothing), and, where the old one had been moved aside when the process died, the old
-  one (moved back)."""
+  one (moved back). A leftover that is a symbolic link (an earlier version followed links) is removed, never what
+  it points at. Without `remove`, only refuses what is in the way and is not ours."""
   partial, aside = export_dir + PARTIAL, export_dir + ASIDE
+  if remove:  # a killed export's probe folder and its lock's temporary file (files.write_atomically's)
+    for path in tf.io.gfile.glob(export_dir + PROBE + '*') + tf.io.gfile.glob(lock_path(export_dir) + '.tmp-*'):
+      name = os.path.basename(path)
+      pid = name.rsplit('-', 1)[-1] if PROBE in name else None
+      if (pid and pid.isdigit() and not files.process_alive(int(pid))) or (
+          not pid and files.TEMPORARY_SUFFIX.search(name) and files.abandoned(path, name)):
+        files.remove_tree(path) if tf.io.gfile.isdir(path) else tf.io.gfile.remove(path)
   for leftover in (partial, aside):
+    link = leftover.replace('file://', '', 1)
+    if files.is_local(leftover) and os.path.islink(link):
+      if remove:
+        os.remove(link)
+      continue
     if not tf.io.gfile.exists(leftover):
       continue
     entries = tf.io.gfile.listdir(leftover) if tf.io.gfile.isdir(leftover) else None
-    if entries is None or not (not entries or tf.io.gfile.exists(os.path.join(leftover, 'config.json'))):
+    ours = entries is not None and ('config.json' in [e.rstrip('/') for e in entries] or
+                                    all(files.TEMPORARY_SUFFIX.search(e.rstrip('/')) for e in entries))
+    if not ours:  # (all of an empty folder's entries are ours)
       raise UserError(f'{leftover} is in the way of --{flag}={export_dir} and was not written by simclr-tf; '
                       f'move it away.')
+    if not remove:
+      continue
     if leftover == aside and not tf.io.gfile.exists(export_dir) and is_our_saved_model(aside):
       tf.io.gfile.rename(aside, export_dir)
     else:
@@ -210,15 +260,96 @@ def _tracing_as_saved(options):
     return contextlib.nullcontext()
 
 
-def export_saved_model(model, export_dir: str, config_json: Optional[str] = None, protected=()) -> str:
+def export_saved_model(model, export_dir: str, config_json: Optional[str] = None, protected=(),
+                       keep_versions: int = 0, step: int = -1) -> str:
   """Writes a SavedModel to export_dir (any filesystem TF knows), after check_export_target: what was there is
   replaced only if it is one of our SavedModels. On local disks the new one is written beside the target and
   takes its place in one step (files.replace_directory): a reader finds the old SavedModel or the new one, whole.
   Elsewhere (object stores have no directory rename) the old one is removed first and TF writes saved_model.pb
   (what makes a directory a SavedModel) after the variables. SIGTERM/SIGINT while writing stop the export with
-  Interrupted, the partial files removed and the old SavedModel in place."""
+  Interrupted, the partial files removed and the old SavedModel in place. One export per target at a time: it
+  holds its lock (lock_path) from its check to its last write (another is refused in one line, nothing touched).
+
+  keep_versions > 0: export_dir is a base folder of versions (the layout TF Serving polls, and the reference's):
+  the SavedModel goes to export_dir/<step>/ (`step`; without one, the next number), written beside it and renamed
+  in under a new name, never changed after; the oldest versions beyond `keep_versions` are removed. Returns the
+  SavedModel's path."""
   export_dir = export_dir.rstrip('/')
-  check_export_target(export_dir, protected)
+  check_export_place(export_dir, protected, keep_versions)
+  lock = export_lock(export_dir).acquire()
+  try:
+    if not keep_versions:
+      return _write_saved_model(model, export_dir, config_json, protected)
+    check_versions_base(export_dir, protected, locked=True)
+    existing = versions_in(export_dir)
+    version = step if step >= 0 else max(existing, default=0) + 1
+    path = os.path.join(export_dir, str(version))
+    newer = [v for v in existing if v > version]
+    if len(newer) >= keep_versions:
+      raise UserError(f'--export_dir={export_dir} holds versions up to {max(newer)}; version {version} would be '
+                      f'removed at once (--keep_export_versions={keep_versions} keeps the newest). Export a newer '
+                      f'checkpoint, raise --keep_export_versions, or use another --export_dir.')
+    if tf.io.gfile.exists(path):
+      log.info('%s exists: a version is never changed, so it is left as it is (remove it to export that step '
+               'again)', path)
+    else:
+      _write_saved_model(model, path, config_json, protected)
+    for old in sorted(versions_in(export_dir))[:-keep_versions]:
+      files.remove_tree(os.path.join(export_dir, str(old)))
+    return path
+  finally:
+    lock.release()
+
+
+def check_export_place(export_dir: str, protected=(), keep_versions: int = 0) -> None:
+  """check_export_target, or check_versions_base for the versioned layout."""
+  if keep_versions:
+    check_versions_base(export_dir, protected)
+  else:
+    check_export_target(export_dir, protected)
+
+
+def versions_in(base: str) -> list:
+  """The version numbers of a base folder of versions (its folders named by a number that hold a SavedModel)."""
+  if not tf.io.gfile.isdir(base):
+    return []
+  names = [e.rstrip('/') for e in tf.io.gfile.listdir(base)]
+  return [int(n) for n in names if n.isdigit() and tf.io.gfile.exists(os.path.join(base, n, 'saved_model.pb'))]
+
+
+VERSION_LEFTOVER = re.compile(r'(\d+)(' + re.escape(PARTIAL) + '|' + re.escape(ASIDE) + '|' + re.escape(PROBE) +
+                              r'\d+)$')
+
+
+def check_versions_base(base: str, protected=(), flag: str = 'export_dir', locked: bool = False) -> None:
+  """Refuses (UserError, nothing touched) a base folder for versions that holds anything but versions (numbered
+  folders holding a SavedModel, and the leftovers of a killed export, which `locked` clears): one SavedModel of the
+  single layout, other files, a link, a run's folder, a base another export holds."""
+  check_export_target(base, protected, flag, locked, probe_only=True)
+  if not tf.io.gfile.exists(base):
+    return
+  if not tf.io.gfile.isdir(base):
+    raise UserError(f'--{flag}={base} is a file; versions go in a folder. Give a new or empty directory.')
+  names = sorted(_listing(base))
+  if 'saved_model.pb' in names:
+    raise UserError(f'--{flag}={base} holds one SavedModel (the single layout, --keep_export_versions=0); versions '
+                    f'go in a folder of their own: give another --{flag}, or remove that SavedModel.')
+  for name in names:
+    leftover, path = VERSION_LEFTOVER.match(name), os.path.join(base, name)
+    # In a bucket a version is written in place: one that a killed export left has our record and no saved_model.pb.
+    unfinished = (name.isdigit() and not tf.io.gfile.exists(os.path.join(path, 'saved_model.pb')) and
+                  tf.io.gfile.exists(os.path.join(path, 'config.json')))
+    if leftover and locked:
+      _clear_leftovers(os.path.join(base, leftover.group(1)), flag)
+    elif unfinished and locked:
+      files.remove_tree(path)
+    elif not (leftover or unfinished or (name.isdigit() and tf.io.gfile.exists(os.path.join(path, 'saved_model.pb')))):
+      raise UserError(f'--{flag}={base} holds {name}, which is not a version (a numbered folder holding a '
+                      f'SavedModel); versions are written only into a folder that holds nothing else.')
+
+
+def _write_saved_model(model, export_dir: str, config_json: Optional[str], protected) -> str:
+  check_export_target(export_dir, protected, locked=True)
   recorded = json.loads(config_json) if config_json else {}
   module = ExportModule(model, recorded.get('image_size') or model.image_size, recorded.get('weight_decay', 0.0))
   local = files.is_local(export_dir)

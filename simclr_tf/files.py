@@ -16,12 +16,19 @@ Every read, write, listing, delete and rename of a user path goes through tf.io.
 import ctypes
 import errno
 import json
+import logging
 import os
+import re
+import time
 import uuid
 
 import tensorflow as tf
 
 from simclr_tf.errors import UserError, first_line
+
+log = logging.getLogger('simclr_tf')
+TEMPORARY_SUFFIX = re.compile(r'\.tmp-(?:(\d+)-)?[0-9a-f]{8}$')  # write_atomically's: .tmp-<pid>-<random>
+IN_FLIGHT_SECONDS = 60  # a temporary file on another host's file system younger than this may still be written
 
 
 def is_local(path: str) -> bool:
@@ -47,11 +54,64 @@ def write_atomically(path: str, text) -> str:
   directory = parent(path)
   if directory:
     tf.io.gfile.makedirs(directory)
-  tmp = f'{path}.tmp-{uuid.uuid4().hex[:8]}'
+  # TEMPORARY_SUFFIX: a kill before the rename leaves it, for remove_leftovers (the pid tells whether its writer lives)
+  tmp = f'{path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}'
   with tf.io.gfile.GFile(tmp, 'wb' if isinstance(text, bytes) else 'w') as f:
     f.write(text)
   tf.io.gfile.rename(tmp, path, overwrite=True)
   return path
+
+
+def process_alive(pid: int) -> bool:
+  """Whether process `pid` runs on this machine (this process included)."""
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    return True
+  return True
+
+
+def abandoned(path: str, name: str) -> bool:
+  """Whether a temporary file's writer is gone: its process (named in the file's name) no longer runs here, or,
+  off this machine's disks, the file is older than IN_FLIGHT_SECONDS. (Another process may write a small file
+  into a run's folder while the run holds its lock: an export's lock, an evaluation's result.)"""
+  pid = TEMPORARY_SUFFIX.search(name).group(1)
+  if is_local(path) and pid:
+    return not process_alive(int(pid))
+  try:
+    return time.time() - tf.io.gfile.stat(path).mtime_nsec / 1e9 > IN_FLIGHT_SECONDS
+  except tf.errors.NotFoundError:
+    return False
+
+
+def remove_leftovers(directory: str) -> list:
+  """Removes what a process killed while writing in `directory` left there: write_atomically's temporary files
+  and the temporary folders of a checkpoint cut short (ckpt-N_temp*: TF writes a checkpoint's shards there, then
+  renames them into place). Only the directory's own entries (a folder inside may be another run's). Call it only
+  while holding the directory's lock (runlock): nobody else writes there. Returns the names removed (said in one
+  line)."""
+  if not tf.io.gfile.isdir(directory):
+    return []
+  removed = []
+  for entry in sorted(tf.io.gfile.listdir(directory)):
+    name = entry.rstrip('/')
+    path = os.path.join(directory, name)
+    if re.fullmatch(r'ckpt-\d+_temp.*', name):
+      if tf.io.gfile.isdir(path):
+        tf.io.gfile.rmtree(path)
+      else:
+        tf.io.gfile.remove(path)
+    elif TEMPORARY_SUFFIX.search(name) and not tf.io.gfile.isdir(path) and abandoned(path, name):
+      tf.io.gfile.remove(path)
+    else:
+      continue
+    removed.append(name)
+  if removed:
+    log.warning('removed what an interrupted run left unfinished in %s: %s', directory,
+                ', '.join(removed[:5]) + (', ...' if len(removed) > 5 else ''))
+  return removed
 
 
 def write_json(path: str, value) -> str:

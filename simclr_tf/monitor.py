@@ -38,7 +38,7 @@ class Monitor:
     self.write = write and bool(model_dir)
     self.writer = tf.summary.create_file_writer(os.path.join(model_dir, prefix)) if self.write else None
     self.metrics_path = os.path.join(model_dir, 'metrics.jsonl')
-    self.records = read_metrics(model_dir) if self.write else []
+    self.records = read_metrics(model_dir, repair=True) if self.write else []
     self._last_time = time.time()
     self._last_step = start_step
     self._first_step = start_step
@@ -62,11 +62,33 @@ class Monitor:
     files.write_atomically(self.metrics_path, ''.join(json.dumps(r) + '\n' for r in self.records))
 
 
-def read_metrics(model_dir: str):
+def read_metrics(model_dir: str, repair: bool = False):
+  """The records of model_dir/metrics.jsonl. A line that does not parse (a copy cut short, a disk that filled up,
+  an earlier version killed while appending) is dropped with one warning naming the file; with `repair` (the
+  run that writes the file) the file is rewritten without it, so that every later reader finds it whole."""
   path = os.path.join(model_dir, 'metrics.jsonl')
   if not tf.io.gfile.exists(path):
     return []
-  return [json.loads(line) for line in files.read_text(path).splitlines() if line.strip()]
+  records, dropped = [], []
+  for number, line in enumerate(files.read_text(path).splitlines(), 1):
+    if not line.strip():
+      continue
+    try:
+      record = json.loads(line)
+    except ValueError:
+      record = None
+    if isinstance(record, dict):
+      records.append(record)
+    else:
+      dropped.append(number)
+  if dropped:
+    what = (f'line {dropped[0]} does not parse (cut short?)' if len(dropped) == 1 else
+            f'{len(dropped)} lines ({", ".join(map(str, dropped[:5]))}{", ..." if len(dropped) > 5 else ""}) do '
+            f'not parse')
+    log.warning('%s: %s; %s', path, what, 'rewrote the file without it' if repair else 'read without it')
+    if repair:
+      files.write_atomically(path, ''.join(json.dumps(r) + '\n' for r in records))
+  return records
 
 
 def unit_of(metric: str) -> str:

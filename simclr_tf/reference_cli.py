@@ -21,8 +21,8 @@ REFERENCE_ONLY = {
                 'without them). Ours: --tpu=NAME.'),
     'tpu_name': (str, 'Reference command line: the TPU\'s name. Ours: --tpu.'),
     'master': (str, 'Reference command line: the TPU\'s grpc:// address. Ours: --tpu.'),
-    'keep_hub_module_max': (int, 'Reference command line: SavedModels kept per run. simclr-tf keeps one '
-                            '(model_dir/saved_model, replaced whole); only 1 is accepted.'),
+    'keep_hub_module_max': (int, 'Reference command line: SavedModels kept per run, as versions '
+                            'model_dir/saved_model/<step>/. Ours: --keep_export_versions.'),
     'proj_head_mode': (('none', 'linear', 'nonlinear'), 'Reference command line: no projection head, one linear '
                        'layer, or --num_proj_layers layers. Ours: --num_proj_layers=0, 1 or more.'),
     'variable_schema': (str, 'Flag of the reference\'s TF1 code that its README pastes: which variables fine-tuning '
@@ -72,9 +72,10 @@ def translate(values: Dict[str, object], given: set) -> Tuple[Dict[str, object],
       changes['strategy'] = 'tpu'
 
   keep = values.get('keep_hub_module_max')
-  if keep is not None and keep != 1:
-    raise UserError(f'--keep_hub_module_max={keep}: simclr-tf keeps one SavedModel per run (model_dir/saved_model, '
-                    f'replaced whole); export others with --mode=export --checkpoint=CKPT --export_dir=DIR/<step>.')
+  if keep is not None:
+    if keep < 1:  # the reference removes nothing then; versions that pile up without end are not kept here
+      raise UserError(f'--keep_hub_module_max={keep}: give the number of versions to keep (1 or more).')
+    set_value('keep_export_versions', keep, f'--keep_hub_module_max={keep} (its layout: saved_model/<step>/)')
 
   head = values.get('proj_head_mode')
   if head == 'none':

@@ -27,16 +27,6 @@ STALE_SECONDS = 600
 HEARTBEAT_SECONDS = 60
 
 
-def _process_alive(pid: int) -> bool:
-  try:
-    os.kill(pid, 0)
-  except ProcessLookupError:
-    return False
-  except PermissionError:
-    return True
-  return True
-
-
 def _started(holder: dict) -> str:
   return datetime.datetime.fromtimestamp(holder.get('started', 0)).strftime('%Y-%m-%d %H:%M:%S')
 
@@ -44,9 +34,11 @@ def _started(holder: dict) -> str:
 class RunLock:
   """Held from acquire() to release(); heartbeat() keeps it fresh."""
 
-  def __init__(self, model_dir: str):
-    self.path = os.path.join(model_dir, LOCK_NAME)
+  def __init__(self, model_dir: str, path: Optional[str] = None, flag: str = 'model_dir', holder: str = 'run'):
+    """The lock of `model_dir` (model_dir/run.lock), or of another target (an export's: `path` beside it)."""
+    self.path = path or os.path.join(model_dir, LOCK_NAME)
     self.model_dir = model_dir
+    self.flag, self.holder = flag, holder
     self.token = uuid.uuid4().hex
     self.started = time.time()
     self._last_beat = 0.0
@@ -63,14 +55,14 @@ class RunLock:
 
   def _holder_is_running(self, holder: dict) -> bool:
     if holder.get('host') == socket.gethostname():
-      return holder.get('pid') != os.getpid() and _process_alive(int(holder.get('pid', -1)))
+      return holder.get('pid') != os.getpid() and files.process_alive(int(holder.get('pid', -1)))
     return time.time() - float(holder.get('heartbeat', 0)) < STALE_SECONDS
 
   def _refuse(self, holder: dict) -> UserError:
-    return UserError(f'--model_dir={self.model_dir} is in use by another run (host {holder.get("host")}, pid '
-                     f'{holder.get("pid")}, started {_started(holder)}); wait for it to end or use another '
-                     f'--model_dir. A lock whose run died is taken over (same host: at once; another host: after '
-                     f'{STALE_SECONDS // 60} minutes without heartbeat).')
+    return UserError(f'--{self.flag}={self.model_dir} is in use by another {self.holder} (host {holder.get("host")}, '
+                     f'pid {holder.get("pid")}, started {_started(holder)}); wait for it to end or use another '
+                     f'--{self.flag}. A lock whose {self.holder} died is taken over (same host: at once; another host: '
+                     f'after {STALE_SECONDS // 60} minutes without heartbeat).')
 
   def acquire(self) -> 'RunLock':
     holder = self._read()
@@ -78,14 +70,21 @@ class RunLock:
       if self._holder_is_running(holder):
         raise self._refuse(holder)
       if holder.get('pid') != os.getpid() or holder.get('host') != socket.gethostname():
-        log.warning('taking over %s from a run that is no longer running (host %s, pid %s, started %s)', self.path,
-                    holder.get('host'), holder.get('pid'), _started(holder))
+        log.warning('taking over %s from a%s %s that is no longer running (host %s, pid %s, started %s)',
+                    self.path, 'n' if self.holder[0] in 'aeiou' else '', self.holder, holder.get('host'),
+                    holder.get('pid'), _started(holder))
     self.heartbeat(force=True)
     time.sleep(0.05)  # a run that started at the same moment has written its lock by now
     holder = self._read()
     if holder is None or holder.get('token') != self.token:
       raise self._refuse(holder or {})
     return self
+
+  def check_free(self) -> None:
+    """Refuses (one UserError naming the holder) when another live process holds the lock; takes nothing."""
+    holder = self._read()
+    if holder is not None and self._holder_is_running(holder):
+      raise self._refuse(holder)
 
   def heartbeat(self, force: bool = False) -> None:
     now = time.time()

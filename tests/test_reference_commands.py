@@ -105,7 +105,7 @@ def test_the_imagenet_commands_tpu_flags_reach_our_tpu_connection(tmp_path, shap
 
 
 @pytest.mark.parametrize('args,expected', [
-    (['--keep_hub_module_max=3'], '--keep_hub_module_max=3: simclr-tf keeps one SavedModel per run'),
+    (['--keep_hub_module_max=0'], '--keep_hub_module_max=0: give the number of versions to keep (1 or more)'),
     (['--proj_head_mode=none', '--ft_proj_selector=1'], '--proj_head_mode=none leaves no projection layer'),
     (['--mode=pretrain', '--train_mode=finetune'], '--train_mode=finetune contradicts --mode=pretrain'),
 ])

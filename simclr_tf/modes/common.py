@@ -58,12 +58,14 @@ def validate_training(config: Config) -> None:
 def training_mode(run: Callable) -> Callable:
   """A training mode's run(config, strategy): refuses a batch the replicas cannot share before reading any data,
   and holds model_dir/run.lock (on the chief) from before its first write to after its last: one run per
-  model_dir."""
+  model_dir. Holding it, it removes what a killed run left half-written (files.remove_leftovers)."""
 
   @functools.wraps(run)
   def locked(config: Config, strategy: tf.distribute.Strategy):
     distribute.check_batch_divides(config.train_batch_size, strategy, 'train_batch_size')
-    with runlock.held(config.model_dir, enabled=distribute.is_chief(strategy)):
+    with runlock.held(config.model_dir, enabled=distribute.is_chief(strategy)) as lock:
+      if lock is not None:  # the writer of model_dir: what a killed run left half-written goes first
+        files.remove_leftovers(config.model_dir)
       return run(config, strategy)
 
   locked.training = True
@@ -119,11 +121,11 @@ def check_places(config: Config, is_training: bool) -> None:
   check_outside_data(config)
   exports = config.mode == 'export' or (is_training and config.export_at_end)
   if exports and config.export_dir:
-    export.check_export_target(config.export_dir, protected_paths(config))
+    export.check_export_place(config.export_dir, protected_paths(config), config.keep_export_versions)
   if config.model_dir:
     files.check_writable_dir(config.model_dir, 'model_dir')
   if exports and not config.export_dir:
-    export.check_export_target(export_path(config), protected_paths(config))
+    export.check_export_place(export_path(config), protected_paths(config), config.keep_export_versions)
 
 
 def labelled_train_source(config: Config, strategy) -> inputs.Source:
@@ -205,12 +207,13 @@ def initialise_from_checkpoint(config: Config, model, without_checkpoint: str) -
   log.info('initialised %d encoder and projection-head variables from %s (%s)', count, config.checkpoint, layout)
 
 
-def export_at_end(config: Config, strategy, model) -> Optional[str]:
-  """Writes the trained model as a SavedModel (model_dir/saved_model unless --export_dir) on the chief."""
+def export_at_end(config: Config, strategy, model, step: int) -> Optional[str]:
+  """Writes the trained model as a SavedModel (model_dir/saved_model unless --export_dir; with
+  --keep_export_versions, as its version <step>) on the chief."""
   if not (config.export_at_end and distribute.is_chief(strategy)):
     return None
-  path = export_path(config)
-  export.export_saved_model(model, path, record.to_json(config, model.class_names), protected_paths(config))
+  path = export.export_saved_model(model, export_path(config), record.to_json(config, model.class_names),
+                                   protected_paths(config), config.keep_export_versions, step)
   log.info('exported SavedModel to %s', path)
   return path
 

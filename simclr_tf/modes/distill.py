@@ -81,7 +81,7 @@ def run(config: Config, strategy: tf.distribute.Strategy) -> Dict[str, float]:
   task = Task(student, optimizer, source, views.finetune_views(config.augmentation),
               distillation_replica_step(student, teacher, config))
   step = fit(config, strategy, task)
-  common.export_at_end(config, strategy, student)
+  common.export_at_end(config, strategy, student, step)
   result = common.evaluate_and_record(config, strategy, student, step, teacher=teacher_prefix,
                                       teacher_model=teacher)
   return result or {'step': step}

@@ -7,7 +7,7 @@ from typing import Dict
 
 import tensorflow as tf
 
-from simclr_tf import export, record, weights
+from simclr_tf import checkpoints, export, record, weights
 from simclr_tf.config import Config
 from simclr_tf.modes import common
 
@@ -23,7 +23,8 @@ def validate(config: Config) -> None:
 def run(config: Config, strategy: tf.distribute.Strategy) -> Dict[str, str]:
   network = 'momentum_network' if config.export_momentum_network else 'model'
   model, found = weights.load_model(config, config.checkpoint, strategy, network=network, adopt=False)
-  path = common.export_path(config)
-  export.export_saved_model(model, path, record.to_json(config, model.class_names), common.protected_paths(config))
+  step = -1 if found.saved_model else checkpoints.checkpoint_step(found.prefix)  # the version, when versioned
+  path = export.export_saved_model(model, common.export_path(config), record.to_json(config, model.class_names),
+                                   common.protected_paths(config), config.keep_export_versions, step)
   log.info('exported %s (%s) to %s', config.checkpoint, found.layout, path)
   return {'export_dir': path, 'source_layout': found.layout}

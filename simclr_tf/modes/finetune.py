@@ -48,6 +48,6 @@ def run(config: Config, strategy: tf.distribute.Strategy) -> Dict[str, float]:
   task = Task(model, optimizer, source, views.finetune_views(config.augmentation),
               supervised_replica_step(model, config))
   step = fit(config, strategy, task)
-  common.export_at_end(config, strategy, model)
+  common.export_at_end(config, strategy, model, step)
   result = common.evaluate_and_record(config, strategy, model, step, initialised_from=config.checkpoint or 'random')
   return result or {'step': step}

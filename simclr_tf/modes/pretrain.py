@@ -129,7 +129,7 @@ def run(config: Config, strategy: tf.distribute.Strategy) -> Dict[str, float]:
   monitor = knn_monitor(config, task.model, source)
   step = fit(config, strategy, task, [monitor] if monitor else [])
   common.export_at_end(config, strategy, task.extra_checkpoint['momentum_network'] if config.export_momentum_network
-                       else task.model)
+                       else task.model, step)
   knn = {}
   if monitor and monitor.last:
     knn = {'knn_top1': monitor.last['knn_top1'], 'knn_top5': monitor.last['knn_top5'],

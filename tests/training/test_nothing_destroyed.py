@@ -131,6 +131,175 @@ def test_replacing_our_saved_model_keeps_a_complete_one_at_the_path_at_every_ins
   assert tf.saved_model.load(str(target)).signatures['serving_default'] is not None
 
 
+# ---- links, two exports at once, torn and half-written files ----------------------------------------------------
+
+def test_an_export_dir_that_is_a_symbolic_link_is_one_line_and_what_it_points_at_is_untouched(tmp_path, trained):
+  from conftest import run_here
+  v1 = tmp_path / 'v1'
+  shutil.copytree(trained / 'saved_model', v1)
+  before = snapshot(v1)
+  latest, dangling = tmp_path / 'latest', tmp_path / 'dangling'
+  latest.symlink_to(v1)
+  dangling.symlink_to(tmp_path / 'gone')
+  for link, words in ((latest, f'(to {v1})'), (dangling, f'(to {tmp_path / "gone"}, which does not exist)')):
+    code, message = run_here('--mode=export', f'--checkpoint={trained}', f'--export_dir={link}', *tiny_flags())
+    assert code == 2 and f'--export_dir={link} is a symbolic link {words}' in message, message
+    assert os.path.islink(link) and not os.path.exists(str(link) + '.simclr-tf-partial')
+  assert snapshot(v1) == before and not (tmp_path / 'gone').exists()
+  # A link an earlier version left as the partial folder is removed, never what it points at.
+  (tmp_path / 'e.simclr-tf-partial').symlink_to(v1)
+  code, _ = run_here('--mode=export', f'--checkpoint={trained}', f'--export_dir={tmp_path / "e"}', *tiny_flags())
+  assert code == 0 and not os.path.lexists(tmp_path / 'e.simclr-tf-partial') and snapshot(v1) == before
+  assert {'config.json', 'saved_model.pb'} <= set(os.listdir(tmp_path / 'e'))
+
+
+def test_one_export_per_target_at_a_time(tmp_path, trained, simclr_log):
+  from conftest import run_here
+  from simclr_tf import export
+  target = tmp_path / 'e'
+  export_args = ('--mode=export', f'--checkpoint={trained}', f'--export_dir={target}', *tiny_flags())
+  # Another export holds the target (a live process named in its lock): refused in one line, nothing touched.
+  holder = subprocess.Popen(['sleep', '60'])
+  try:
+    lock = export.export_lock(str(target))
+    lock.heartbeat(force=True)
+    files = export.files.read_json(lock.path)
+    export.files.write_json(lock.path, dict(files, pid=holder.pid))
+    code, message = run_here(*export_args)
+    assert code == 2 and f'--export_dir={target} is in use by another export (host' in message, message
+    assert f'pid {holder.pid}' in message and not target.exists()
+  finally:
+    holder.kill()
+    holder.wait()
+  # Its process gone, the lock is taken over with a warning; the export ends with its record and no lock.
+  code, _ = run_here(*export_args)
+  assert code == 0 and any('from an export that is no longer running' in m for m in simclr_log)
+  assert not os.path.exists(export.lock_path(str(target))) and export.is_our_saved_model(str(target))
+  # Two exports started at once: each either finished (its SavedModel whole, with its record) or was refused in
+  # one line; never both "exported" over each other.
+  cmd = [sys.executable, os.path.join(ROOT, 'run.py'), *export_args]
+  procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=ENV)
+           for _ in range(2)]
+  outcomes = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
+  for code, stderr in outcomes:
+    assert code == 0 or (code == 2 and 'is in use by another export' in stderr and
+                         len(stderr.strip().splitlines()) == 1), stderr[-2000:]
+  assert any(code == 0 for code, _ in outcomes)
+  assert export.is_our_saved_model(str(target)) and set(os.listdir(tmp_path)) == {'e'}
+
+
+def test_a_torn_metrics_line_and_a_killed_runs_leftovers_are_repaired_on_resume(tmp_path, shapes_dir, trained,
+                                                                                 simclr_log):
+  from conftest import run_here
+  run = tmp_path / 'run'
+  shutil.copytree(trained, run)
+  with open(run / 'metrics.jsonl', 'a') as f:
+    f.write('{"step": 3, "mode": "train", "lo')  # a kill in the middle of a line (an earlier version appended)
+  gone = subprocess.Popen(['true'])
+  gone.wait()
+  (run / f'config.json.tmp-{gone.pid}-0123abcd').write_text('{"resnet_de')  # a kill before the rename
+  (run / 'ckpt-3_temp').mkdir()  # a kill while TF wrote a checkpoint's shards
+  (run / 'ckpt-3_temp' / 'part-00000-of-00001.data-00000-of-00001').write_bytes(b'\0' * 10)
+  code, result = run_here(*TINY, f'--data_dir={shapes_dir}', f'--model_dir={run}', '--train_steps=3',
+                          '--checkpoint_steps=1', '--export_at_end=false')
+  assert code == 0, result
+  assert any(f'{run / "metrics.jsonl"}: line 3 does not parse (cut short?); rewrote the file without it' in m
+             for m in simclr_log), simclr_log
+  assert any(m.startswith(f'removed what an interrupted run left unfinished in {run}: ckpt-3_temp, config.json.tmp-')
+             for m in simclr_log), simclr_log
+  records = [json.loads(line) for line in open(run / 'metrics.jsonl')]
+  assert [r['step'] for r in records if 'contrast_loss' in r] == [1, 2, 3]
+  assert not [n for n in os.listdir(run) if '.tmp-' in n or '_temp' in n]
+
+
+# ---- the versioned layout: what TF Serving polls -----------------------------------------------------------------
+
+def test_versions_are_written_beside_each_other_never_changed_and_the_oldest_removed(tmp_path, trained, simclr_log):
+  from conftest import run_here
+  from simclr_tf import export
+  base = tmp_path / 'served'
+  versioned = lambda checkpoint, *extra: run_here('--mode=export', f'--checkpoint={checkpoint}', f'--export_dir={base}',
+                                                   '--keep_export_versions=2', *tiny_flags(), *extra)
+  code, result = versioned(trained)  # the checkpoint's step is the version
+  assert code == 0 and result['export_dir'] == str(base / '2'), result
+  first = snapshot(base / '2')
+  code, result = versioned(trained)
+  assert code == 0 and snapshot(base / '2') == first
+  assert any(m.startswith(f'{base / "2"} exists: a version is never changed') for m in simclr_log)
+  for _ in range(2):  # a SavedModel has no step: the next number
+    code, result = versioned(trained / 'saved_model')
+    assert code == 0
+  assert sorted(os.listdir(base)) == ['3', '4'] and export.is_our_saved_model(str(base / '4'))
+  assert not [n for n in os.listdir(tmp_path) if 'simclr-tf' in n]
+  # Readers take the highest version (weights.saved_model_in); the reference's flag is the same layout.
+  code, result = run_here('--mode=export', f'--checkpoint={base}', f'--export_dir={tmp_path / "single"}',
+                          *tiny_flags())
+  assert code == 0 and export.is_our_saved_model(str(tmp_path / 'single'))
+  code, message = run_here('--mode=export', f'--checkpoint={trained}', f'--export_dir={base}', *tiny_flags(),
+                           '--keep_hub_module_max=1')  # step 2 would be removed at once
+  assert code == 2 and 'holds versions up to 4; version 2 would be removed at once' in message, message
+  code, result = run_here('--mode=export', f'--checkpoint={trained / "saved_model"}', f'--export_dir={base}',
+                          *tiny_flags(), '--keep_hub_module_max=1')
+  assert code == 0 and sorted(os.listdir(base)) == ['5'], os.listdir(base)
+  # A base that holds a SavedModel of the single layout, or anything else, is one line, nothing touched.
+  (tmp_path / 'other').mkdir()
+  (tmp_path / 'other' / 'notes.txt').write_text('a file of the user')
+  for other, words in ((tmp_path / 'single', 'holds one SavedModel (the single layout'),
+                       (tmp_path / 'other', 'holds notes.txt, which is not a version')):
+    before = snapshot(other)
+    code, message = run_here('--mode=export', f'--checkpoint={trained}', f'--export_dir={other}',
+                             '--keep_export_versions=2', *tiny_flags())
+    assert code == 2 and words in message, message
+    assert snapshot(other) == before
+
+
+POLLER = """
+import json, os, sys, time
+import tensorflow as tf
+base, stop = sys.argv[1], sys.argv[2]
+loads, failures, seen = 0, [], set()
+open(stop + '.ready', 'w').close()
+while not os.path.exists(stop):
+  versions = [int(n) for n in os.listdir(base) if n.isdigit()] if os.path.isdir(base) else []
+  if not versions:
+    time.sleep(0.05)
+    continue
+  version = max(versions)  # what TF Serving's file-system poller serves
+  try:
+    outputs = tf.saved_model.load(os.path.join(base, str(version))).signatures['serving_default'](
+        images=tf.zeros([1, 32, 32, 3]))
+    assert outputs['final_avg_pool'].shape[0] == 1
+    loads += 1
+    seen.add(version)
+  except Exception as e:
+    failures.append(f'{version}: {type(e).__name__}: {str(e)[:200]}')
+print(json.dumps(dict(loads=loads, failures=failures, seen=sorted(seen))))
+"""
+
+
+def test_a_server_polling_the_versions_always_loads_a_whole_saved_model(tmp_path, trained):
+  """A reader loading the newest version in a loop, in another process, while 10 exports land: no failed load."""
+  from conftest import run_here
+  base, stop = tmp_path / 'served', tmp_path / 'stop'
+  poller = subprocess.Popen([sys.executable, '-c', POLLER, str(base), str(stop)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=ENV)
+  try:
+    while not os.path.exists(str(stop) + '.ready'):
+      assert poller.poll() is None, poller.stderr.read()[-2000:]
+      time.sleep(0.1)
+    for _ in range(10):
+      code, result = run_here('--mode=export', f'--checkpoint={trained / "saved_model"}', f'--export_dir={base}',
+                              '--keep_export_versions=3', *tiny_flags())
+      assert code == 0, result
+  finally:
+    stop.touch()
+    out, err = poller.communicate(timeout=120)
+  counts = json.loads(out.strip().splitlines()[-1])
+  assert counts['failures'] == [], counts
+  assert counts['loads'] >= 10 and len(counts['seen']) >= 3, counts
+  assert sorted(os.listdir(base)) == ['10', '8', '9']
+
+
 # ---- a lost checkpoint state file --------------------------------------------------------------------------------
 
 @pytest.mark.parametrize('damage', ['lost', 'garbled'])
@@ -369,11 +538,15 @@ def test_one_class_and_a_batch_larger_than_the_split_are_warned_about(tmp_path, 
   assert '--train_batch_size=16 is larger than the 8 examples' in proc.stdout
 
 
-# ---- fault injection: SIGKILL at seeded moments of the checkpoint saves and the export ---------------------------
+# ---- fault injection: SIGKILL at seeded moments of the whole run ------------------------------------------------
+# On-disk events (the checkpoint saves' stages, the export's), each watched for and killed just after; and every
+# small-file write of the run (the record, metrics.jsonl, result files, locks, the SavedModel's config.json), each
+# killed inside (tests/crash_during_write.py) with half its bytes written or all of them before the rename.
 
 STEPS = 4
 EVENTS = [('temp', k) for k in range(1, STEPS + 1)] + [('index', k) for k in range(1, STEPS + 1)] + \
          [('state', k) for k in range(1, STEPS + 1)] + [('partial', 0), ('partial_variables', 0), ('partial_pb', 0)]
+LEFTOVER_MARKS = ('.tmp-', '_temp', '.simclr-tf-partial', '.simclr-tf-old', '.simclr-tf-lock', 'run.lock')
 
 
 def happened(event, run, export):
@@ -393,19 +566,25 @@ def happened(event, run, export):
     return False
 
 
-def kill_points(count, seed=0):
-  """`count` (event, delay after it) pairs, spread over the events (each event once before any repeats)."""
+def kill_points(count, writes, seed=0):
+  """`count` kill points, spread over the on-disk events and the run's `writes` small-file writes (each kind once
+  before any repeats): (('write', n, 'torn' or 'written'), 0) or (event, delay after it)."""
   rng = random.Random(seed)
+  kinds = EVENTS + [('write', n, how) for n in range(1, writes + 1) for how in ('torn', 'written')]
   events = []
   while len(events) < count:
-    events += rng.sample(EVENTS, len(EVENTS))
-  return [(event, rng.uniform(0, 0.02)) for event in events[:count]]
+    events += rng.sample(kinds, len(kinds))
+  return [(event, 0 if event[0] == 'write' else rng.uniform(0, 0.02)) for event in events[:count]]
 
 
-def fault_command(base, data_dir):
-  return command(f'--data_dir={data_dir}', f'--model_dir={base / "run"}', f'--export_dir={base / "export"}',
-                 f'--train_steps={STEPS}', '--checkpoint_steps=1', '--keep_checkpoint_max=2', '--steps_per_loop=1',
-                 '--export_at_end=true')
+def fault_command(base, data_dir, entry=None):
+  return [sys.executable, entry or os.path.join(ROOT, 'run.py'), *TINY, f'--data_dir={data_dir}',
+          f'--model_dir={base / "run"}', f'--export_dir={base / "export"}', f'--train_steps={STEPS}',
+          '--checkpoint_steps=1', '--keep_checkpoint_max=2', '--steps_per_loop=1', '--export_at_end=true',
+          '--eval_split=test']
+
+
+WRITE_HARNESS = os.path.join(ROOT, 'tests', 'crash_during_write.py')
 
 
 def model_values(model_dir):
@@ -415,11 +594,15 @@ def model_values(model_dir):
 
 @pytest.fixture(scope='module')
 def uninterrupted(tmp_path_factory, shapes_dir):
+  """The weights of an uninterrupted run, and the number of small-file writes it made."""
   base = tmp_path_factory.mktemp('uninterrupted')
-  proc = subprocess.run(fault_command(base, shapes_dir), capture_output=True, text=True, cwd=ROOT, env=ENV,
-                        timeout=600)
+  writes = base / 'writes.log'
+  proc = subprocess.run(fault_command(base, shapes_dir, WRITE_HARNESS), capture_output=True, text=True, cwd=ROOT,
+                        env=dict(ENV, WRITES_LOG=str(writes)), timeout=600)
   assert proc.returncode == 0, proc.stderr[-2000:]
-  return model_values(base / 'run')
+  names = writes.read_text().split()
+  assert {'config.json', 'metrics.jsonl', 'run.lock', 'eval_test.json'} <= set(names), names
+  return model_values(base / 'run'), len(names)
 
 
 def assert_nothing_or_a_saved_model_that_loads(export):
@@ -431,27 +614,46 @@ def assert_nothing_or_a_saved_model_that_loads(export):
   assert np.all(np.isfinite(outputs['final_avg_pool'].numpy()))
 
 
+def assert_every_file_parses_and_nothing_is_left(base, event):
+  for dirpath, dirnames, names in os.walk(base):
+    for name in names + dirnames:
+      assert not any(mark in name for mark in LEFTOVER_MARKS), f'{event}: left behind {dirpath}/{name}'
+    for name in names:
+      path = os.path.join(dirpath, name)
+      if name.endswith('.json'):
+        json.load(open(path))
+      elif name.endswith('.jsonl'):
+        [json.loads(line) for line in open(path)]
+
+
 POINTS = int(os.environ.get('SIMCLR_TF_KILL_POINTS', '3'))
 
 
 @pytest.mark.parametrize('point', range(POINTS))
 def test_sigkill_at_seeded_moments_then_rerun(tmp_path, shapes_dir, uninterrupted, point):
-  """SIMCLR_TF_KILL_POINTS=20 runs 20 points (the default 3 keep the suite short)."""
-  event, delay = kill_points(max(POINTS, 20))[point]
+  """SIMCLR_TF_KILL_POINTS=40 runs 40 points (the default 3 keep the suite short)."""
+  weights_uninterrupted, writes = uninterrupted
+  event, delay = kill_points(max(POINTS, 40), writes)[point]
   base = tmp_path / 'parent'
   base.mkdir()
   (base / 'unrelated.txt').write_text('a file of the user beside the run')
   before = snapshot(base)
   cmd = fault_command(base, shapes_dir)
   run, export = base / 'run', base / 'export'
-  proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT, env=ENV)
-  while not happened(event, run, export):
-    assert proc.poll() is None, f'{event} never happened: ' + proc.stderr.read().decode()[-2000:]
-    time.sleep(0.0005)
-  time.sleep(delay)
-  proc.send_signal(signal.SIGKILL)
-  proc.wait(timeout=60)
-  assert proc.returncode == -signal.SIGKILL, f'the run ended before the kill at {event}'
+  if event[0] == 'write':
+    proc = subprocess.Popen(fault_command(base, shapes_dir, WRITE_HARNESS), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, cwd=ROOT,
+                            env=dict(ENV, KILL_AT_WRITE=str(event[1]), KILL_HOW=event[2]))
+  else:
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT, env=ENV)
+    while not happened(event, run, export):
+      assert proc.poll() is None, f'{event} never happened: ' + proc.stderr.read().decode()[-2000:]
+      time.sleep(0.0005)
+    time.sleep(delay)
+    proc.send_signal(signal.SIGKILL)
+  proc.wait(timeout=600)
+  assert proc.returncode == -signal.SIGKILL, f'the run ended before the kill at {event}: ' + \
+      proc.stderr.read().decode()[-2000:]
   assert_nothing_or_a_saved_model_that_loads(export)
 
   rerun = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=ENV, timeout=600)
@@ -460,11 +662,12 @@ def test_sigkill_at_seeded_moments_then_rerun(tmp_path, shapes_dir, uninterrupte
   if resumed:  # from a complete checkpoint: it is listed in the state file and readable
     assert 'cannot be read' not in rerun.stdout
   values = model_values(run)
-  assert sorted(values) == sorted(uninterrupted)
-  for key, value in uninterrupted.items():
+  assert sorted(values) == sorted(weights_uninterrupted)
+  for key, value in weights_uninterrupted.items():
     np.testing.assert_array_equal(values[key], value, err_msg=f'{event}: {key}')
   assert_nothing_or_a_saved_model_that_loads(export)
   assert export.exists()
+  assert_every_file_parses_and_nothing_is_left(base, event)
   after = snapshot(base)
   outside = lambda files: {k: v for k, v in files.items() if k.split(os.sep)[0] not in ('run', 'export')}
   assert outside(after) == outside(before), f'{event}: changed beside the run: {set(after) ^ set(before)}'
