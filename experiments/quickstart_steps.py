@@ -117,14 +117,17 @@ def main():
           GRID['crops'], (EPOCHS[labels],))
   # The distillation's teacher is the chosen fine-tuning's run (the same images and labels as the final one).
   ft = tuned['finetune_10pct']
-  teacher = chain.model_dir_of('tune/finetune_10pct_' +
-                               chain_lib.tag_of(ft['learning_rate'], ft['crop_min_area'], ft['epochs']))
+  # The teacher is named in the distillations' stage names: a stage's recorded settings leave paths out, so a
+  # teacher trained anew at the same path would otherwise leave the students of the old one standing.
+  teacher_tag = 'ft10_' + chain_lib.tag_of(ft['learning_rate'], ft['crop_min_area'], ft['epochs'])
+  teacher = chain.model_dir_of('tune/finetune_10pct_' + teacher_tag[len('ft10_'):])
   distill = on_tuning([a if not a.startswith('--teacher=') else f'--teacher={teacher}' for a in DISTILL], data)
-  tuned['distill'] = chain_lib.grid_search(chain, 'tune/distill', distill, GRID['lrs'], GRID['crops'],
-                                           GRID['distill_epochs'])
+  tuned['distill'] = chain_lib.grid_search(chain, f'tune/distill_from_{teacher_tag}', distill, GRID['lrs'],
+                                           GRID['crops'], GRID['distill_epochs'])
   results = {'quickstart': quickstart}
   for name, args in readme_commands(tuned).items():  # in order: the fine-tuned model teaches the student
-    results[name] = run_readme_command(chain, name, args, 'knn_test.json' if name.startswith('probe') else
+    stage = f'distill_from_{teacher_tag}' if name == 'distill' else name
+    results[name] = run_readme_command(chain, stage, args, 'knn_test.json' if name.startswith('probe') else
                                        'eval_test.json')
   write_report(os.path.dirname(chain.ledger) if chain.ledger else out, tuned, results, readme_commands(tuned),
                chain.timings, chain.commit)
