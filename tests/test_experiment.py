@@ -541,3 +541,39 @@ def test_the_readme_shows_the_committed_curve():
     student = report['results'][f'distill_e{longest}_10pct_{kind}']
     diff = 100 * (student['top1'] - student['teacher_top1'])
     assert cells(label)[1] == f'{pct(student["top1"])} ({diff:+.1f} on its teacher\'s {pct(student["teacher_top1"])})'
+
+
+def readme_commands(readme):
+  """The run.py arguments of every `python run.py ...` command in the README's code blocks (continuation lines
+  joined)."""
+  import shlex
+  commands, blocks = [], readme.split('```')[1::2]
+  for block in blocks:
+    for command in block.replace('\\\n', ' ').splitlines():
+      if command.strip().startswith('python run.py'):
+        commands.append(shlex.split(command.split('#')[0])[2:])
+  return commands
+
+
+def test_the_readme_shows_the_three_steps_as_committed():
+  """The README's fine-tune, distill, baseline and probe commands are the ones experiments/quickstart_steps.py ran
+  (its results.json), and the figures beside them are that run's."""
+  folder = os.path.join(ROOT, 'experiments', 'results', 'quickstart_steps')
+  report = json.load(open(os.path.join(folder, 'results.json')))
+  readme = open(os.path.join(ROOT, 'README.md'), encoding='utf-8').read()
+  written = [sorted(args) for args in readme_commands(readme)]
+  for name, command in report['commands'].items():
+    assert sorted(command.split()) in written, f'{name}: the README lacks {command}'
+  section = readme[readme.index('## The three steps'):readme.index('On real data:')].splitlines()
+  pct = lambda v: f'{100 * v:.1f}%'
+
+  def cells(label):
+    rows = [line for line in section if line.startswith(f'| {label}')]
+    assert len(rows) == 1, label
+    return [cell.strip().replace('**', '') for cell in rows[0].split('|')[2:-1]]
+
+  top1 = report['top1']
+  for key, label in (('probe', 'linear probe'), ('knn', 'kNN'), ('supervised', 'supervised only'),
+                     ('finetune', 'fine-tuned')):
+    assert cells(label) == [pct(top1[f'{key}_10pct']), pct(top1[f'{key}_1pct'])], label
+  assert cells('distilled')[0] == pct(top1['distill'])

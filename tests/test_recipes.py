@@ -55,3 +55,25 @@ def test_finetune_and_distill_recipes():
   assert (small.resnet_depth, small.width_multiplier, small.distill_temperature, small.train_epochs) == (
       50, 1, 1.0, 400)
   assert parse(os.path.join(ROOT, 'flags', 'distill_self_r152_3x_sk1.cfg')).distill_temperature == 0.1
+
+
+def test_no_recipe_or_documented_command_is_warm_up_to_its_end():
+  """A training command whose warm-up lasts the whole run never decays its learning rate (it ends at its peak):
+  none of the flagfiles and none of the commands of the README and docs/ is one."""
+  from test_docs import ALL
+  configs = [(os.path.relpath(path, ROOT), parse(path)) for path in RECIPES]
+  for where, line, args in ALL:
+    values = flags.FlagValues()
+    run_py.declare_flags(values)
+    cwd = os.getcwd()
+    os.chdir(ROOT)
+    try:
+      values(['run.py', *args])
+    finally:
+      os.chdir(cwd)
+    configs.append((f'{where}:{line}', run_py.config_from_flags(values)))
+  training = [(where, c) for where, c in configs if c.mode in ('pretrain', 'finetune', 'distill') and not c.train_steps]
+  assert len(training) >= 15
+  for where, config in training:
+    assert config.warmup_epochs < config.train_epochs, f'{where}: --warmup_epochs={config.warmup_epochs} ' \
+                                                       f'--train_epochs={config.train_epochs}'
