@@ -511,6 +511,13 @@ def test_the_curves_report_has_the_curve_the_seeds_and_the_students(tmp_path):
              for line in (tmp_path / 'results.md').read_text().splitlines())
 
 
+def table_cells(lines, label):
+  """The cells (bold marks dropped) after the first of the one table row among `lines` that starts with `label`."""
+  rows = [line for line in lines if line.startswith(f'| {label}')]
+  assert len(rows) == 1, label
+  return [cell.strip().replace('**', '') for cell in rows[0].split('|')[2:-1]]
+
+
 def test_the_readme_shows_the_committed_curve():
   """The README's headline and curve tables (its Results section, above the 12-epoch chain) are the committed
   report's numbers (the curve's results.json): a new report, or an edit of the README, cannot leave them apart."""
@@ -520,10 +527,7 @@ def test_the_readme_shows_the_committed_curve():
   section = readme[readme.index('## Results\n'):readme.index('The first chain, with **12 epochs**')].splitlines()
   pct = lambda v: f'{100 * v:.1f}'
 
-  def cells(label):
-    rows = [line for line in section if line.startswith(f'| {label}')]
-    assert len(rows) == 1, label
-    return [cell.strip().replace('**', '') for cell in rows[0].split('|')[2:-1]]
+  cells = lambda label: table_cells(section, label)
 
   epochs = sorted(report['curve'], key=int)
   assert cells('pretraining epochs') == epochs
@@ -567,10 +571,7 @@ def test_the_readme_shows_the_three_steps_as_committed():
   section = readme[readme.index('## The three steps'):readme.index('On real data:')].splitlines()
   pct = lambda v: f'{100 * v:.1f}%'
 
-  def cells(label):
-    rows = [line for line in section if line.startswith(f'| {label}')]
-    assert len(rows) == 1, label
-    return [cell.strip().replace('**', '') for cell in rows[0].split('|')[2:-1]]
+  cells = lambda label: table_cells(section, label)
 
   top1 = report['top1']
   for key, label in (('probe', 'linear probe'), ('knn', 'kNN'), ('supervised', 'supervised only'),
