@@ -391,8 +391,8 @@ RESUMABLE_CHANGES = frozenset({
     'eval_split', 'eval_batch_size', 'log_every_steps', 'steps_per_loop', 'checkpoint_steps', 'checkpoint_epochs',
     'keep_checkpoint_max', 'num_threads', 'cache_dataset', 'strategy', 'tpu', 'cpu_replicas', 'data_dir',
     'train_steps', 'train_epochs', 'checkpoint', 'teacher', 'strict_data', 'model_dir', 'export_dir', 'eval_steps',
-    'eval_name', 'tpu_zone', 'gcp_project',
-    'export_at_end', 'keep_export_versions', 'worker_timeout', 'jit_compile', 'embed_split', 'embed_output', 'knn_k', 'knn_temperature',
+    'eval_name', 'tpu_zone', 'gcp_project', 'export_at_end', 'keep_export_versions', 'worker_timeout', 'jit_compile',
+    'embed_split', 'embed_output', 'knn_k', 'knn_temperature',
     'knn_every_epochs', 'augment_on', 'export_momentum_network', 'partial_checkpoint',
 })
 # Precisions whose checkpoints are interchangeable (same weights, same optimizer state); float16 adds a loss scale.

@@ -209,8 +209,8 @@ def check_export_target(export_dir: str, protected=(), flag: str = 'export_dir',
 
 
 def _listing(folder: str) -> list:
-  """The entries of `folder`, without our files beside it (TARGET.simclr-tf-lock, ...): ram:// lists by name prefix,
-  so there the files beside a folder are listed as its entries too."""
+  """The entries of `folder`, without our folders beside it (TARGET.simclr-tf-partial, its probe): ram:// lists by
+  name prefix, so there what lies beside a folder is listed as its entries too."""
   return [e.rstrip('/') for e in tf.io.gfile.listdir(folder) if not e.startswith('.simclr-tf-')]
 
 
@@ -343,7 +343,7 @@ def check_versions_base(base: str, protected=(), flag: str = 'export_dir', locke
       _clear_leftovers(os.path.join(base, leftover.group(1)), flag)
     elif unfinished and locked:
       files.remove_tree(path)
-    elif not (leftover or unfinished or (name.isdigit() and tf.io.gfile.exists(os.path.join(path, 'saved_model.pb')))):
+    elif not (leftover or unfinished or name.isdigit() and tf.io.gfile.exists(os.path.join(path, 'saved_model.pb'))):
       raise UserError(f'--{flag}={base} holds {name}, which is not a version (a numbered folder holding a '
                       f'SavedModel); versions are written only into a folder that holds nothing else.')
 

@@ -44,7 +44,8 @@ def tsne_points(vectors: np.ndarray, seed: int = 0, iterations: int = TSNE_ITERA
                 threads: int = 1) -> np.ndarray:
   """[N, 2]: t-SNE (scikit-learn, PCA-initialised, seeded) of the L2-normalised vectors, the geometry the
   contrastive loss and kNN use. On one OpenMP thread: beside TensorFlow's thread pools (and on a busy machine) its
-  threads wait on each other; 500 points took 28 s on two threads and 3.8 s on one (bench/tsne.py)."""
+  threads wait on each other: 500 points took 28 s on two threads and 3.8 s on one (1,000 iterations each, two
+  busy cores; bench/tsne.py measures it)."""
   from sklearn.manifold import TSNE
   from threadpoolctl import threadpool_limits
   if len(vectors) < 4:
