@@ -119,8 +119,8 @@ def main():
   ft = tuned['finetune_10pct']
   # The teacher is named in the distillations' stage names: a stage's recorded settings leave paths out, so a
   # teacher trained anew at the same path would otherwise leave the students of the old one standing.
-  teacher_tag = 'ft10_' + chain_lib.tag_of(ft['learning_rate'], ft['crop_min_area'], ft['epochs'])
-  teacher = chain.model_dir_of('tune/finetune_10pct_' + teacher_tag[len('ft10_'):])
+  ft_tag = chain_lib.tag_of(ft['learning_rate'], ft['crop_min_area'], ft['epochs'])
+  teacher, teacher_tag = chain.model_dir_of(f'tune/finetune_10pct_{ft_tag}'), f'ft10_{ft_tag}'
   distill = on_tuning([a if not a.startswith('--teacher=') else f'--teacher={teacher}' for a in DISTILL], data)
   tuned['distill'] = chain_lib.grid_search(chain, f'tune/distill_from_{teacher_tag}', distill, GRID['lrs'],
                                            GRID['crops'], GRID['distill_epochs'])

@@ -11,6 +11,7 @@ from typing import List, Optional, Tuple
 
 import tensorflow as tf
 
+from simclr_tf import files
 from simclr_tf import record as record_lib
 from simclr_tf.errors import UserError
 from simclr_tf.files import describe_error
@@ -209,10 +210,7 @@ class CheckpointKeeper:
     prefix = os.path.join(self.directory, f'{CHECKPOINT_NAME}-{step}')
     for path in tf.io.gfile.glob(prefix + '_temp*') + tf.io.gfile.glob(prefix + '.*'):
       try:
-        if tf.io.gfile.isdir(path):
-          tf.io.gfile.rmtree(path)
-        else:
-          tf.io.gfile.remove(path)
+        files.remove(path)
       except tf.errors.OpError as e:
         log.warning('could not remove %s (%s)', path, describe_error(e))
 

@@ -220,13 +220,15 @@ def _clear_leftovers(export_dir: str, flag: str, remove: bool = True) -> None:
   one (moved back). A leftover that is a symbolic link (an earlier version followed links) is removed, never what
   it points at. Without `remove`, only refuses what is in the way and is not ours."""
   partial, aside = export_dir + PARTIAL, export_dir + ASIDE
-  if remove:  # a killed export's probe folder and its lock's temporary file (files.write_atomically's)
-    for path in tf.io.gfile.glob(export_dir + PROBE + '*') + tf.io.gfile.glob(lock_path(export_dir) + '.tmp-*'):
-      name = os.path.basename(path)
-      pid = name.rsplit('-', 1)[-1] if PROBE in name else None
-      if (pid and pid.isdigit() and not files.process_alive(int(pid))) or (
-          not pid and files.TEMPORARY_SUFFIX.search(name) and files.abandoned(path, name)):
-        files.remove_tree(path) if tf.io.gfile.isdir(path) else tf.io.gfile.remove(path)
+  if remove:  # a killed export's probe folder, and its lock's temporary file (files.write_atomically's)
+    for probe in tf.io.gfile.glob(export_dir + PROBE + '*'):
+      pid = probe[len(export_dir + PROBE):]
+      if pid.isdigit() and not files.process_alive(int(pid)):
+        files.remove_tree(probe)
+    for temporary in tf.io.gfile.glob(lock_path(export_dir) + '.tmp-*'):
+      name = os.path.basename(temporary)
+      if files.TEMPORARY_SUFFIX.search(name) and files.abandoned(temporary, name):
+        tf.io.gfile.remove(temporary)
   for leftover in (partial, aside):
     link = leftover.replace('file://', '', 1)
     if files.is_local(leftover) and os.path.islink(link):

@@ -98,16 +98,10 @@ def remove_leftovers(directory: str) -> list:
   for entry in sorted(tf.io.gfile.listdir(directory)):
     name = entry.rstrip('/')
     path = os.path.join(directory, name)
-    if re.fullmatch(r'ckpt-\d+_temp.*', name):
-      if tf.io.gfile.isdir(path):
-        tf.io.gfile.rmtree(path)
-      else:
-        tf.io.gfile.remove(path)
-    elif TEMPORARY_SUFFIX.search(name) and not tf.io.gfile.isdir(path) and abandoned(path, name):
-      tf.io.gfile.remove(path)
-    else:
-      continue
-    removed.append(name)
+    checkpoint_temp = re.fullmatch(r'ckpt-\d+_temp.*', name)
+    if checkpoint_temp or (TEMPORARY_SUFFIX.search(name) and not tf.io.gfile.isdir(path) and abandoned(path, name)):
+      remove(path)
+      removed.append(name)
   if removed:
     log.warning('removed what an interrupted run left unfinished in %s: %s', directory,
                 ', '.join(removed[:5]) + (', ...' if len(removed) > 5 else ''))
@@ -130,6 +124,14 @@ def read_json(path: str):
 def remove_tree(path: str) -> None:
   if tf.io.gfile.exists(path):
     tf.io.gfile.rmtree(path)
+
+
+def remove(path: str) -> None:
+  """Removes a file, or a folder with everything in it."""
+  if tf.io.gfile.isdir(path):
+    tf.io.gfile.rmtree(path)
+  else:
+    tf.io.gfile.remove(path)
 
 
 def describe_error(error: Exception) -> str:

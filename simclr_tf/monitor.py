@@ -59,7 +59,7 @@ class Monitor:
       tf.summary.scalar('images_per_second', rate)
     self.writer.flush()
     self.records.append(dict(step=step, mode=self.prefix, images_per_second=rate, **metrics))
-    files.write_atomically(self.metrics_path, ''.join(json.dumps(r) + '\n' for r in self.records))
+    write_metrics(self.metrics_path, self.records)
 
 
 def read_metrics(model_dir: str, repair: bool = False):
@@ -87,8 +87,13 @@ def read_metrics(model_dir: str, repair: bool = False):
             f'not parse')
     log.warning('%s: %s; %s', path, what, 'rewrote the file without it' if repair else 'read without it')
     if repair:
-      files.write_atomically(path, ''.join(json.dumps(r) + '\n' for r in records))
+      write_metrics(path, records)
   return records
+
+
+def write_metrics(path: str, records) -> None:
+  """metrics.jsonl: one JSON record per line, the whole file replaced atomically."""
+  files.write_atomically(path, ''.join(json.dumps(r) + '\n' for r in records))
 
 
 def unit_of(metric: str) -> str:

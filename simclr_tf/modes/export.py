@@ -23,7 +23,8 @@ def validate(config: Config) -> None:
 def run(config: Config, strategy: tf.distribute.Strategy) -> Dict[str, str]:
   network = 'momentum_network' if config.export_momentum_network else 'model'
   model, found = weights.load_model(config, config.checkpoint, strategy, network=network, adopt=False)
-  step = -1 if found.saved_model else checkpoints.checkpoint_step(found.prefix)  # the version, when versioned
+  versioned = config.keep_export_versions and not found.saved_model  # the checkpoint's step names the version
+  step = checkpoints.checkpoint_step(found.prefix) if versioned else -1
   path = export.export_saved_model(model, common.export_path(config), record.to_json(config, model.class_names),
                                    common.protected_paths(config), config.keep_export_versions, step)
   log.info('exported %s (%s) to %s', config.checkpoint, found.layout, path)
