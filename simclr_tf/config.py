@@ -88,6 +88,11 @@ class Config:
   eval_steps: int = _field(0, 'Evaluate this many batches of --eval_split (0 = all of it).')
   eval_name: str = _field('', 'Name of an evaluation\'s result file and TensorBoard folder in model_dir '
                           '(eval_<name>.json, eval_<name>/; default: the split).')
+  eval_wait_secs: int = _field(0, '--mode=eval of a run\'s model_dir: after evaluating its checkpoints, keep '
+                               'evaluating new ones as they appear (another process training), until the run\'s '
+                               'final step is evaluated or none came for this many seconds (0 = evaluate what is '
+                               'there and stop).')
+  eval_poll_secs: int = _field(15, 'How often --eval_wait_secs looks for a new checkpoint, in seconds.')
   train_epochs: int = _field(100, 'Number of epochs to train for (ignored when --train_steps > 0).')
   train_steps: int = _field(0, 'Number of steps to train for (overrides --train_epochs when > 0).')
   warmup_epochs: float = _field(10.0, 'Epochs of linear learning-rate warmup.')
@@ -272,6 +277,8 @@ class Config:
         (0 <= self.memory_momentum < 1, f'--memory_momentum must be in [0, 1), got {self.memory_momentum}.'),
         (self.num_proj_layers >= 0, f'--num_proj_layers must not be negative, got {self.num_proj_layers}.'),
         (self.eval_steps >= 0, f'--eval_steps must not be negative, got {self.eval_steps}.'),
+        (self.eval_wait_secs >= 0, f'--eval_wait_secs must not be negative, got {self.eval_wait_secs}.'),
+        (self.eval_poll_secs > 0, f'--eval_poll_secs must be positive, got {self.eval_poll_secs}.'),
         (self.proj_out_dim >= 1, f'--proj_out_dim must be at least 1, got {self.proj_out_dim}.'),
         (0 <= self.ft_proj_selector <= self.num_proj_layers,
          f'--ft_proj_selector={self.ft_proj_selector} must be between 0 and --num_proj_layers={self.num_proj_layers}.'),
@@ -391,7 +398,8 @@ RESUMABLE_CHANGES = frozenset({
     'eval_split', 'eval_batch_size', 'log_every_steps', 'steps_per_loop', 'checkpoint_steps', 'checkpoint_epochs',
     'keep_checkpoint_max', 'num_threads', 'cache_dataset', 'strategy', 'tpu', 'cpu_replicas', 'data_dir',
     'train_steps', 'train_epochs', 'checkpoint', 'teacher', 'strict_data', 'model_dir', 'export_dir', 'eval_steps',
-    'eval_name', 'tpu_zone', 'gcp_project', 'export_at_end', 'keep_export_versions', 'worker_timeout', 'jit_compile',
+    'eval_name', 'eval_wait_secs', 'eval_poll_secs', 'tpu_zone', 'gcp_project', 'export_at_end',
+    'keep_export_versions', 'worker_timeout', 'jit_compile',
     'embed_split', 'embed_output', 'knn_k', 'knn_temperature',
     'knn_every_epochs', 'augment_on', 'export_momentum_network', 'partial_checkpoint',
 })

@@ -67,26 +67,42 @@ def evaluate(model, source: inputs.Source, config: Config, strategy: tf.distribu
   return result
 
 
-def write_result(model_dir: str, name: str, result: dict, kind: str = 'eval') -> str:
-  """Writes model_dir/<kind>_<name>.json (the name's characters that are unsafe in a file name become _), and its
-  numbers as TensorBoard scalars at the result's step in model_dir/<kind>_<name>/.
+def result_paths(model_dir: str, name: str, kind: str = 'eval'):
+  """(model_dir/<kind>_<name>.json, model_dir/<kind>_<name>/): a result's file and its folder (TensorBoard's events
+  and the result of each step, result_<step>.json). The name's characters that are unsafe in a file name become _."""
+  safe = ''.join(c if c.isalnum() or c in '-_.' else '_' for c in name)
+  return os.path.join(model_dir, f'{kind}_{safe}.json'), os.path.join(model_dir, f'{kind}_{safe}')
+
+
+def read_result(path: str) -> Optional[dict]:
+  """The result in `path`, or None when it is missing or unreadable (a result is replaced, never repaired)."""
+  try:
+    found = files.read_json(path) if tf.io.gfile.exists(path) else None
+  except (ValueError, tf.errors.OpError):
+    return None
+  return found if isinstance(found, dict) else None
+
+
+def write_result(model_dir: str, name: str, result: dict, kind: str = 'eval', keep_later: bool = False) -> str:
+  """Writes `result` three ways: model_dir/<kind>_<name>.json (the latest result), <kind>_<name>/result_<step>.json
+  (one per step, kept: the history of the run's evaluations) and TensorBoard scalars at the result's step in
+  <kind>_<name>/. Returns the path of the first.
 
   A rerun of a finished command writes the result of the same step again: what the file already holds for that
   step and `result` lacks (the kNN accuracy measured while training, which a rerun does not measure again) is kept,
-  and added to `result`; the rest is replaced. A result of another step replaces the file whole."""
-  safe = ''.join(c if c.isalnum() or c in '-_.' else '_' for c in name)
-  path = os.path.join(model_dir, f'{kind}_{safe}.json')
-  try:
-    recorded = files.read_json(path) if tf.io.gfile.exists(path) else {}
-  except (ValueError, tf.errors.OpError):  # unreadable: replaced
-    recorded = {}
-  if isinstance(recorded, dict) and 'step' in result and recorded.get('step') == result['step'] and \
-      recorded.get('mode') == result.get('mode'):
+  and added to `result`; the rest is replaced. A result of another step replaces the file whole, unless
+  `keep_later` and the file holds a later step (an evaluator catching up on earlier checkpoints)."""
+  path, folder = result_paths(model_dir, name, kind)
+  recorded = read_result(path) or {}
+  step = int(result.get('step', 0))
+  if 'step' in result and recorded.get('step') == result['step'] and recorded.get('mode') == result.get('mode'):
     for key, value in recorded.items():
       result.setdefault(key, value)
-  files.write_json(path, result)
-  writer = tf.summary.create_file_writer(os.path.join(model_dir, f'{kind}_{safe}'))
-  with writer.as_default(step=int(result.get('step', 0))):
+  files.write_json(os.path.join(folder, f'result_{step}.json'), result)
+  if not (keep_later and isinstance(recorded.get('step'), int) and recorded['step'] > step):
+    files.write_json(path, result)
+  writer = tf.summary.create_file_writer(folder)
+  with writer.as_default(step=step):
     for key, value in sorted(result.items()):
       if isinstance(value, (int, float)) and not isinstance(value, bool) and key != 'step':
         tf.summary.scalar(key, value)

@@ -28,6 +28,7 @@ from simclr_tf.errors import UserError, first_line
 
 log = logging.getLogger('simclr_tf')
 TEMPORARY_SUFFIX = re.compile(r'\.tmp-(?:(\d+)-)?[0-9a-f]{8}$')  # write_atomically's: .tmp-<pid>-<random>
+RESULT_FOLDER = re.compile(r'(eval|knn)_.+')  # folders of an evaluation's results (simclr_tf.evaluation.result_paths)
 IN_FLIGHT_SECONDS = 60  # a temporary file on another host's file system younger than this may still be written
 
 
@@ -89,9 +90,9 @@ def abandoned(path: str, name: str) -> bool:
 def remove_leftovers(directory: str) -> list:
   """Removes what a process killed while writing in `directory` left there: write_atomically's temporary files
   and the temporary folders of a checkpoint cut short (ckpt-N_temp*: TF writes a checkpoint's shards there, then
-  renames them into place). Only the directory's own entries (a folder inside may be another run's). Call it only
-  while holding the directory's lock (runlock): nobody else writes there. Returns the names removed (said in one
-  line)."""
+  renames them into place). Only the directory's own entries and the temporary files in its folders of results
+(eval_*/ and knn_*/: their result_<step>.json); a folder inside may be another run's. Call it only while holding the
+directory's lock (runlock): nobody else writes there. Returns the names removed (said in one line)."""
   if not tf.io.gfile.isdir(directory):
     return []
   removed = []
@@ -99,9 +100,16 @@ def remove_leftovers(directory: str) -> list:
     name = entry.rstrip('/')
     path = os.path.join(directory, name)
     checkpoint_temp = re.fullmatch(r'ckpt-\d+_temp.*', name)
-    if checkpoint_temp or (TEMPORARY_SUFFIX.search(name) and not tf.io.gfile.isdir(path) and abandoned(path, name)):
+    is_dir = tf.io.gfile.isdir(path)
+    if checkpoint_temp or (TEMPORARY_SUFFIX.search(name) and not is_dir and abandoned(path, name)):
       remove(path)
       removed.append(name)
+    elif is_dir and RESULT_FOLDER.fullmatch(name):
+      for inner in sorted(tf.io.gfile.listdir(path)):
+        inner_path = os.path.join(path, inner)
+        if TEMPORARY_SUFFIX.search(inner) and abandoned(inner_path, inner):
+          remove(inner_path)
+          removed.append(f'{name}/{inner}')
   if removed:
     log.warning('removed what an interrupted run left unfinished in %s: %s', directory,
                 ', '.join(removed[:5]) + (', ...' if len(removed) > 5 else ''))

@@ -62,6 +62,17 @@ class Monitor:
     write_metrics(self.metrics_path, self.records)
 
 
+  def histograms(self, step: int, variables) -> None:
+    """TensorBoard histograms of the values of `variables` (the trained weights, at a checkpoint's step), each
+    under its path in the model."""
+    if not self.write:
+      return
+    with self.writer.as_default(step=step):
+      for v in variables:
+        tf.summary.histogram(f'weights/{getattr(v, "path", v.name)}', v)
+    self.writer.flush()
+
+
 def read_metrics(model_dir: str, repair: bool = False):
   """The records of model_dir/metrics.jsonl. A line that does not parse (a copy cut short, a disk that filled up,
   an earlier version killed while appending) is dropped with one warning naming the file; with `repair` (the

@@ -3,7 +3,8 @@ model, so that no reader has to re-derive it.
 
 A record is a JSON object: every Config field of the run that wrote the model (ARCHITECTURE_FIELDS decide the
 network; the rest let a resume tell what changed) and `class_names`, the supervised head's classes in label order
-([] when there is no head; absent in records written before class names were kept). It travels three ways:
+([] when there is no head; absent in records written before class names were kept), and, in a training run's
+record, `total_steps`, the step it trains to (what an evaluator beside it waits for). It travels three ways:
 
   model_dir/config.json     written by a training run once its start or restore succeeded, atomically
   SAVEDMODEL/config.json    the copy in every SavedModel we export
@@ -28,23 +29,28 @@ from simclr_tf.errors import UserError
 log = logging.getLogger('simclr_tf')
 
 CLASS_NAMES = 'class_names'
+TOTAL_STEPS = 'total_steps'
 VARIABLE = 'record'  # the variable's name in a checkpoint's object graph
 CHECKPOINT_KEY = f'{VARIABLE}/.ATTRIBUTES/VARIABLE_VALUE'
 
 _TYPES = {'int': int, 'float': float, 'str': str, 'bool': bool}
 
 
-def make(config: Config, class_names=()) -> dict:
-  """The record of a model of `config` whose supervised head has `class_names` (in label order)."""
-  return dict(dataclasses.asdict(config), **{CLASS_NAMES: list(class_names or ())})
+def make(config: Config, class_names=(), total_steps: Optional[int] = None) -> dict:
+  """The record of a model of `config` whose supervised head has `class_names` (in label order); a training run
+  gives the step it trains to."""
+  made = dict(dataclasses.asdict(config), **{CLASS_NAMES: list(class_names or ())})
+  if total_steps is not None:
+    made[TOTAL_STEPS] = int(total_steps)
+  return made
 
 
 def dumps(record: dict) -> str:
   return json.dumps(record, indent=2, sort_keys=True)
 
 
-def to_json(config: Config, class_names=()) -> str:
-  return dumps(make(config, class_names))
+def to_json(config: Config, class_names=(), total_steps: Optional[int] = None) -> str:
+  return dumps(make(config, class_names, total_steps))
 
 
 DEFAULT_ADVICE = 'restore it from a copy, or delete it (a run of ours then falls back on its checkpoint\'s own record)'
@@ -77,6 +83,9 @@ def parse(text: str, where: str, advice: str = DEFAULT_ADVICE) -> dict:
   names = values.get(CLASS_NAMES, [])
   if not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
     raise UserError(f'{where}: "{CLASS_NAMES}" is not a list of names; fix it, or {advice}.')
+  steps = values.get(TOTAL_STEPS, 0)
+  if not (isinstance(steps, int) and not isinstance(steps, bool)):
+    raise UserError(f'{where}: "{TOTAL_STEPS}" is {json.dumps(steps)}, not a number of steps; fix it, or {advice}.')
   return values
 
 
@@ -112,6 +121,12 @@ def class_names(record: Optional[dict]) -> Optional[Tuple[str, ...]]:
   if not record or CLASS_NAMES not in record:
     return None
   return tuple(record[CLASS_NAMES])
+
+
+def total_steps(record: Optional[dict]) -> Optional[int]:
+  """The step the recorded training run trains to; None when the record does not say (an export's record, one
+  written before it was kept, or no record)."""
+  return record.get(TOTAL_STEPS) if record else None
 
 
 def architecture(record: dict) -> dict:

@@ -100,6 +100,24 @@ def run_here(*args):
     return 2, str(e)
 
 
+def tensorboard_events(folder):
+  """{tag: [(step, value)]} of the event files in `folder` (a path), in the order written: a scalar's value as a
+  pytest.approx, an image's the decoded batch [N, H, W, 3], a histogram's its buckets [K, 3] (left, right, count)."""
+  import numpy as np
+  found = {}
+  for name in sorted(n for n in os.listdir(folder) if n.startswith('events.out.tfevents')):
+    for event in tf.compat.v1.train.summary_iterator(os.path.join(folder, name)):
+      for value in event.summary.value:
+        tensor = tf.make_ndarray(value.tensor)
+        plugin = value.metadata.plugin_data.plugin_name
+        if plugin == 'images':
+          tensor = np.stack([tf.io.decode_png(png).numpy() for png in tensor[2:]])
+        elif plugin != 'histograms':
+          tensor = pytest.approx(float(tensor))
+        found.setdefault(value.tag, []).append((event.step, tensor))
+  return found
+
+
 @pytest.fixture
 def simclr_log():
   """The messages the 'simclr_tf' logger emits during a test (run_here's runs log there; it does not propagate to

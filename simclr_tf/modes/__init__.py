@@ -3,7 +3,11 @@
   validate(config)        raises simclr_tf.errors.UserError naming the flag when the config cannot run
   run(config, strategy)   does the work; returns a dict of results (what it measured, where it wrote)
 
-and one entry in MODES. Training modes describe a simclr_tf.training.Task and hand it to simclr_tf.training.fit;
+and one entry in MODES; optionally
+
+  wait(config)            called before the model --checkpoint names is read: waits for it to appear (eval)
+
+Training modes describe a simclr_tf.training.Task and hand it to simclr_tf.training.fit;
 simclr_tf.modes.common holds what several modes share. A mode's module is imported when it is first looked up
 (it imports TensorFlow), so the names are known without it.
 """
@@ -41,11 +45,14 @@ def validate(config):
 
 
 def prepare(config, given=None):
-  """The config a mode runs: check_fields, then the architecture of the model its --checkpoint names adopted from
+  """The config a mode runs: check_fields, the mode's wait (if it has one), then the architecture of the model its --checkpoint names adopted from
   that model's record (simclr_tf.weights.architecture.adopt; `given`: the fields the user set, None for a Config
   built in Python: those that differ from the defaults), then the mode's rules."""
   from simclr_tf.weights import architecture
   config.check_fields()
+  waiting = getattr(get(config.mode), 'wait', None)
+  if waiting is not None:
+    waiting(config)
   return validate(architecture.adopt(config, given))
 
 

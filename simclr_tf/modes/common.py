@@ -231,10 +231,11 @@ def model_labelled_source(config: Config, split: str, model) -> inputs.Source:
   return source
 
 
-def evaluate_and_record(config: Config, strategy, model, step: int, teacher_model=None,
+def evaluate_and_record(config: Config, strategy, model, step: int, teacher_model=None, keep_later: bool = False,
                         **extra) -> Optional[Dict[str, float]]:
-  """Evaluates on --eval_split (if set) and writes model_dir/eval_<split>.json on the chief. With a teacher, the
-  result also holds the teacher's accuracy and the student's top-1 agreement with it."""
+  """Evaluates on --eval_split (if set) and writes model_dir/eval_<split>.json on the chief (simclr_tf.evaluation.
+  write_result; `keep_later` as there). With a teacher, the result also holds the teacher's accuracy and the
+  student's top-1 agreement with it. `extra`: more entries of the result."""
   if not config.eval_split:
     return None
   source = model_labelled_source(config, config.eval_split, model)
@@ -243,5 +244,5 @@ def evaluate_and_record(config: Config, strategy, model, step: int, teacher_mode
   log.info('eval on %s: top1 %.4f  top5 %.4f  loss %.4f  (%d examples)', config.eval_split, result['top1'],
            result['top5'], result['loss'], result['num_examples'])
   if distribute.is_chief(strategy):
-    write_result(config.model_dir, config.eval_name or config.eval_split, result)
+    write_result(config.model_dir, config.eval_name or config.eval_split, result, keep_later=keep_later)
   return result

@@ -47,8 +47,9 @@ def distillation_replica_step(student, teacher, config: Config):
     teacher_logits = tf.stop_gradient(teacher(batch['image'], training=False)['logits_sup'])
     logits = student(batch['image'], training=True)['logits_sup']
     distill_loss = losses.distillation_loss(teacher_logits, logits, temperature)
-    loss = distill_loss + weight_decay_loss(student, config.optim)
-    values = {'distill_loss': distill_loss,
+    decay = weight_decay_loss(student, config.optim)
+    loss = distill_loss + decay
+    values = {'distill_loss': distill_loss, 'weight_decay': decay,
               'teacher_agreement': tf.reduce_mean(metrics.agreement(logits, teacher_logits))}
     if alpha > 0:
       sup_loss = losses.supervised_loss(batch['label'], logits)

@@ -27,8 +27,10 @@ def supervised_replica_step(model, config: Config):
   def replica_step(batch):
     logits = model(batch['image'], training=True)['logits_sup']
     sup_loss = losses.supervised_loss(batch['label'], logits)
-    loss = sup_loss + weight_decay_loss(model, config.optim)
-    return loss, {'loss': loss, 'sup_loss': sup_loss, 'sup_acc': metrics.accuracy(batch['label'], logits)}
+    decay = weight_decay_loss(model, config.optim)
+    loss = sup_loss + decay
+    return loss, {'loss': loss, 'sup_loss': sup_loss, 'sup_acc': metrics.accuracy(batch['label'], logits),
+                  'weight_decay': decay}
 
   return replica_step
 

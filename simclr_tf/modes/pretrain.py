@@ -63,8 +63,10 @@ def contrastive_replica_step(model, config: Config, num_classes: int,
     queued, valid = negatives.negatives() if negatives else (None, None)
     con_loss, logits, labels = losses.nt_xent(z1, z2, config.temperature, config.hidden_norm, queued, valid, keys)
     accuracy, entropy = losses.contrastive_metrics(logits, labels)
-    loss = con_loss + weight_decay_loss(model, config.optim)
-    values = {'contrast_loss': con_loss, 'contrast_acc': accuracy, 'contrast_entropy': entropy}
+    decay = weight_decay_loss(model, config.optim)
+    loss = con_loss + decay
+    values = {'contrast_loss': con_loss, 'contrast_acc': accuracy, 'contrast_entropy': entropy,
+              'weight_decay': decay}
     if negatives:
       values['memory_fill'] = negatives.fill()
     if num_classes:

@@ -277,7 +277,7 @@ class TrainingRun:
     self.chief = distribute.is_chief(strategy)
     self.out_dir = distribute.writable_dir(config.model_dir, strategy)
     self.class_names = tuple(getattr(task.model, 'class_names', ()))
-    self.record = record.to_json(config, self.class_names)
+    self.record = record.to_json(config, self.class_names, self.steps)
     self.keeper = checkpoints.CheckpointKeeper(self.out_dir, config.keep_checkpoint_max, record=self.record,
                                                model=task.model, optimizer=task.optimizer, **task.extra_checkpoint)
     self.start = 0
@@ -381,6 +381,7 @@ class TrainingRun:
           progress.report(step, values)
         if (save_every and save_every.holds(step)) or step == steps:
           save(step)
+          progress.histograms(step, trainable)
         runlock.heartbeat()
         if handler is None and stop.requested and step < steps:
           path = keeper.latest if keeper.latest and keeper.latest.endswith(f'-{step}') else save(step)

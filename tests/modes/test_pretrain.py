@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 
 import run as run_py
-from conftest import ROOT, checkpoint_values, run_interrupted_then_resumed, tiny_config
+from conftest import ROOT, checkpoint_values, run_interrupted_then_resumed, tensorboard_events, tiny_config
 from simclr_tf import monitor, weights
 
 
@@ -40,21 +40,6 @@ def test_pretrain_cli_on_mock_cifar10(tmp_path):
   assert step == 0 and pairs.shape == (4, 32, 64, 3) and pairs.std() > 0
   evaluation = tensorboard_events(model_dir / 'eval_test')
   assert evaluation['top1'] == [(4, result['top1'])] and evaluation['num_examples'] == [(4, 24)]
-
-
-def tensorboard_events(folder):
-  """{tag: [(step, value)]} of the event files in `folder`; an image's value is the decoded batch [N, H, W, 3]."""
-  found = {}
-  for name in sorted(os.listdir(folder)):
-    for event in tf.compat.v1.train.summary_iterator(str(folder / name)):
-      for value in event.summary.value:
-        tensor = tf.make_ndarray(value.tensor)
-        if value.metadata.plugin_data.plugin_name == 'images':
-          tensor = np.stack([tf.io.decode_png(png).numpy() for png in tensor[2:]])
-        else:
-          tensor = pytest.approx(float(tensor))
-        found.setdefault(value.tag, []).append((event.step, tensor))
-  return found
 
 
 def test_pretrain_on_image_folder_and_eval(tmp_path, shapes_dir):
