@@ -41,7 +41,7 @@ from simclr_tf.weights.ours import variable_paths
 log = logging.getLogger('simclr_tf')
 
 SAVED_OUTPUTS = OUTPUT_KEYS + HEAD_OUTPUTS  # a ResNet's: the published SimCLRv2 models' keys (and logits_sup)
-SIGNATURES = ('serving_default', 'serving_bytes')
+SIGNATURES = ('serving_default', 'serve', 'serving_bytes')
 
 
 def _tf_variable(v):
@@ -119,13 +119,17 @@ class ExportModule(tf.__internal__.tracking.AutoTrackable):
     return self._forward(images, False)
 
   def trace(self):
-    """The concrete functions to save, and the signatures."""
+    """The concrete functions to save, and the signatures. `__call__` answers every call hub users write: the
+    paper's `trainable=` alone (as its models, positional or by name), Keras's and TF-Hub's `training=` alone, and
+    both (hub.KerasLayer(..., arguments=dict(trainable=True)) passes its own `training=` beside them): every pair
+    of (trainable, training) in {False, True} x {None, False, True}."""
     spec = tf.TensorSpec([None, None, None, 3], tf.float32, name='images')
     serving = self.__call__.get_concrete_function(spec, False)
-    self.__call__.get_concrete_function(spec, True)
-    self.__call__.get_concrete_function(spec, training=True)
-    self.__call__.get_concrete_function(spec, training=False)
-    return {'serving_default': serving, 'serving_bytes': self.serve_bytes.get_concrete_function()}
+    for trainable in (False, True):
+      for training in (None, False, True):
+        self.__call__.get_concrete_function(spec, trainable, training)
+    # `serve`: the endpoint Keras's own model.export() writes and keras.layers.TFSMLayer calls by default.
+    return {'serving_default': serving, 'serve': serving, 'serving_bytes': self.serve_bytes.get_concrete_function()}
 
 
 # What a SavedModel of ours holds. A directory with anything else in it was not written by us alone.
