@@ -22,10 +22,11 @@ def start(*args):
                           stderr=subprocess.PIPE, text=True, cwd=ROOT, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
 
 
-def test_evaluator_beside_a_training_run(tmp_path, shapes_dir):
+def test_evaluator_beside_a_training_run(tmp_path, shapes_dir, monkeypatch, simclr_log):
   """An evaluator started before its training run waits for the first checkpoint, evaluates the checkpoints as
   they come (those the keeper removed first are skipped), never blocks the run, and stops at the run's final step;
-  each result is kept by step and drawn in TensorBoard at its step. A second evaluator has nothing left to do."""
+  each result is kept by step and drawn in TensorBoard at its step. A second evaluator has nothing left to do; a
+  third, into another folder, skips with one line a checkpoint removed between its listing and its reading."""
   run = tmp_path / 'run'
   data = [f'--data_dir={shapes_dir}', '--eval_batch_size=8']
   evaluator = start('--mode=eval', f'--checkpoint={run}', '--eval_wait_secs=240', '--eval_poll_secs=1',
@@ -59,6 +60,23 @@ def test_evaluator_beside_a_training_run(tmp_path, shapes_dir):
   assert proc.returncode == 0 and 'is evaluated on test already' in proc.stdout, proc.stderr[-2000:]
   assert sorted(os.listdir(run / 'eval_test')) == before
 
+  listed = evaluate.complete_checkpoints(str(run))
+  assert [n for n, _ in listed] == [5, 6]  # --keep_checkpoint_max=2
+
+  def listed_then_removed(directory):
+    for name in os.listdir(run):
+      if name.startswith('ckpt-5.'):
+        os.remove(run / name)
+    return listed
+
+  monkeypatch.setattr(evaluate, 'complete_checkpoints', listed_then_removed)
+  import run as run_py
+  result = run_py.run(tiny_config(mode='eval', dataset='image_folder', data_dir=shapes_dir, checkpoint=str(run),
+                                  model_dir=str(tmp_path / 'again')))
+  assert result['evaluated'] == [6] and result['step'] == 6 and result['top1'] == latest['top1']
+  assert any('skipped ckpt-5: removed' in m for m in simclr_log), simclr_log
+  assert [n for n in os.listdir(tmp_path / 'again' / 'eval_test') if n.endswith('.json')] == ['result_6.json']
+
   # TensorBoard of the training run: the weight-decay term, the total loss it is part of, the weights at each
   # checkpoint.
   trained = tensorboard_events(run / 'finetune')
@@ -69,26 +87,3 @@ def test_evaluator_beside_a_training_run(tmp_path, shapes_dir):
   kernels = [tag for tag in trained if tag.startswith('weights/') and tag.endswith('kernel')]
   assert kernels and all([s for s, _ in trained[tag]] == steps for tag in kernels)
   assert all(np.sum(buckets[:, 2]) > 0 for tag in kernels for _, buckets in trained[tag])
-
-
-def test_evaluator_skips_a_checkpoint_removed_before_it_is_read(tmp_path, shapes_dir, monkeypatch, simclr_log):
-  """A checkpoint listed and then removed by the training run's keeper is skipped with one line; the others are
-  evaluated in step order."""
-  import run as run_py
-  run = tmp_path / 'run'
-  run_py.run(tiny_config(mode='finetune', dataset='image_folder', data_dir=shapes_dir, model_dir=str(run),
-                         train_steps=3, checkpoint_steps=1, keep_checkpoint_max=3))
-  listed = evaluate.complete_checkpoints(str(run))
-  assert [n for n, _ in listed] == [1, 2, 3]
-
-  def listed_then_removed(directory):
-    for name in os.listdir(run):
-      if name.startswith('ckpt-2.'):
-        os.remove(run / name)
-    return listed
-
-  monkeypatch.setattr(evaluate, 'complete_checkpoints', listed_then_removed)
-  result = run_py.run(tiny_config(mode='eval', dataset='image_folder', data_dir=shapes_dir, checkpoint=str(run)))
-  assert result['evaluated'] == [1, 3] and result['step'] == 3
-  assert any('skipped ckpt-2: removed' in m for m in simclr_log), simclr_log
-  assert sorted(os.listdir(run / 'eval_test'))[-2:] == ['result_1.json', 'result_3.json']

@@ -173,17 +173,18 @@ moving_after_fit = weights(moving)
 classifier.predict(x, verbose=0)
 # Every call hub users write: hub.load's module with trainable= and training= in every combination, and a KerasLayer
 # given the paper's argument (arguments=dict(trainable=True)) beside its own training flag, inferring and fitting.
-# The calls in inference mode first: one in training mode moves the module's batch norm statistics.
-module = hub.load(path)
 calls = {}
-for trainable, training in ((False, None), (False, False), (True, False), (True, None), (False, True), (True, True)):
-  kwargs = dict(trainable=trainable) if training is None else dict(trainable=trainable, training=training)
-  calls[f'{trainable},{training}'] = module(x[:2], **kwargs)['logits_sup'].numpy().tolist()
-with_argument = hub.KerasLayer(path, trainable=True, arguments=dict(trainable=True), output_key='logits_sup')
-calls['layer,inference'] = with_argument(x[:2], training=False).numpy().tolist()
-head = tf_keras.Sequential([tf_keras.Input((32, 32, 3)), with_argument])
-head.compile(tf_keras.optimizers.SGD(0.01), tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-head.fit(x[:8], y[:8], epochs=1, batch_size=8, verbose=0)
+if key == 'logits_sup':  # once: the calls in inference mode first (one in training mode moves the statistics)
+  module = hub.load(path)
+  for trainable, training in ((False, None), (False, False), (True, False), (True, None), (False, True),
+                              (True, True)):
+    kwargs = dict(trainable=trainable) if training is None else dict(trainable=trainable, training=training)
+    calls[f'{trainable},{training}'] = module(x[:2], **kwargs)['logits_sup'].numpy().tolist()
+  with_argument = hub.KerasLayer(path, trainable=True, arguments=dict(trainable=True), output_key='logits_sup')
+  calls['layer,inference'] = with_argument(x[:2], training=False).numpy().tolist()
+  head = tf_keras.Sequential([tf_keras.Input((32, 32, 3)), with_argument])
+  head.compile(tf_keras.optimizers.SGD(0.01), tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+  head.fit(x[:8], y[:8], epochs=1, batch_size=8, verbose=0)
 print(json.dumps(dict(calls=calls,
     trainable=len(layer.trainable_weights),
     changed=[v.name for a, v in zip(trainable_before, layer.trainable_weights) if not np.array_equal(a, v.numpy())],
@@ -217,6 +218,8 @@ def test_tf_hub_keras_layer_fine_tunes_the_encoder_in_a_tf_keras_model(exported,
   images = np.random.RandomState(0).rand(16, 32, 32, 3).astype(np.float32)[:2]
   expected = model(images, training=False)[key]
   np.testing.assert_allclose(np.array(result['served_before']), expected.numpy(), atol=1e-5)
+  if key != 'logits_sup':
+    return
   # Each (trainable, training) call in the mode it asks for (training= decides when given); a copy of the model
   # computes training mode, which moves its batch norm statistics.
   copy, _ = weights.load_model(path)
