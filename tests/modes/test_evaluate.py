@@ -70,11 +70,18 @@ def test_evaluator_beside_a_training_run(tmp_path, shapes_dir, monkeypatch, simc
     return listed
 
   monkeypatch.setattr(evaluate, 'complete_checkpoints', listed_then_removed)
+  # As if the run had died before its final step: waiting ends after --eval_wait_secs without a new checkpoint.
+  recorded = json.loads((run / 'config.json').read_text())
+  assert recorded['total_steps'] == 6
+  (run / 'config.json').write_text(json.dumps(dict(recorded, total_steps=8)))
   import run as run_py
+  started = time.time()
   result = run_py.run(tiny_config(mode='eval', dataset='image_folder', data_dir=shapes_dir, checkpoint=str(run),
-                                  model_dir=str(tmp_path / 'again')))
+                                  model_dir=str(tmp_path / 'again'), eval_wait_secs=3, eval_poll_secs=1))
+  assert time.time() - started >= 3
   assert result['evaluated'] == [6] and result['step'] == 6 and result['top1'] == latest['top1']
   assert any('skipped ckpt-5: removed' in m for m in simclr_log), simclr_log
+  assert any('no new checkpoint in' in m and 'for --eval_wait_secs=3 seconds: stopping' in m for m in simclr_log)
   assert [n for n in os.listdir(tmp_path / 'again' / 'eval_test') if n.endswith('.json')] == ['result_6.json']
 
   # TensorBoard of the training run: the weight-decay term, the total loss it is part of, the weights at each
