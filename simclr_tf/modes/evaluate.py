@@ -23,7 +23,7 @@ from simclr_tf.config import Config
 from simclr_tf.errors import UserError
 from simclr_tf.evaluation import read_result, result_paths
 from simclr_tf.modes import common
-from simclr_tf.weights.file import is_saved_model
+from simclr_tf.weights.file import is_saved_model, saved_model_in
 
 log = logging.getLogger('simclr_tf')
 
@@ -64,7 +64,7 @@ def wait(config: Config) -> None:
   training started at the same moment, or not yet) is waited for, up to that long."""
   path = config.checkpoint
   if not (config.mode == 'eval' and config.eval_wait_secs and path) or is_saved_model(path) or \
-      tf.io.gfile.exists(path + '.index'):
+      tf.io.gfile.exists(path + '.index') or saved_model_in(path):
     return
   deadline = time.time() + config.eval_wait_secs
   if complete_checkpoints(path):
