@@ -91,8 +91,9 @@ def remove_leftovers(directory: str) -> list:
   """Removes what a process killed while writing in `directory` left there: write_atomically's temporary files
   and the temporary folders of a checkpoint cut short (ckpt-N_temp*: TF writes a checkpoint's shards there, then
   renames them into place). Only the directory's own entries and the temporary files in its folders of results
-(eval_*/ and knn_*/: their result_<step>.json); a folder inside may be another run's. Call it only while holding the
-directory's lock (runlock): nobody else writes there. Returns the names removed (said in one line)."""
+  (eval_*/ and knn_*/: their result_<step>.json); a folder inside may be another run's. Call it only while holding
+  the directory's lock (runlock), or on a folder no other process writes but with write_atomically (whose temporary
+  files name their writer's pid). Returns the names removed (said in one line)."""
   if not tf.io.gfile.isdir(directory):
     return []
   removed = []

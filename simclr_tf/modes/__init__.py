@@ -45,9 +45,9 @@ def validate(config):
 
 
 def prepare(config, given=None):
-  """The config a mode runs: check_fields, the mode's wait (if it has one), then the architecture of the model its --checkpoint names adopted from
-  that model's record (simclr_tf.weights.architecture.adopt; `given`: the fields the user set, None for a Config
-  built in Python: those that differ from the defaults), then the mode's rules."""
+  """The config a mode runs: check_fields, the mode's wait (if it has one), then the architecture of the model its
+  --checkpoint names adopted from that model's record (simclr_tf.weights.architecture.adopt; `given`: the fields
+  the user set, None for a Config built in Python: those that differ from the defaults), then the mode's rules."""
   from simclr_tf.weights import architecture
   config.check_fields()
   waiting = getattr(get(config.mode), 'wait', None)
