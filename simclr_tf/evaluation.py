@@ -91,7 +91,8 @@ def write_result(model_dir: str, name: str, result: dict, kind: str = 'eval', ke
   A rerun of a finished command writes the result of the same step again: what the file already holds for that
   step and `result` lacks (the kNN accuracy measured while training, which a rerun does not measure again) is kept,
   and added to `result`; the rest is replaced. A result of another step replaces the file whole, unless
-  `keep_later` and the file holds a later step (an evaluator catching up on earlier checkpoints)."""
+  `keep_later` and the file holds a later step of the same run (an evaluator catching up on earlier checkpoints:
+  the 'checkpoint' of both in one folder)."""
   path, folder = result_paths(model_dir, name, kind)
   recorded = read_result(path) or {}
   step = int(result.get('step', 0))
@@ -99,7 +100,8 @@ def write_result(model_dir: str, name: str, result: dict, kind: str = 'eval', ke
     for key, value in recorded.items():
       result.setdefault(key, value)
   files.write_json(os.path.join(folder, f'result_{step}.json'), result)
-  if not (keep_later and isinstance(recorded.get('step'), int) and recorded['step'] > step):
+  same_run = os.path.dirname(str(recorded.get('checkpoint', ''))) == os.path.dirname(str(result.get('checkpoint')))
+  if not (keep_later and same_run and isinstance(recorded.get('step'), int) and recorded['step'] > step):
     files.write_json(path, result)
   writer = tf.summary.create_file_writer(folder)
   with writer.as_default(step=step):

@@ -94,19 +94,20 @@ def load(config: Config, strategy, path: str):
   return model, found
 
 
-def evaluated_steps(config: Config) -> set:
-  """The checkpoint numbers whose result on this split of this data (and --eval_steps) an evaluator has kept."""
+def kept_results(config: Config) -> dict:
+  """{checkpoint prefix: its result} of the results an evaluator kept in model_dir on this split of this data (and
+  --eval_steps), of any run (a results folder may serve several)."""
   _, folder = result_paths(config.model_dir, config.eval_name or config.eval_split)
   if not tf.io.gfile.isdir(folder):
-    return set()
+    return {}
   same = dict(mode='eval', split=config.eval_split, data=data_of(config), eval_steps=config.eval_steps)
-  steps = set()
+  kept = {}
   for name in tf.io.gfile.listdir(folder):
     if name.startswith('result_') and name.endswith('.json') and name[len('result_'):-len('.json')].isdigit():
       found = read_result(os.path.join(folder, name))
-      if found and all(found.get(k) == v for k, v in same.items()):
-        steps.add(found.get('checkpoint_number', found.get('step')))
-  return steps
+      if found and all(found.get(k) == v for k, v in same.items()) and isinstance(found.get('checkpoint'), str):
+        kept[found['checkpoint']] = found
+  return kept
 
 
 def data_of(config: Config) -> str:
@@ -127,17 +128,22 @@ def final_step(run_dir: str, prefix: Optional[str]) -> Optional[int]:
 
 def evaluate_run(config: Config, strategy) -> Dict[str, float]:
   """Evaluates every checkpoint of the run in --checkpoint not evaluated yet, in step order; with --eval_wait_secs,
-  those that appear later too. Returns the result of the last one evaluated (or, with nothing new, the latest
-  kept), with 'evaluated': the checkpoint numbers evaluated by this call."""
+  those that appear later too. Returns the result of the last one evaluated (or, with nothing new, the kept result
+  of the run's latest checkpoint), with 'evaluated': the checkpoint numbers evaluated by this call."""
   run_dir = config.checkpoint
   _, folder = result_paths(config.model_dir, config.eval_name or config.eval_split)
   files.remove_leftovers(folder)  # result files of an evaluator killed while writing them
-  done = evaluated_steps(config)
-  model, evaluated, last, newest = None, [], None, None
+  kept = kept_results(config)
+  done = set()  # checkpoint numbers evaluated, kept from before, or gone
+  model, evaluated, last, newest, latest_kept = None, [], None, None, None
   last_new = time.time()
   while True:
     for number, prefix in complete_checkpoints(run_dir):
       if number in done:
+        continue
+      if prefix in kept:
+        done.add(number)
+        latest_kept = kept[prefix]
         continue
       try:
         if model is None:
@@ -170,10 +176,9 @@ def evaluate_run(config: Config, strategy) -> Dict[str, float]:
       break
     time.sleep(min(config.eval_poll_secs, max(config.eval_wait_secs - (time.time() - last_new), 0.0)))
   if not evaluated:
-    latest = read_result(result_paths(config.model_dir, config.eval_name or config.eval_split)[0]) or {}
-    top1 = latest.get('top1')
+    last = latest_kept or {}
+    top1 = last.get('top1')
     log.info('every checkpoint of %s is evaluated on %s already (results in %s); the latest: step %s, top1 %s',
-             run_dir, config.eval_split, folder, latest.get('step', '?'),
+             run_dir, config.eval_split, folder, last.get('step', '?'),
              f'{top1:.4f}' if isinstance(top1, float) else '?')
-    return dict(latest, evaluated=[])
   return dict(last, evaluated=evaluated)
