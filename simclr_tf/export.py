@@ -230,8 +230,7 @@ def _clear_leftovers(export_dir: str, flag: str, remove: bool = True) -> None:
       if pid.isdigit() and not files.process_alive(int(pid)):
         files.remove_tree(probe)
     for temporary in tf.io.gfile.glob(lock_path(export_dir) + '.tmp-*'):
-      name = os.path.basename(temporary)
-      if files.TEMPORARY_SUFFIX.search(name) and files.abandoned(temporary, name):
+      if files.abandoned(temporary):
         tf.io.gfile.remove(temporary)
   for leftover in (partial, aside):
     link = leftover.replace('file://', '', 1)

@@ -74,11 +74,15 @@ def process_alive(pid: int) -> bool:
   return True
 
 
-def abandoned(path: str, name: str) -> bool:
-  """Whether a temporary file's writer is gone: its process (named in the file's name) no longer runs here, or,
-  off this machine's disks, the file is older than IN_FLIGHT_SECONDS. (Another process may write a small file
-  into a run's folder while the run holds its lock: an export's lock, an evaluation's result.)"""
-  pid = TEMPORARY_SUFFIX.search(name).group(1)
+def abandoned(path: str) -> bool:
+  """Whether `path` is a temporary file of write_atomically whose writer is gone: its process (named in the file's
+  name) no longer runs here, or, off this machine's disks, the file is older than IN_FLIGHT_SECONDS. (Another
+  process may write a small file into a run's folder while the run holds its lock: an export's lock, an
+  evaluation's result.) False for any other file."""
+  found = TEMPORARY_SUFFIX.search(os.path.basename(path.rstrip('/')))
+  if not found:
+    return False
+  pid = found.group(1)
   if is_local(path) and pid:
     return not process_alive(int(pid))
   try:
@@ -101,14 +105,13 @@ def remove_leftovers(directory: str) -> list:
     name = entry.rstrip('/')
     path = os.path.join(directory, name)
     checkpoint_temp = re.fullmatch(r'ckpt-\d+_temp.*', name)
-    is_dir = tf.io.gfile.isdir(path)
-    if checkpoint_temp or (TEMPORARY_SUFFIX.search(name) and not is_dir and abandoned(path, name)):
+    if checkpoint_temp or (abandoned(path) and not tf.io.gfile.isdir(path)):
       remove(path)
       removed.append(name)
-    elif is_dir and RESULT_FOLDER.fullmatch(name):
+    elif RESULT_FOLDER.fullmatch(name) and tf.io.gfile.isdir(path):
       for inner in sorted(tf.io.gfile.listdir(path)):
         inner_path = os.path.join(path, inner)
-        if TEMPORARY_SUFFIX.search(inner) and abandoned(inner_path, inner):
+        if abandoned(inner_path):
           remove(inner_path)
           removed.append(f'{name}/{inner}')
   if removed:

@@ -35,8 +35,7 @@ def validate(config: Config) -> None:
 
 def is_run(path: str) -> bool:
   """Whether --checkpoint names a run's model_dir (a folder with numbered checkpoints), not one model."""
-  return (not is_saved_model(path) and not tf.io.gfile.exists(path + '.index') and tf.io.gfile.isdir(path) and
-          bool(complete_checkpoints(path)))
+  return not tf.io.gfile.exists(path + '.index') and tf.io.gfile.isdir(path) and bool(complete_checkpoints(path))
 
 
 def complete_checkpoints(directory: str) -> List[Tuple[int, str]]:
@@ -63,7 +62,7 @@ def wait(config: Config) -> None:
   """Before the record of --checkpoint is read: with --eval_wait_secs, a run folder that has no checkpoint yet (its
   training started at the same moment, or not yet) is waited for, up to that long."""
   path = config.checkpoint
-  if not (config.mode == 'eval' and config.eval_wait_secs and path) or is_saved_model(path) or \
+  if not (config.eval_wait_secs and path) or is_saved_model(path) or \
       tf.io.gfile.exists(path + '.index') or saved_model_in(path):
     return
   deadline = time.time() + config.eval_wait_secs
