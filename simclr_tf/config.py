@@ -18,6 +18,7 @@ import math
 
 from simclr_tf.errors import UserError  # noqa: F401  (importable from here too, as it was before errors.py)
 
+from simclr_tf.methods import METHODS
 from simclr_tf.models.registry import ENCODER_FIELDS, ENCODERS
 
 STRATEGIES = ('auto', 'default', 'mirrored', 'multi_worker', 'tpu')
@@ -103,7 +104,15 @@ class Config:
   momentum: float = _field(0.9, 'Momentum of LARS and momentum SGD.')
   lars_eta: float = _field(0.001, 'LARS trust coefficient eta.')
 
-  # Contrastive loss and heads.
+  # The self-supervised method, its loss and heads.
+  method: str = _field('simclr', 'What --mode=pretrain trains (simclr_tf.methods): simclr (NT-Xent of two views '
+                       'against the other images of the batch, SimCLR v1/v2) or byol (the online network predicts a '
+                       'momentum network\'s projection of the other view, Grill et al. 2020).', tuple(METHODS))
+  byol_base_momentum: float = _field(0.996, 'BYOL: momentum of the target network at the first step; it rises to 1 '
+                                     'along a cosine over the run (the paper: 0.996; 0.99 for short runs).')
+  predictor_hidden_dim: int = _field(0, 'BYOL: hidden width of the predictor (Dense, batch norm, ReLU, Dense to '
+                                     '--proj_out_dim); 0 = the encoder\'s output width, as the projection head\'s '
+                                     'hidden layers.')
   temperature: float = _field(0.1, 'NT-Xent temperature (0.1 ImageNet, 0.5 CIFAR-10).')
   hidden_norm: bool = _field(True, 'L2-normalise the projections before the contrastive loss.')
   memory_size: int = _field(0, 'Pretraining: size K of the memory of negatives, a queue of a momentum network\'s '
@@ -112,9 +121,10 @@ class Config:
                             'at least 2 x --train_batch_size.')
   memory_momentum: float = _field(0.999, 'Momentum m of the memory\'s network: after every step its weights become '
                                   'm * its weights + (1 - m) * the trained network\'s.')
-  export_momentum_network: bool = _field(False, 'Export the memory\'s momentum network instead of the trained '
-                                         '(online) one: at the end of pretraining with --memory_size, or with '
-                                         '--mode=export from such a checkpoint.')
+  export_momentum_network: bool = _field(False, 'Export the momentum network (the memory\'s, or BYOL\'s target) '
+                                         'instead of the trained (online) one: at the end of pretraining with '
+                                         '--memory_size or --method=byol, or with --mode=export from such a '
+                                         'checkpoint.')
   proj_out_dim: int = _field(128, 'Output dimension of the projection head.')
   num_proj_layers: int = _field(3, 'Number of layers of the projection head (3 in SimCLRv2, 1 = linear, 0 = none: '
                                 'the contrastive loss on the encoder\'s output).')
@@ -275,6 +285,10 @@ class Config:
         (self.temperature > 0, f'--temperature must be positive, got {self.temperature}.'),
         (self.memory_size >= 0, f'--memory_size must not be negative, got {self.memory_size}.'),
         (0 <= self.memory_momentum < 1, f'--memory_momentum must be in [0, 1), got {self.memory_momentum}.'),
+        (0 <= self.byol_base_momentum <= 1,
+         f'--byol_base_momentum must be in [0, 1], got {self.byol_base_momentum}.'),
+        (self.predictor_hidden_dim >= 0,
+         f'--predictor_hidden_dim must not be negative, got {self.predictor_hidden_dim}.'),
         (self.num_proj_layers >= 0, f'--num_proj_layers must not be negative, got {self.num_proj_layers}.'),
         (self.eval_steps >= 0, f'--eval_steps must not be negative, got {self.eval_steps}.'),
         (self.eval_wait_secs >= 0, f'--eval_wait_secs must not be negative, got {self.eval_wait_secs}.'),

@@ -1,5 +1,6 @@
-"""The memory of negatives of SimCLRv2 (§2, after MoCo): a momentum copy of the encoder and projection head, and a
-queue of its projections of past batches that NT-Xent uses as extra negatives (--memory_size, --memory_momentum).
+"""The memory of negatives of SimCLRv2 (§2, after MoCo): a momentum copy of the encoder and projection head
+(simclr_tf.methods.momentum.MomentumNetwork), and a queue of its projections of past batches that NT-Xent uses as
+extra negatives (--memory_size, --memory_momentum).
 
 The variant implemented, and why:
 - With a memory, every key an anchor is compared with comes from the momentum network, as in MoCo: the anchors are
@@ -25,11 +26,11 @@ The variant implemented, and why:
   every replica writes the same global batch to its copy of the queue: two replicas give what one device gives.
 """
 
-import keras
 import tensorflow as tf
 
 from simclr_tf import losses
 from simclr_tf.config import Config
+from simclr_tf.methods.momentum import MomentumNetwork, assign_everywhere
 
 
 class KeyQueue(tf.Module):
@@ -58,24 +59,6 @@ class KeyQueue(tf.Module):
     return [self.keys, self.position, self.filled]
 
 
-def assign_everywhere(variables, values) -> None:
-  """Assigns `values` to `variables` from a replica context (or none): every replica computes the same values,
-  and each writes them to its own copy of the variables (as Keras' optimizers update theirs)."""
-  variables = [v.value if isinstance(v, keras.Variable) else v for v in variables]
-
-  def update(strategy, values):
-    for variable, value in zip(variables, values):
-      strategy.extended.update(variable, lambda var, x: var.assign(x), args=(value,), group=False)
-
-  tf.__internal__.distribute.interim.maybe_merge_call(update, tf.distribute.get_strategy(), list(values))
-
-
-def encoder_and_head_weights(model, trainable_only: bool):
-  """The weights of the encoder and projection head, in a fixed order (the same for two models of one config)."""
-  layers = [model.encoder, model.projection_head]
-  return [w for layer in layers for w in (layer.trainable_weights if trainable_only else layer.weights)]
-
-
 class NegativesMemory:
   """The momentum network and the queue of its keys, for one pretraining run (build it in the strategy's scope)."""
 
@@ -83,16 +66,12 @@ class NegativesMemory:
     self.config = config
     self.online = online
     self.momentum_network = momentum_network
+    self.ema = MomentumNetwork(online, momentum_network)
     self.queue = KeyQueue(config.memory_size, config.proj_out_dim)
-    self.pairs = list(zip(encoder_and_head_weights(momentum_network, True), encoder_and_head_weights(online, True)))
-    if len(encoder_and_head_weights(momentum_network, False)) != len(encoder_and_head_weights(online, False)):
-      raise ValueError('the momentum network does not have the online network\'s layers')
 
   def start_from_online(self) -> None:
     """The momentum network becomes a copy of the online network (every weight, moving statistics included)."""
-    for target, source in zip(encoder_and_head_weights(self.momentum_network, False),
-                              encoder_and_head_weights(self.online, False)):
-      target.assign(source)
+    self.ema.start_from_online()
 
   def negatives(self):
     """(keys [K, D], valid [K] bool) to pass to losses.nt_xent."""
@@ -111,8 +90,7 @@ class NegativesMemory:
 
   def after_update(self, keys) -> None:
     """After the step: EMA of the weights, then the step's keys (k1, k2, as keys() gathered them) enqueued."""
-    m = self.config.memory_momentum
-    assign_everywhere([ema for ema, _ in self.pairs], [m * ema + (1 - m) * w for ema, w in self.pairs])
+    self.ema.update(self.config.memory_momentum)
     assign_everywhere(self.queue.variables_in_order(), self.queue.enqueued(tf.concat(keys, axis=0)))
 
   def checkpoint_objects(self) -> dict:

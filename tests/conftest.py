@@ -169,7 +169,7 @@ SLOWEST_FILES = ('training/test_nothing_destroyed.py', 'training/test_scale.py',
                  'training/test_reliability.py', 'test_experiment.py', 'models/test_encoders.py',
                  'test_reference_commands.py', 'modes/test_pretrain.py', 'weights/test_reference_files.py',
                  'weights/test_interop.py', 'test_docs.py', 'modes/test_embed_knn.py', 'test_memory.py',
-                 'models/test_models.py')
+                 'methods/test_byol.py', 'models/test_models.py')
 
 
 def pytest_configure(config):

@@ -10,6 +10,7 @@ import tensorflow as tf
 import run as run_py
 from conftest import ROOT, checkpoint_values, run_cli, run_interrupted_then_resumed, tiny_config
 from simclr_tf import losses, memory, monitor, weights
+from simclr_tf.methods import momentum
 from simclr_tf.modes import pretrain
 from simclr_tf.training import loop
 
@@ -75,7 +76,7 @@ def test_the_queue_keeps_the_newest_keys_in_order_and_wraps_around():
   batches = [np.stack([np.arange(4 * b, 4 * b + 4)] * 2, axis=1).astype(np.float32) for b in range(3)]
   expected_filled = [4, 8, 10]
   for b, keys in enumerate(batches):
-    memory.assign_everywhere(queue.variables_in_order(), queue.enqueued(tf.constant(keys)))
+    momentum.assign_everywhere(queue.variables_in_order(), queue.enqueued(tf.constant(keys)))
     assert int(queue.filled.numpy()) == expected_filled[b]
   # Keys 0..11 went to slots 0..9 and then 0..1: slots 0 and 1 now hold the newest (10, 11), the rest 2..9.
   np.testing.assert_array_equal(queue.keys.numpy()[:, 0], [10, 11, 2, 3, 4, 5, 6, 7, 8, 9])
@@ -88,17 +89,17 @@ def test_a_step_compares_with_the_momentum_keys_enqueues_them_and_moves_the_mome
   config = tiny_config(dataset='image_folder', data_dir=shapes_dir, memory_size=40, memory_momentum=0.75)
   task = pretrain.make_task(config, tf.distribute.get_strategy(), None, num_examples=40)
   negatives_network = task.extra_checkpoint['momentum_network']
-  online_weights = memory.encoder_and_head_weights(task.model, False)
-  momentum_weights = memory.encoder_and_head_weights(negatives_network, False)
+  online_weights = momentum.encoder_and_head_weights(task.model, False)
+  momentum_weights = momentum.encoder_and_head_weights(negatives_network, False)
   # Pairs are matched by position: the two networks must list the same layers in the same order (below each
   # model's own name).
   below = lambda w: w.path.split('/', 1)[1]
   assert [below(w) for w in online_weights] == [below(w) for w in momentum_weights]
   for a, b in zip(online_weights, momentum_weights):
     np.testing.assert_array_equal(a.numpy(), b.numpy())  # it starts as a copy
-  for w in memory.encoder_and_head_weights(negatives_network, True):  # as if it lagged: its keys differ from the views
+  for w in momentum.encoder_and_head_weights(negatives_network, True):  # as if it lagged: its keys differ from the views
     w.assign(w + tf.random.stateless_normal(w.shape, [3, 4], stddev=0.05))
-  before = [w.numpy() for w in memory.encoder_and_head_weights(negatives_network, True)]
+  before = [w.numpy() for w in momentum.encoder_and_head_weights(negatives_network, True)]
   images = tf.random.stateless_uniform([8, 32, 32, 6], [1, 2])
   views = tf.concat(tf.split(images, 2, axis=-1), axis=0)
   # The step's keys: the momentum network's projections of both views with the weights it has before the step (in
@@ -111,8 +112,8 @@ def test_a_step_compares_with_the_momentum_keys_enqueues_them_and_moves_the_mome
   simclr_loss, _, _ = losses.nt_xent(z1, z2, config.temperature)
   assert abs(simclr_loss.numpy() - expected_loss.numpy()) > 1e-3  # which keys are used is seen in the loss
 
-  after_online = [w.numpy() for w in memory.encoder_and_head_weights(task.model, True)]
-  after = [w.numpy() for w in memory.encoder_and_head_weights(negatives_network, True)]
+  after_online = [w.numpy() for w in momentum.encoder_and_head_weights(task.model, True)]
+  after = [w.numpy() for w in momentum.encoder_and_head_weights(negatives_network, True)]
   assert any(np.abs(o - b).max() > 1e-4 for o, b in zip(after_online, before))  # the step moved the network
   for ema, old, new in zip(after, before, after_online):
     np.testing.assert_allclose(ema, 0.75 * old + 0.25 * new, rtol=1e-6, atol=1e-7)

@@ -53,3 +53,17 @@ class SupervisedHead(Composite):
 
   def call(self, x):
     return self.dense(x)
+
+
+class PredictorHead(Composite):
+  """An MLP on the projection (BYOL's predictor): Dense(hidden) without bias, batch norm, ReLU, then Dense(out_dim)
+  with bias and no batch norm."""
+
+  def __init__(self, hidden_dim, out_dim, bn_momentum=0.9, sync_bn=True, **kwargs):
+    super().__init__(**kwargs)
+    self.layer1 = ProjectionLayer(hidden_dim, False, dict(momentum=bn_momentum, synchronized=sync_bn), name='layer1')
+    self.output_layer = keras.layers.Dense(out_dim, kernel_initializer=dense_initializer(), bias_initializer='zeros',
+                                           name='output_layer')
+
+  def call(self, x, training=False):
+    return self.output_layer(self.layer1(x, training=training))

@@ -1,0 +1,78 @@
+"""SimCLR (Chen et al. 2020; v2): NT-Xent of two views' projections with negatives from all replicas, optionally a
+memory of negatives from a momentum network (simclr_tf.memory), and the linear head on a stop-gradient."""
+
+from typing import Optional
+
+import tensorflow as tf
+
+from simclr_tf import losses, memory
+from simclr_tf.config import Config
+from simclr_tf.data import views
+from simclr_tf.errors import UserError
+from simclr_tf.methods.shared import linear_head_loss, stacked_views
+from simclr_tf.models.simclr import build_model
+from simclr_tf.optim.build import learning_rate_schedule, make_optimizer, weight_decay_loss
+from simclr_tf.training.loop import Task
+
+
+def validate(config: Config) -> None:
+  if config.memory_size and config.memory_size < 2 * config.train_batch_size:
+    raise UserError(f'--memory_size={config.memory_size} cannot hold the {2 * config.train_batch_size} keys a step '
+                    f'enqueues (both views of --train_batch_size={config.train_batch_size}); use at least that, or 0 '
+                    f'for no memory.')
+  if config.export_momentum_network and not config.memory_size:
+    raise UserError('--export_momentum_network needs a memory of negatives (--memory_size > 0).')
+
+
+def contrastive_replica_step(model, config: Config, num_classes: int,
+                             negatives: Optional[memory.NegativesMemory] = None):
+  """The per-replica step of pretraining: NT-Xent of the two views (stacked along channels in batch['image']) +
+  weight decay, plus the linear head's cross-entropy on a stop-gradient when num_classes > 0. With a memory of
+  negatives, the views are compared with the momentum network's keys and the queue's (simclr_tf.memory), and the
+  step hands its keys on (carry) to be enqueued after the update."""
+
+  def replica_step(batch):
+    images = stacked_views(batch)
+    outputs = model(images, training=True)
+    z1, z2 = tf.split(outputs['proj_head_output'], 2, axis=0)
+    keys = negatives.keys(images) if negatives else None
+    queued, valid = negatives.negatives() if negatives else (None, None)
+    con_loss, logits, labels = losses.nt_xent(z1, z2, config.temperature, config.hidden_norm, queued, valid, keys)
+    accuracy, entropy = losses.contrastive_metrics(logits, labels)
+    decay = weight_decay_loss(model, config.optim)
+    loss = con_loss + decay
+    values = {'contrast_loss': con_loss, 'contrast_acc': accuracy, 'contrast_entropy': entropy,
+              'weight_decay': decay}
+    if negatives:
+      values['memory_fill'] = negatives.fill()
+    if num_classes:
+      sup_loss, sup_values = linear_head_loss(outputs, batch, config.lineareval_lr_scale)
+      loss += sup_loss
+      values.update(sup_values)
+    if negatives:
+      return loss, {'loss': loss, **values}, keys
+    return loss, {'loss': loss, **values}
+
+  return replica_step
+
+
+def make_task(config: Config, strategy: tf.distribute.Strategy, source, num_classes: int = 0,
+              num_examples: int = 0) -> Task:
+  class_names = source.class_names if source is not None and num_classes else ()
+  with strategy.scope():
+    model = build_model(config.architecture, num_classes=num_classes, pretraining=True, class_names=class_names)
+    optimizer = make_optimizer(config.optim, learning_rate_schedule(config.optim, source.num_examples if source else
+                                                              num_examples))
+    negatives = None
+    if config.memory_size:
+      negatives = memory.NegativesMemory(config, model, build_model(config.architecture, pretraining=True))
+      negatives.start_from_online()  # a resumed run then restores it
+  return Task(model, optimizer, source, views.pretrain_views(config.augmentation),
+              contrastive_replica_step(model, config, num_classes, negatives),
+              after_update=negatives.after_update if negatives else None,
+              extra_checkpoint=negatives.checkpoint_objects() if negatives else {})
+
+
+def exported_model(config: Config, task: Task):
+  """The trained network, or with --export_momentum_network the memory's momentum network."""
+  return task.extra_checkpoint['momentum_network'] if config.export_momentum_network else task.model
