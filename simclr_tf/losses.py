@@ -1,4 +1,6 @@
-"""NT-Xent with negatives from all replicas, supervised cross-entropy and the distillation loss.
+"""NT-Xent with negatives from all replicas, in its three forms (SimCLR's: nt_xent; with a memory of extra
+negatives: nt_xent_with_memory; against a momentum network's keys, as in MoCo: nt_xent_against_keys), one
+computation underneath; supervised cross-entropy and the distillation loss.
 
 Each loss is the mean over the local (per-replica) batch; the training step divides it by the number of replicas
 and Keras sums the gradients across replicas, so the update equals that of one device on the global batch.
@@ -36,36 +38,16 @@ def replica_offset(local_batch) -> tf.Tensor:
   return tf.cast(context.replica_id_in_sync_group, tf.int32) * local_batch
 
 
-def nt_xent(z1: tf.Tensor, z2: tf.Tensor, temperature: float, hidden_norm: bool = True,
-            memory: Optional[tf.Tensor] = None, memory_valid: Optional[tf.Tensor] = None,
-            keys: Optional[Tuple[tf.Tensor, tf.Tensor]] = None):
-  """SimCLR contrastive loss of two views' projections [B, D] (local batch).
+def _normalised(z, hidden_norm: bool) -> tf.Tensor:
+  z = tf.cast(z, tf.float32)
+  return tf.math.l2_normalize(z, axis=-1) if hidden_norm else z
 
-  Returns (loss, logits, labels): the loss is CE([ab|aa]) + CE([ba|bb]) averaged over the local batch, where
-  each view's negatives are all other examples of both views across the global batch. `logits` are the first view's
-  logits against the second view's (logits_ab, [B, global batch]), for the contrastive accuracy and entropy.
 
-  With a memory of negatives (`memory` [K, D], keys as they will be compared, i.e. already normalised with
-  hidden_norm, and `memory_valid` [K] bool, the slots that hold a key), each view's logits also hold its similarity
-  to every valid key, as negatives: CE([ab|aa|am]) + CE([ba|bb|bm]); `logits` and `labels` then cover
-  [ab|am], so the accuracy and entropy are measured against the enlarged set of negatives.
-
-  With `keys` (k1, k2) [global batch, D] (already gathered across replicas in replica order, compared as given: a
-  momentum network's normalised projections of the two views), the anchors z1 and z2 are compared with the keys
-  instead of with each other, as in MoCo: a[i]'s positive is k2[global index of i], its negatives k2[j] and k1[j]
-  for every other j of the global batch (and the memory). No gradient flows into the keys. Without keys, the keys
-  are z1 and z2 themselves: SimCLR.
-  """
-  z1 = tf.cast(z1, tf.float32)
-  z2 = tf.cast(z2, tf.float32)
-  if hidden_norm:
-    z1 = tf.math.l2_normalize(z1, axis=-1)
-    z2 = tf.math.l2_normalize(z2, axis=-1)
+def _contrast(z1, z2, k1_all, k2_all, temperature: float, memory=None, memory_valid=None):
+  """The one computation of every NT-Xent below: anchors z1, z2 [B, D] (local batch, as compared) against keys
+  k1_all, k2_all [global batch, D] (gathered in replica order; this replica's own images at replica_offset) and an
+  optional memory of extra negatives. Returns (loss, logits, labels) as nt_xent documents them."""
   local_batch = tf.shape(z1)[0]
-  if keys is None:
-    k1_all, k2_all = cross_replica_concat(z1), cross_replica_concat(z2)
-  else:
-    k1_all, k2_all = (tf.stop_gradient(tf.cast(k, tf.float32)) for k in keys)
   global_batch = tf.shape(k1_all)[0]
   positives = replica_offset(local_batch) + tf.range(local_batch)
   labels = tf.one_hot(positives, global_batch * 2)
@@ -92,6 +74,41 @@ def nt_xent(z1: tf.Tensor, z2: tf.Tensor, temperature: float, hidden_norm: bool 
   loss_a = tf.nn.softmax_cross_entropy_with_logits(labels, tf.concat(logits_a, axis=1))
   loss_b = tf.nn.softmax_cross_entropy_with_logits(labels, tf.concat(logits_b, axis=1))
   return tf.reduce_mean(loss_a + loss_b), metric_logits, metric_labels
+
+
+def nt_xent(z1: tf.Tensor, z2: tf.Tensor, temperature: float, hidden_norm: bool = True):
+  """SimCLR's contrastive loss of two views' projections [B, D] (local batch).
+
+  Returns (loss, logits, labels): the loss is CE([ab|aa]) + CE([ba|bb]) averaged over the local batch, where
+  each view's negatives are all other examples of both views across the global batch. `logits` are the first view's
+  logits against the second view's (logits_ab, [B, global batch]) and `labels` their one-hot positives, for the
+  contrastive accuracy and entropy.
+  """
+  z1, z2 = _normalised(z1, hidden_norm), _normalised(z2, hidden_norm)
+  return _contrast(z1, z2, cross_replica_concat(z1), cross_replica_concat(z2), temperature)
+
+
+def nt_xent_with_memory(z1: tf.Tensor, z2: tf.Tensor, temperature: float, memory: tf.Tensor,
+                        memory_valid: tf.Tensor, hidden_norm: bool = True):
+  """nt_xent with a memory of extra negatives: `memory` [K, D], keys as they will be compared (already normalised
+  with hidden_norm), and `memory_valid` [K] bool, the slots that hold a key. Each view's logits also hold its
+  similarity to every valid key, as negatives: CE([ab|aa|am]) + CE([ba|bb|bm]); `logits` and `labels` then cover
+  [ab|am], so the accuracy and entropy are measured against the enlarged set of negatives."""
+  z1, z2 = _normalised(z1, hidden_norm), _normalised(z2, hidden_norm)
+  return _contrast(z1, z2, cross_replica_concat(z1), cross_replica_concat(z2), temperature, memory, memory_valid)
+
+
+def nt_xent_against_keys(z1: tf.Tensor, z2: tf.Tensor, keys: Tuple[tf.Tensor, tf.Tensor], temperature: float,
+                         hidden_norm: bool = True, memory: Optional[tf.Tensor] = None,
+                         memory_valid: Optional[tf.Tensor] = None):
+  """NT-Xent of the anchors z1, z2 [B, D] (local batch) against keys (k1, k2) [global batch, D] instead of against
+  each other, as in MoCo: the keys are a momentum network's normalised projections of the two views, gathered across
+  replicas in replica order, compared as given. a[i]'s positive is k2[global index of i], its negatives k2[j] and
+  k1[j] for every other j of the global batch (and the memory's valid keys, as in nt_xent_with_memory). No gradient
+  flows into the keys. Returns (loss, logits, labels) as nt_xent_with_memory."""
+  z1, z2 = _normalised(z1, hidden_norm), _normalised(z2, hidden_norm)
+  k1_all, k2_all = (tf.stop_gradient(tf.cast(k, tf.float32)) for k in keys)
+  return _contrast(z1, z2, k1_all, k2_all, temperature, memory, memory_valid)
 
 
 def contrastive_metrics(logits_ab: tf.Tensor, labels: tf.Tensor):

@@ -44,14 +44,14 @@ def test_the_loss_with_a_memory_compares_the_views_with_the_keys_and_the_valid_q
   valid = np.arange(10) < 7
   keys[2] = z1[4] / np.linalg.norm(z1[4])  # a valid key nearer to anchor 4 than its positive
   t = lambda x: tf.constant(x, tf.float32)
-  loss, logits, labels = losses.nt_xent(t(z1), t(z2), 0.5, memory=t(keys), memory_valid=tf.constant(valid))
+  loss, logits, labels = losses.nt_xent_with_memory(t(z1), t(z2), 0.5, t(keys), tf.constant(valid))
   expected_loss, expected_accuracy = direct_loss_with_memory(z1, z2, keys, valid, 0.5)
   np.testing.assert_allclose(loss.numpy(), expected_loss, rtol=1e-5)
   accuracy, _ = losses.contrastive_metrics(logits, labels)
   assert accuracy.numpy() == pytest.approx(expected_accuracy) and expected_accuracy < 1
   assert logits.shape == (6, 6 + 10)
   # An empty memory is plain NT-Xent.
-  empty, _, _ = losses.nt_xent(t(z1), t(z2), 0.5, memory=t(keys), memory_valid=tf.zeros([10], tf.bool))
+  empty, _, _ = losses.nt_xent_with_memory(t(z1), t(z2), 0.5, t(keys), tf.zeros([10], tf.bool))
   plain, _, _ = losses.nt_xent(t(z1), t(z2), 0.5)
   np.testing.assert_allclose(empty.numpy(), plain.numpy(), rtol=1e-6)
 
@@ -62,7 +62,8 @@ def test_the_loss_with_a_memory_compares_the_views_with_the_keys_and_the_valid_q
   a, b, ka, kb = t(z1), t(z2), t(k1), t(k2)
   with tf.GradientTape(persistent=True) as tape:
     tape.watch([a, ka, kb])
-    loss, logits, labels = losses.nt_xent(a, b, 0.5, memory=t(keys), memory_valid=tf.constant(valid), keys=(ka, kb))
+    loss, logits, labels = losses.nt_xent_against_keys(a, b, (ka, kb), 0.5, memory=t(keys),
+                                                        memory_valid=tf.constant(valid))
   expected_loss, expected_accuracy = direct_loss_with_memory(z1, z2, keys, valid, 0.5, k1, k2)
   np.testing.assert_allclose(loss.numpy(), expected_loss, rtol=1e-5)
   assert abs(expected_loss - direct_loss_with_memory(z1, z2, keys, valid, 0.5)[0]) > 0.01  # the keys matter
@@ -97,7 +98,8 @@ def test_a_step_compares_with_the_momentum_keys_enqueues_them_and_moves_the_mome
   assert [below(w) for w in online_weights] == [below(w) for w in momentum_weights]
   for a, b in zip(online_weights, momentum_weights):
     np.testing.assert_array_equal(a.numpy(), b.numpy())  # it starts as a copy
-  for w in momentum.encoder_and_head_weights(negatives_network, True):  # as if it lagged: its keys differ from the views
+  # As if it lagged: its keys differ from the views.
+  for w in momentum.encoder_and_head_weights(negatives_network, True):
     w.assign(w + tf.random.stateless_normal(w.shape, [3, 4], stddev=0.05))
   before = [w.numpy() for w in momentum.encoder_and_head_weights(negatives_network, True)]
   images = tf.random.stateless_uniform([8, 32, 32, 6], [1, 2])
@@ -106,7 +108,7 @@ def test_a_step_compares_with_the_momentum_keys_enqueues_them_and_moves_the_mome
   # training mode, so its moving statistics, which this also moves, do not enter).
   keys = tf.math.l2_normalize(negatives_network(views, training=True)['proj_head_output'], axis=-1)
   z1, z2 = tf.split(task.model(views, training=True)['proj_head_output'], 2, axis=0)
-  expected_loss, _, _ = losses.nt_xent(z1, z2, config.temperature, keys=tuple(tf.split(keys, 2, axis=0)))
+  expected_loss, _, _ = losses.nt_xent_against_keys(z1, z2, tuple(tf.split(keys, 2, axis=0)), config.temperature)
   metrics = loop.make_replica_update(task, 1)({'image': images})
   np.testing.assert_allclose(metrics['contrast_loss'].numpy(), expected_loss.numpy(), rtol=1e-5)
   simclr_loss, _, _ = losses.nt_xent(z1, z2, config.temperature)

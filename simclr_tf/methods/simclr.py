@@ -35,9 +35,13 @@ def contrastive_replica_step(model, config: Config, num_classes: int,
     images = stacked_views(batch)
     outputs = model(images, training=True)
     z1, z2 = tf.split(outputs['proj_head_output'], 2, axis=0)
-    keys = negatives.keys(images) if negatives else None
-    queued, valid = negatives.negatives() if negatives else (None, None)
-    con_loss, logits, labels = losses.nt_xent(z1, z2, config.temperature, config.hidden_norm, queued, valid, keys)
+    if negatives:
+      keys = negatives.keys(images)
+      queued, valid = negatives.negatives()
+      con_loss, logits, labels = losses.nt_xent_against_keys(z1, z2, keys, config.temperature, config.hidden_norm,
+                                                             queued, valid)
+    else:
+      con_loss, logits, labels = losses.nt_xent(z1, z2, config.temperature, config.hidden_norm)
     accuracy, entropy = losses.contrastive_metrics(logits, labels)
     decay = weight_decay_loss(model, config.optim)
     loss = con_loss + decay
