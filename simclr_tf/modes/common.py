@@ -1,5 +1,6 @@
 """What several modes share: the rules for paths, the lock of a training mode, the labelled training split, the
-starting weights of fine-tuning and distillation, the SavedModel at the end, the evaluation at the end."""
+classifier of fine-tuning and distillation and its starting weights, the end of every training mode (fit, then the
+SavedModel), the evaluation at the end."""
 
 import functools
 import logging
@@ -14,7 +15,9 @@ from simclr_tf.data import inputs
 from simclr_tf.errors import UserError
 from simclr_tf.evaluation import evaluate, write_result
 from simclr_tf.models.registry import ENCODERS
-from simclr_tf.models.simclr import HEAD_OUTPUTS
+from simclr_tf.models.simclr import HEAD_OUTPUTS, build_model
+from simclr_tf.optim.build import learning_rate_schedule, make_optimizer
+from simclr_tf.training.loop import Task, fit
 
 log = logging.getLogger('simclr_tf')
 
@@ -205,6 +208,28 @@ def initialise_from_checkpoint(config: Config, model, without_checkpoint: str) -
   count, layout = weights.restore(model, model.encoder.weights + model.projection_head.weights, config.checkpoint,
                                   allow_partial=config.partial_checkpoint)
   log.info('initialised %d encoder and projection-head variables from %s (%s)', count, config.checkpoint, layout)
+
+
+def build_classifier(config: Config, strategy, source: inputs.Source, num_classes: int, class_names,
+                     without_checkpoint: str):
+  """(model, optimizer) of the modes that train a classifier (fine-tuning, distillation's student): built in the
+  strategy's scope with a supervised head of `num_classes` named by `class_names`, the optimizer's schedule over
+  `source`, the starting weights from --checkpoint (initialise_from_checkpoint; `without_checkpoint` is logged
+  when there is none)."""
+  with strategy.scope():
+    model = build_model(config.architecture, num_classes=num_classes, pretraining=False, class_names=class_names)
+    optimizer = make_optimizer(config.optim, learning_rate_schedule(config.optim, source.num_examples))
+  initialise_from_checkpoint(config, model, without_checkpoint)
+  return model, optimizer
+
+
+def fit_and_export(config: Config, strategy, task: Task, measurements=(), exported=None) -> int:
+  """The end every training mode shares: fit `task` (resuming from model_dir's latest checkpoint; `measurements`
+  logged along), then export `exported` (default: the task's model) as export_at_end says. Returns the final
+  step."""
+  step = fit(config, strategy, task, measurements)
+  export_at_end(config, strategy, task.model if exported is None else exported, step)
+  return step
 
 
 def export_at_end(config: Config, strategy, model, step: int) -> Optional[str]:

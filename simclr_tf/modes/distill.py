@@ -12,10 +12,9 @@ from simclr_tf.config import Config
 from simclr_tf.data import inputs, views
 from simclr_tf.errors import UserError
 from simclr_tf.models.registry import ENCODERS
-from simclr_tf.models.simclr import build_model
 from simclr_tf.modes import common
-from simclr_tf.optim.build import learning_rate_schedule, make_optimizer, weight_decay_loss
-from simclr_tf.training.loop import Task, fit
+from simclr_tf.optim.build import weight_decay_loss
+from simclr_tf.training.loop import Task
 
 log = logging.getLogger('simclr_tf')
 
@@ -71,18 +70,14 @@ def run(config: Config, strategy: tf.distribute.Strategy) -> Dict[str, float]:
   num_classes = int(teacher.supervised_head.dense.kernel.shape[-1])
   if alpha > 0 and teacher.class_names:  # the labels, as the teacher numbers the classes
     source = inputs.by_name(source, teacher.class_names, 'the teacher')
-  with strategy.scope():
-    student = build_model(config.architecture, num_classes=num_classes, pretraining=False,
-                          class_names=teacher.class_names)
-    optimizer = make_optimizer(config.optim, learning_rate_schedule(config.optim, source.num_examples))
-  common.initialise_from_checkpoint(config, student, 'the student starts from random weights')
+  student, optimizer = common.build_classifier(config, strategy, source, num_classes, teacher.class_names,
+                                               'the student starts from random weights')
   log.info('distilling %s (teacher) into %s at T=%g%s', teacher_prefix,
            ENCODERS[config.encoder].describe(config.architecture), config.distill_temperature,
            f', label weight {alpha}' if alpha else '')
   task = Task(student, optimizer, source, views.finetune_views(config.augmentation),
               distillation_replica_step(student, teacher, config))
-  step = fit(config, strategy, task)
-  common.export_at_end(config, strategy, student, step)
+  step = common.fit_and_export(config, strategy, task)
   result = common.evaluate_and_record(config, strategy, student, step, teacher=teacher_prefix,
                                       teacher_model=teacher)
   return result or {'step': step}

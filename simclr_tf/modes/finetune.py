@@ -9,10 +9,9 @@ import tensorflow as tf
 from simclr_tf import losses, metrics
 from simclr_tf.config import Config
 from simclr_tf.data import views
-from simclr_tf.models.simclr import build_model
 from simclr_tf.modes import common
-from simclr_tf.optim.build import learning_rate_schedule, make_optimizer, weight_decay_loss
-from simclr_tf.training.loop import Task, fit
+from simclr_tf.optim.build import weight_decay_loss
+from simclr_tf.training.loop import Task
 
 log = logging.getLogger('simclr_tf')
 
@@ -39,17 +38,14 @@ def supervised_replica_step(model, config: Config):
 def run(config: Config, strategy: tf.distribute.Strategy) -> Dict[str, float]:
   source = common.labelled_train_source(config, strategy)
   num_classes = config.num_classes or source.num_classes
-  with strategy.scope():
-    model = build_model(config.architecture, num_classes=num_classes, pretraining=False,
-                        class_names=source.class_names if num_classes == source.num_classes else ())
-    optimizer = make_optimizer(config.optim, learning_rate_schedule(config.optim, source.num_examples))
-  common.initialise_from_checkpoint(config, model, 'fine-tuning starts from random weights (the supervised baseline)')
+  model, optimizer = common.build_classifier(
+      config, strategy, source, num_classes, source.class_names if num_classes == source.num_classes else (),
+      'fine-tuning starts from random weights (the supervised baseline)')
   if config.fine_tune_after_block >= 0:
     log.info('frozen: stem%s (weights and batch-norm statistics)',
              f' and block groups 1..{config.fine_tune_after_block}' if config.fine_tune_after_block else '')
   task = Task(model, optimizer, source, views.finetune_views(config.augmentation),
               supervised_replica_step(model, config))
-  step = fit(config, strategy, task)
-  common.export_at_end(config, strategy, model, step)
+  step = common.fit_and_export(config, strategy, task)
   result = common.evaluate_and_record(config, strategy, model, step, initialised_from=config.checkpoint or 'random')
   return result or {'step': step}

@@ -14,7 +14,7 @@ from simclr_tf.evaluation import knn_evaluate
 from simclr_tf.methods import METHODS
 from simclr_tf.modes import common
 from simclr_tf.optim.build import epoch_period
-from simclr_tf.training.loop import Measurement, Task, fit
+from simclr_tf.training.loop import Measurement, Task
 
 log = logging.getLogger('simclr_tf')
 
@@ -74,8 +74,8 @@ def run(config: Config, strategy: tf.distribute.Strategy) -> Dict[str, float]:
   task = make_task(config, strategy, source, num_classes)
   task.first_batch = lambda batch: write_view_pairs(config, task.views, batch)
   monitor = knn_monitor(config, task.model, source)
-  step = fit(config, strategy, task, [monitor] if monitor else [])
-  common.export_at_end(config, strategy, METHODS[config.method].exported_model(config, task), step)
+  step = common.fit_and_export(config, strategy, task, [monitor] if monitor else [],
+                               METHODS[config.method].exported_model(config, task))
   knn = {}
   if monitor and monitor.last:
     knn = {'knn_top1': monitor.last['knn_top1'], 'knn_top5': monitor.last['knn_top5'],
