@@ -77,11 +77,20 @@ def unlabeled_dir(tmp_path_factory, shapes_dir):
   return str(root)
 
 
+# The environment of every run.py subprocess: TensorFlow's C++ logs quiet, Python's output unbuffered (tests that
+# read a run's progress while it runs see each line when it is written).
+SUBPROCESS_ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', PYTHONUNBUFFERED='1')
+
+
+def run_py_command(*args) -> list:
+  """The argv of `python run.py ARGS` with this interpreter."""
+  return [sys.executable, os.path.join(ROOT, 'run.py'), *args]
+
+
 def run_cli(*args, timeout=300, env=None):
   """Runs `python run.py ARGS` and returns the CompletedProcess (text output)."""
-  full_env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', **(env or {}))
-  return subprocess.run([sys.executable, os.path.join(ROOT, 'run.py'), *args], capture_output=True, text=True,
-                        timeout=timeout, cwd=ROOT, env=full_env)
+  return subprocess.run(run_py_command(*args), capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+                        env=dict(SUBPROCESS_ENV, **(env or {})))
 
 
 def run_here(*args):
@@ -140,6 +149,13 @@ def checkpoint_values(model_dir) -> dict:
   reader = tf.train.load_checkpoint(path)
   return {k: reader.get_tensor(k) for k, _ in tf.train.list_variables(path)
           if k not in ('_CHECKPOINTABLE_OBJECT_GRAPH', CHECKPOINT_KEY)}
+
+
+def model_values(model_dir) -> dict:
+  """{path in the model: value} of the latest checkpoint of model_dir (read through its object graph, as every
+  reader of ours reads it: the model's variables only, under the names the model gives them)."""
+  from simclr_tf import weights
+  return weights.WeightFile(tf.train.latest_checkpoint(str(model_dir))).model_values()
 
 
 def run_interrupted_then_resumed(config, monkeypatch, stop_after_step: int = 3):

@@ -10,14 +10,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import run_here
+from conftest import run_here, tiny_flags
 from simclr_tf import weights
 from simclr_tf.config import Config
 from simclr_tf.data import inputs
 
-TINY = ['--resnet_depth=18', '--width_multiplier=0.125', '--image_size=32', '--proj_out_dim=8',
-        '--dataset=image_folder', '--eval_batch_size=8', '--train_batch_size=8', '--use_blur=false',
-        '--warmup_epochs=0', '--checkpoint_epochs=0', '--export_at_end=false']
+TINY = tiny_flags(proj_out_dim=8, dataset='image_folder', eval_batch_size=8, checkpoint_epochs=0)
 
 
 def folder(root, layout: dict, shapes_dir):

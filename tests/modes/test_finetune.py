@@ -7,8 +7,7 @@ import pytest
 import tensorflow as tf
 
 import run as run_py
-from conftest import run_cli, tiny_config
-from simclr_tf import weights
+from conftest import model_values, run_cli, tiny_config
 from simclr_tf.data import inputs
 from simclr_tf.models.simclr import build_model
 
@@ -18,11 +17,6 @@ def pretrained(tmp_path_factory, shapes_dir):
   model_dir = str(tmp_path_factory.mktemp('pretrained'))
   run_py.run(tiny_config(dataset='image_folder', data_dir=shapes_dir, model_dir=model_dir, train_steps=2))
   return model_dir
-
-
-def values(model_dir):
-  """{path in the model: value} of the latest checkpoint of model_dir."""
-  return weights.WeightFile(tf.train.latest_checkpoint(model_dir)).model_values()
 
 
 def test_finetune_other_classes_frozen_then_eval(tmp_path, shapes_dir, pretrained):
@@ -35,7 +29,7 @@ def test_finetune_other_classes_frozen_then_eval(tmp_path, shapes_dir, pretraine
                        learning_rate=0.5)
   result = run_py.run(config.validate())
   assert result['num_examples'] == 40 and result['initialised_from'] == pretrained
-  before, after = values(pretrained), values(str(model_dir))
+  before, after = model_values(pretrained), model_values(model_dir)
   encoder = [k for k in after if k.startswith('resnet/')]
   assert any('moving_mean' in k for k in encoder)
   for k in encoder:
@@ -62,7 +56,7 @@ def test_full_finetune_changes_encoder_and_resumes(tmp_path, shapes_dir, pretrai
   config = tiny_config(mode='finetune', dataset='image_folder', data_dir=shapes_dir, model_dir=str(tmp_path),
                        checkpoint=pretrained, ft_proj_selector=0, train_steps=2)
   run_py.run(config)
-  before, after = values(pretrained), values(str(tmp_path))
+  before, after = model_values(pretrained), model_values(tmp_path)
   assert not np.array_equal(after['resnet/stem/conv0/conv/conv/_kernel'],
                             before['resnet/stem/conv0/conv/conv/_kernel'])
   assert not any(k.startswith('projection_head/') for k in after)  # selector 0: the head input

@@ -8,7 +8,6 @@ import random
 import signal
 import socket
 import subprocess
-import sys
 import time
 
 import numpy as np
@@ -16,7 +15,7 @@ import pytest
 import tensorflow as tf
 
 import run as run_py
-from conftest import ROOT, tiny_config, tiny_flags
+from conftest import SUBPROCESS_ENV, run_py_command, tiny_config, tiny_flags
 from simclr_tf import preemption, runlock, weights
 from simclr_tf.config import Config
 from simclr_tf.errors import UserError
@@ -25,9 +24,8 @@ TINY = tiny_flags(dataset='image_folder', eval_batch_size=8, checkpoint_epochs=0
 
 
 def start(args, cwd, tiny=True, **popen):
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', PYTHONUNBUFFERED='1')
-  return subprocess.Popen([sys.executable, os.path.join(ROOT, 'run.py'), *(TINY if tiny else []), *args],
-                          cwd=str(cwd), env=env, text=True, **popen)
+  return subprocess.Popen(run_py_command(*(TINY if tiny else []), *args), cwd=str(cwd), env=SUBPROCESS_ENV,
+                          text=True, **popen)
 
 
 def cli(args, cwd, timeout=300, tiny=True):

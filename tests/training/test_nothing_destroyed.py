@@ -18,15 +18,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import ROOT, run_cli, tiny_config, tiny_flags
+from conftest import ROOT, SUBPROCESS_ENV, checkpoint_values, run_cli, run_py_command, tiny_config, tiny_flags
 from simclr_tf import weights
 
 TINY = tiny_flags(dataset='image_folder', log_every_steps=1)
-ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', PYTHONUNBUFFERED='1')
 
 
 def command(*args):
-  return [sys.executable, os.path.join(ROOT, 'run.py'), *TINY, *args]
+  return run_py_command(*TINY, *args)
 
 
 def one_error_line(proc, *expected):
@@ -177,8 +176,9 @@ def test_one_export_per_target_at_a_time(tmp_path, trained, simclr_log):
   assert not os.path.exists(export.lock_path(str(target))) and export.is_our_saved_model(str(target))
   # Two exports started at once: each either finished (its SavedModel whole, with its record) or was refused in
   # one line; never both "exported" over each other.
-  cmd = [sys.executable, os.path.join(ROOT, 'run.py'), *export_args]
-  procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=ENV)
+  cmd = run_py_command(*export_args)
+  procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                            env=SUBPROCESS_ENV)
            for _ in range(2)]
   outcomes = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
   for code, stderr in outcomes:
@@ -282,7 +282,7 @@ def test_a_server_polling_the_versions_always_loads_a_whole_saved_model(tmp_path
   from conftest import run_here
   base, stop = tmp_path / 'served', tmp_path / 'stop'
   poller = subprocess.Popen([sys.executable, '-c', POLLER, str(base), str(stop)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=ENV)
+                            stderr=subprocess.PIPE, text=True, env=SUBPROCESS_ENV)
   try:
     while not os.path.exists(str(stop) + '.ready'):
       assert poller.poll() is None, poller.stderr.read()[-2000:]
@@ -432,7 +432,8 @@ def test_a_signal_during_the_export_leaves_the_old_saved_model_and_no_lock(tmp_p
   # Rerunning the finished training exports again; the signal comes while the new SavedModel is being written.
   cmd = command(f'--data_dir={shapes_dir}', f'--model_dir={run}', '--train_steps=2', '--checkpoint_steps=1',
                 '--export_at_end=true')
-  proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=ENV)
+  proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                          env=SUBPROCESS_ENV)
   partial = run / 'saved_model.simclr-tf-partial'
   while not (partial / 'config.json').exists():
     assert proc.poll() is None, proc.stderr.read()[-2000:]
@@ -587,22 +588,17 @@ def fault_command(base, data_dir, entry=None):
 WRITE_HARNESS = os.path.join(ROOT, 'tests', 'crash_during_write.py')
 
 
-def model_values(model_dir):
-  from conftest import checkpoint_values
-  return checkpoint_values(model_dir)
-
-
 @pytest.fixture(scope='module')
 def uninterrupted(tmp_path_factory, shapes_dir):
   """The weights of an uninterrupted run, and the number of small-file writes it made."""
   base = tmp_path_factory.mktemp('uninterrupted')
   writes = base / 'writes.log'
   proc = subprocess.run(fault_command(base, shapes_dir, WRITE_HARNESS), capture_output=True, text=True, cwd=ROOT,
-                        env=dict(ENV, WRITES_LOG=str(writes)), timeout=600)
+                        env=dict(SUBPROCESS_ENV, WRITES_LOG=str(writes)), timeout=600)
   assert proc.returncode == 0, proc.stderr[-2000:]
   names = writes.read_text().split()
   assert {'config.json', 'metrics.jsonl', 'run.lock', 'eval_test.json'} <= set(names), names
-  return model_values(base / 'run'), len(names)
+  return checkpoint_values(base / 'run'), len(names)
 
 
 def assert_nothing_or_a_saved_model_that_loads(export):
@@ -643,9 +639,9 @@ def test_sigkill_at_seeded_moments_then_rerun(tmp_path, shapes_dir, uninterrupte
   if event[0] == 'write':
     proc = subprocess.Popen(fault_command(base, shapes_dir, WRITE_HARNESS), stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, cwd=ROOT,
-                            env=dict(ENV, KILL_AT_WRITE=str(event[1]), KILL_HOW=event[2]))
+                            env=dict(SUBPROCESS_ENV, KILL_AT_WRITE=str(event[1]), KILL_HOW=event[2]))
   else:
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT, env=ENV)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT, env=SUBPROCESS_ENV)
     while not happened(event, run, export):
       assert proc.poll() is None, f'{event} never happened: ' + proc.stderr.read().decode()[-2000:]
       time.sleep(0.0005)
@@ -656,12 +652,12 @@ def test_sigkill_at_seeded_moments_then_rerun(tmp_path, shapes_dir, uninterrupte
       proc.stderr.read().decode()[-2000:]
   assert_nothing_or_a_saved_model_that_loads(export)
 
-  rerun = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=ENV, timeout=600)
+  rerun = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=SUBPROCESS_ENV, timeout=600)
   assert rerun.returncode == 0, f'{event}: ' + rerun.stderr[-2000:]
   resumed = [line for line in rerun.stdout.splitlines() if 'resuming from' in line]
   if resumed:  # from a complete checkpoint: it is listed in the state file and readable
     assert 'cannot be read' not in rerun.stdout
-  values = model_values(run)
+  values = checkpoint_values(run)
   assert sorted(values) == sorted(weights_uninterrupted)
   for key, value in weights_uninterrupted.items():
     np.testing.assert_array_equal(values[key], value, err_msg=f'{event}: {key}')

@@ -11,15 +11,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import ROOT, run_cli, tiny_flags
+from conftest import ROOT, run_cli, run_py_command, tiny_flags
 from simclr_tf import record
 
 TINY = tiny_flags(dataset='image_folder', log_every_steps=1)
 
 
 def command(model_dir, data_dir, *extra):
-  return [sys.executable, os.path.join(ROOT, 'run.py'), *TINY, f'--data_dir={data_dir}',
-          f'--model_dir={model_dir}', *extra]
+  return run_py_command(*TINY, f'--data_dir={data_dir}', f'--model_dir={model_dir}', *extra)
 
 
 def assert_checkpoints_intact(model_dir, final_step):
