@@ -1,6 +1,6 @@
 """--mode=export: a checkpoint or SavedModel of any supported layout (ours, or the paper's reference code's) ->
 this project's SavedModel at --export_dir (default: model_dir/saved_model). With --export_momentum_network, the
-momentum network of a pretraining checkpoint with a memory of negatives."""
+momentum network of a pretraining checkpoint with a memory of negatives or of BYOL (its target)."""
 
 import logging
 from typing import Dict

@@ -60,9 +60,9 @@ def load_model(config=None, path: str = '', strategy: tf.distribute.Strategy = N
   `load_model(config, path)` to set what the record does not decide (precision, --partial_checkpoint) or what a
   config's non-default fields say (`given`: the fields set on purpose; a contradiction with the record is one
   UserError). adopt=False builds `config` as it is (its architecture already adopted). The model knows its class
-  names (model.class_names, in label order: () when not recorded). network='momentum_network' loads the memory's
-  momentum copy instead (see WeightFile). `name`: the Keras model's name (default: a unique one). Returns (model, the
-  file's WeightFile)."""
+  names (model.class_names, in label order: () when not recorded). network='momentum_network' loads the momentum
+  copy instead (the memory's, or BYOL's target; see WeightFile). `name`: the Keras model's name (default: a unique
+  one). Returns (model, the file's WeightFile)."""
   from simclr_tf.config import Config
   from simclr_tf.models.simclr import build_model
   from simclr_tf.weights import architecture

@@ -74,8 +74,8 @@ class WeightFile:
   index is opened once)."""
 
   def __init__(self, path: str, flag: str = 'checkpoint', network: str = 'model'):
-    """network: which network of the file is 'the model' (model_paths): 'model', or 'momentum_network', the memory
-    of negatives' momentum copy in a checkpoint of pretraining with --memory_size."""
+    """network: which network of the file is 'the model' (model_paths): 'model', or 'momentum_network', the momentum
+    copy in a checkpoint of pretraining with --memory_size (the memory of negatives') or --method=byol (the target)."""
     if not is_saved_model(path) and checkpoints.latest_checkpoint(path) is None and saved_model_in(path):
       path = saved_model_in(path)
     self.path = path
@@ -97,7 +97,7 @@ class WeightFile:
     self.layout = self._detect()
     if network != 'model' and not (self.ours and any(p.startswith(network + '/') for p in self.keys)):
       raise UserError(f'--{flag}={path} holds no {network} (a momentum network is in checkpoints of pretraining '
-                      f'with --memory_size only).')
+                      f'with --memory_size or --method=byol only).')
 
   def _detect(self) -> str:
     from simclr_tf.models.registry import ENCODERS

@@ -94,6 +94,14 @@ def test_a_byol_run_is_used_as_a_simclr_run_is(byol_run, shapes_dir, tmp_path, s
   loaded = tf.saved_model.load(os.path.join(byol_run, 'saved_model'))
   np.testing.assert_allclose(loaded(images, trainable=False)['final_avg_pool'],
                              model(images, training=False)['final_avg_pool'], atol=1e-5)
+  # --export_momentum_network exports the target instead, as for the memory of negatives.
+  code, result = run_here('--mode=export', f'--checkpoint={byol_run}', '--export_momentum_network',
+                          f'--export_dir={tmp_path / "target"}')
+  assert code == 0, result
+  target, _ = weights.load_model(tiny_config(), byol_run, tf.distribute.get_strategy(), network='momentum_network')
+  exported = tf.saved_model.load(str(tmp_path / 'target'))(images, trainable=False)['final_avg_pool']
+  np.testing.assert_allclose(exported, target(images, training=False)['final_avg_pool'], atol=1e-5)
+  assert not np.allclose(exported, model(images, training=False)['final_avg_pool'], atol=1e-5)
   # Fine-tuning, distillation from that, embeddings and kNN read it as any pretraining run.
   finetuned = str(tmp_path / 'ft')
   code, result = run_here('--mode=finetune', f'--checkpoint={byol_run}', '--ft_proj_selector=1', *data,
