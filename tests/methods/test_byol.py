@@ -61,7 +61,7 @@ def test_the_target_follows_the_schedule_and_a_resumed_run_is_exact(tmp_path, sh
     assert len(network.weights) == (7 if name == 'predictor' else len(task.model.encoder.weights +
                                                                        task.model.projection_head.weights))
   assert all(not np.allclose(a, b) for a, b in zip(initial, task.extra_checkpoint['predictor'].weights)
-             if a.std() > 0)  # trained: every weight of it moved (but the zero-initialised ones that stayed)
+             if a.std() > 0)  # trained: its random-initialised weights (the kernels) moved
 
   # Between two checkpoints the target moved by the schedule's tau at that update: w' = tau w'_prev + (1 - tau) w,
   # weight by weight (read through the checkpoints' object graph, as every reader of ours does).
