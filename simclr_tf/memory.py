@@ -64,8 +64,6 @@ class NegativesMemory:
 
   def __init__(self, config: Config, online, momentum_network):
     self.config = config
-    self.online = online
-    self.momentum_network = momentum_network
     self.ema = MomentumNetwork(online, momentum_network)
     self.queue = KeyQueue(config.memory_size, config.proj_out_dim)
 
@@ -74,14 +72,14 @@ class NegativesMemory:
     self.ema.start_from_online()
 
   def negatives(self):
-    """(keys [K, D], valid [K] bool) to pass to losses.nt_xent."""
+    """(keys [K, D], valid [K] bool) to pass to losses.nt_xent_against_keys."""
     return tf.convert_to_tensor(self.queue.keys), self.queue.valid()
 
   def keys(self, images: tf.Tensor):
     """(k1, k2): the momentum network's normalised projections of the two views (`images`: the views stacked along
     the batch axis, local batch), without gradient, gathered across replicas ([global batch, D] each): the step's
     keys, for losses.nt_xent and then the queue."""
-    projections = self.momentum_network(images, training=True)['proj_head_output']
+    projections = self.ema.target(images, training=True)['proj_head_output']
     keys = tf.stop_gradient(tf.cast(projections, tf.float32))
     if self.config.hidden_norm:
       keys = tf.math.l2_normalize(keys, axis=-1)
@@ -94,7 +92,7 @@ class NegativesMemory:
     assign_everywhere(self.queue.variables_in_order(), self.queue.enqueued(tf.concat(keys, axis=0)))
 
   def checkpoint_objects(self) -> dict:
-    return {'momentum_network': self.momentum_network, 'memory': self.queue}
+    return {'momentum_network': self.ema.target, 'memory': self.queue}
 
   def fill(self) -> tf.Tensor:
     """How full the queue is, in [0, 1]."""

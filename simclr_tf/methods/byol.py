@@ -28,10 +28,11 @@ from simclr_tf.config import Config
 from simclr_tf.data import views
 from simclr_tf.errors import UserError
 from simclr_tf.methods.momentum import MomentumNetwork
-from simclr_tf.methods.shared import linear_head_loss, stacked_views
+from simclr_tf.methods.shared import exported_model  # noqa: F401  (the method's: online, or the target)
+from simclr_tf.methods.shared import linear_head_loss, online_network, stacked_views
 from simclr_tf.models.heads import PredictorHead
 from simclr_tf.models.simclr import build_model
-from simclr_tf.optim.build import learning_rate_schedule, make_optimizer, total_steps, weight_decay_loss
+from simclr_tf.optim.build import total_steps, weight_decay_loss
 from simclr_tf.precision import policy_scope
 from simclr_tf.training.loop import Task
 
@@ -60,16 +61,13 @@ def regression_loss(predictions: tf.Tensor, targets: tf.Tensor) -> tf.Tensor:
 
 def make_task(config: Config, strategy: tf.distribute.Strategy, source, num_classes: int = 0,
               num_examples: int = 0) -> Task:
-  class_names = source.class_names if source is not None and num_classes else ()
-  num_examples = source.num_examples if source is not None else num_examples
   with strategy.scope():
-    model = build_model(config.architecture, num_classes=num_classes, pretraining=True, class_names=class_names)
+    model, optimizer, num_examples = online_network(config, source, num_classes, num_examples)
     target = build_model(config.architecture, pretraining=True)
     with policy_scope(config.precision):
       predictor = PredictorHead(config.predictor_hidden_dim or model.encoder.output_dim, config.proj_out_dim,
                                 config.batch_norm_decay, config.global_bn, name='predictor')
       predictor(tf.zeros([1, config.proj_out_dim]), training=False)
-    optimizer = make_optimizer(config.optim, learning_rate_schedule(config.optim, num_examples))
     momentum = MomentumNetwork(model, target)
     momentum.start_from_online()  # a resumed run then restores it
   steps = total_steps(config.optim, num_examples)
@@ -96,8 +94,3 @@ def make_task(config: Config, strategy: tf.distribute.Strategy, source, num_clas
   return Task(model, optimizer, source, views.pretrain_views(config.augmentation), replica_step,
               trainable=model.trainable_variables + predictor.trainable_variables, after_update=after_update,
               extra_checkpoint={'momentum_network': target, 'predictor': predictor})
-
-
-def exported_model(config: Config, task: Task):
-  """The online network, or with --export_momentum_network the target."""
-  return task.extra_checkpoint['momentum_network'] if config.export_momentum_network else task.model

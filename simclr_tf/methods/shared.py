@@ -1,9 +1,28 @@
-"""What every method's pretraining step shares: the two views of a batch, the linear head trained on a stop-gradient
-of the features (linear evaluation while pretraining), the decay term of the loss."""
+"""What every method shares: the online network and its optimizer, the two views of a batch, the linear head trained
+on a stop-gradient of the features (linear evaluation while pretraining), and which network a SavedModel holds."""
 
 import tensorflow as tf
 
 from simclr_tf import losses, metrics
+from simclr_tf.config import Config
+from simclr_tf.models.simclr import build_model
+from simclr_tf.optim.build import learning_rate_schedule, make_optimizer
+
+
+def online_network(config: Config, source, num_classes: int, num_examples: int):
+  """(model, optimizer, number of training examples) of a method (call it in the strategy's scope): the SimCLR model
+  being trained (its linear head, when num_classes > 0, named by the source's classes) and the optimizer, whose
+  schedule runs over the source's examples (`num_examples` without a source: benchmarks feed their own batches)."""
+  num_examples = source.num_examples if source is not None else num_examples
+  class_names = source.class_names if source is not None and num_classes else ()
+  model = build_model(config.architecture, num_classes=num_classes, pretraining=True, class_names=class_names)
+  return model, make_optimizer(config.optim, learning_rate_schedule(config.optim, num_examples)), num_examples
+
+
+def exported_model(config: Config, task):
+  """What a method's SavedModel holds: the trained (online) network, or with --export_momentum_network the task's
+  momentum network (the memory's, BYOL's target)."""
+  return task.extra_checkpoint['momentum_network'] if config.export_momentum_network else task.model
 
 
 def stacked_views(batch) -> tf.Tensor:

@@ -9,9 +9,10 @@ from simclr_tf import losses, memory
 from simclr_tf.config import Config
 from simclr_tf.data import views
 from simclr_tf.errors import UserError
-from simclr_tf.methods.shared import linear_head_loss, stacked_views
+from simclr_tf.methods.shared import exported_model  # noqa: F401  (the method's: the online network)
+from simclr_tf.methods.shared import linear_head_loss, online_network, stacked_views
 from simclr_tf.models.simclr import build_model
-from simclr_tf.optim.build import learning_rate_schedule, make_optimizer, weight_decay_loss
+from simclr_tf.optim.build import weight_decay_loss
 from simclr_tf.training.loop import Task
 
 
@@ -62,11 +63,8 @@ def contrastive_replica_step(model, config: Config, num_classes: int,
 
 def make_task(config: Config, strategy: tf.distribute.Strategy, source, num_classes: int = 0,
               num_examples: int = 0) -> Task:
-  class_names = source.class_names if source is not None and num_classes else ()
   with strategy.scope():
-    model = build_model(config.architecture, num_classes=num_classes, pretraining=True, class_names=class_names)
-    optimizer = make_optimizer(config.optim, learning_rate_schedule(config.optim, source.num_examples if source else
-                                                              num_examples))
+    model, optimizer, _ = online_network(config, source, num_classes, num_examples)
     negatives = None
     if config.memory_size:
       negatives = memory.NegativesMemory(config, model, build_model(config.architecture, pretraining=True))
@@ -75,8 +73,3 @@ def make_task(config: Config, strategy: tf.distribute.Strategy, source, num_clas
               contrastive_replica_step(model, config, num_classes, negatives),
               after_update=negatives.after_update if negatives else None,
               extra_checkpoint=negatives.checkpoint_objects() if negatives else {})
-
-
-def exported_model(config: Config, task: Task):
-  """The trained network, or with --export_momentum_network the memory's momentum network."""
-  return task.extra_checkpoint['momentum_network'] if config.export_momentum_network else task.model
