@@ -26,9 +26,9 @@ import common
 import numpy as np
 import tensorflow as tf
 
-from simclr_tf import files
 from simclr_tf.config import Config
 from simclr_tf.data import inputs, views
+from simclr_tf.runtime import files
 
 DATA = os.path.join(os.path.dirname(common.ROOT), 'shared', 'data', 'cifar10', 'train')
 

@@ -13,8 +13,8 @@ import tensorflow as tf
 _cpu = tf.config.list_physical_devices('CPU')[0]
 tf.config.set_logical_device_configuration(_cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 
-from simclr_tf import files  # noqa: E402
 from simclr_tf.modes import pretrain  # noqa: E402
+from simclr_tf.runtime import files  # noqa: E402
 from simclr_tf.training import make_replica_update  # noqa: E402
 from step_speed import model_config  # noqa: E402
 

@@ -13,8 +13,8 @@ import common
 import numpy as np
 import tensorflow as tf
 
-from simclr_tf import files
 from simclr_tf.modes import embed
+from simclr_tf.runtime import files
 
 
 def clustered(n: int, dims: int = 64, classes: int = 10, seed: int = 0) -> np.ndarray:

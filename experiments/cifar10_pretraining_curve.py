@@ -5,12 +5,12 @@ itself and into a network of half the width, and seeds at the longest pretrainin
 each stage does and why).
 
   LEDGER=experiments/results/cifar10_pretraining_curve/ledger
-  python experiments/cifar10_pretraining_curve.py --ledger=$LEDGER                  # everything, then the report
+  python -m experiments.cifar10_pretraining_curve --ledger=$LEDGER                  # everything, then the report
   # or its parts two at a time, one thread each on two cores (students once the 10% fine-tuning is done):
-  python experiments/cifar10_pretraining_curve.py --ledger=$LEDGER --part=pretrained --num_threads=1 &
-  python experiments/cifar10_pretraining_curve.py --ledger=$LEDGER --part=baseline --num_threads=1 &&
-  python experiments/cifar10_pretraining_curve.py --ledger=$LEDGER --part=students --num_threads=1
-  python experiments/cifar10_pretraining_curve.py --preset=fast     # every stage on a few images (15 minutes)
+  python -m experiments.cifar10_pretraining_curve --ledger=$LEDGER --part=pretrained --num_threads=1 &
+  python -m experiments.cifar10_pretraining_curve --ledger=$LEDGER --part=baseline --num_threads=1 &&
+  python -m experiments.cifar10_pretraining_curve --ledger=$LEDGER --part=students --num_threads=1
+  python -m experiments.cifar10_pretraining_curve --preset=fast     # every stage on a few images (15 minutes)
 
 The network and the pretraining recipe are those of the 12-epoch chain (experiments/cifar10_semisup.py: ResNet-18
 at width 0.25, CIFAR stem, batch 128, LARS at 1.0 x B/256, temperature 0.5, colour strength 0.5, no blur,
@@ -31,9 +31,10 @@ import subprocess
 import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-import cifar10_semisup as chain_lib  # noqa: E402  (the chain's stages, ledger and grid search)
+if not __package__:  # run as a file: `experiments` is not importable from here
+  sys.exit('error: run it from the repository root as a module: python -m experiments.cifar10_pretraining_curve ...')
+
+from experiments import stages as chain_lib  # noqa: E402  (the chain's stages, ledger and grid search)
 
 ROOT = chain_lib.ROOT
 
@@ -199,7 +200,7 @@ def main():
   if not os.path.isdir(os.path.join(options.data_dir, 'train')):
     sys.exit(f'error: --data_dir={options.data_dir} has no train/ split (expected ROOT/train/<class>/*.jpg).')
   data = chain_lib.link_subset(options.data_dir, out, *p['per_class']) if 'per_class' in p else options.data_dir
-  also_from = [os.path.join(HERE, p['also_from'])] if p['also_from'] else []
+  also_from = [os.path.join(ROOT, 'experiments', p['also_from'])] if p['also_from'] else []
   chain = chain_lib.Chain(out, chain_lib.git_commit(), options.ledger and os.path.abspath(options.ledger),
                           also_from=also_from, run_flags=chain_lib.threads(options))
 
@@ -288,7 +289,7 @@ def goals(p, results, seeds, curve):
 def write_report(out, p, report, timings, commit):
   """results.json (the chain's schema: rows with top1, students with teacher_top1; plus the curve and the seeds),
   results.md (the tables) and results.png (test top-1 against pretraining epochs, the baselines as lines)."""
-  from simclr_tf import files
+  from simclr_tf.runtime import files
   results, tuning, longest = report['results'], report['tuning'], max(p['kept_epochs'])
   curve = curve_rows(p, results)
   seeds = seed_summary(p, results, [f'finetune_e{longest}_1pct', f'finetune_e{longest}_10pct', 'supervised_1pct',
@@ -509,7 +510,7 @@ class Stages:
     the width trained from scratch (the supervised baseline's learning rate and crop at 10%)."""
     p, longest = self.p, self.longest
     teacher = os.path.join(self.chain.out, f'finetune_e{longest}_10pct')
-    from simclr_tf import checkpoints
+    from simclr_tf.runtime import checkpoints
     if not checkpoints.latest_checkpoint(teacher):  # its stage restored without its checkpoint: train it again
       self.chain.forget(f'finetune_e{longest}_10pct')
       self.results[f'finetune_e{longest}_10pct'] = self.finetune(longest, '10pct')

@@ -5,9 +5,9 @@ the tuned supervised baseline; then the widest network's fine-tuned models disti
 
   LEDGER=experiments/results/cifar10_width_study/ledger
   # the long pretraining of one width (hours; resumable across machines from the ledger):
-  python experiments/cifar10_width_study.py --ledger=$LEDGER --part=pretrain --width=0.5 --num_threads=1
+  python -m experiments.cifar10_width_study --ledger=$LEDGER --part=pretrain --width=0.5 --num_threads=1
 
-Each width is a chain of its own (experiments/cifar10_semisup.py's Chain) under OUT/w<width> and LEDGER/w<width>,
+Each width is a chain of its own (experiments/stages.py's Chain) under OUT/w<width> and LEDGER/w<width>,
 with the stage names of the pretraining curve (experiments/cifar10_pretraining_curve.py): pretrain, knn_e50,
 finetune_e50_10pct, ... Width 0.25 is the curve's network: its stages are taken from the curve's ledger where the
 settings are the same. The pretraining recipe is the curve's (batch 128, LARS 1.0 x B/256, temperature 0.5, colour
@@ -27,10 +27,11 @@ import os
 import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-import cifar10_pretraining_curve as curve_lib  # noqa: E402  (the long pretraining and the stages after it)
-import cifar10_semisup as chain_lib  # noqa: E402  (the chain's stages, ledger and grid search)
+if not __package__:  # run as a file: `experiments` is not importable from here
+  sys.exit('error: run it from the repository root as a module: python -m experiments.cifar10_width_study ...')
+
+from experiments import cifar10_pretraining_curve as curve_lib  # noqa: E402  (the long pretraining, its stages)
+from experiments import stages as chain_lib  # noqa: E402  (the chain's stages, ledger and grid search)
 
 ROOT = chain_lib.ROOT
 

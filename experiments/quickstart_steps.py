@@ -1,7 +1,7 @@
 """The README's three steps on the quick start's data: the fine-tuning and distillation settings the README prints,
 chosen on a validation split, and the figures it prints beside each command.
 
-  python experiments/quickstart_steps.py --ledger=experiments/results/quickstart_steps/ledger
+  python -m experiments.quickstart_steps --ledger=experiments/results/quickstart_steps/ledger
 
 It runs the README's quick start (unless runs/quickstart holds it), then on a validation split: the grid for
 fine-tuning the pretrained network on 10% of the labels (200 images) and for the supervised-only network on the same
@@ -13,17 +13,17 @@ The validation split is a second draw of the shapes dataset (seed 1: the same ge
 OUT/tuning_data/train is the quick start's training split (linked), OUT/tuning_data/val the seed-1 draw's test
 split. Training uses the same images and labels while tuning as in the final runs (only the evaluated split
 differs), so a chosen run and its final run train the same network; the test split is read by the final runs only.
-Stages are run.py commands, skipped when done (experiments/cifar10_semisup.py's Chain, grid search and ledger).
+Stages are run.py commands, skipped when done (experiments/stages.py: Chain, grid search and ledger).
 """
 
 import argparse
-import json
 import os
 import sys
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-import cifar10_semisup as chain_lib  # noqa: E402  (stages, ledger and grid search)
+if not __package__:  # run as a file: `experiments` is not importable from here
+  sys.exit('error: run it from the repository root as a module: python -m experiments.quickstart_steps ...')
+
+from experiments import stages as chain_lib  # noqa: E402  (stages, ledger and grid search)
 
 ROOT = chain_lib.ROOT
 
@@ -134,7 +134,7 @@ def main():
 
 
 def write_report(folder, tuned, results, commands, timings, commit):
-  from simclr_tf import files
+  from simclr_tf.runtime import files
   top1 = {name: results[name].get('linear_probe_top1' if name.startswith('probe') else 'top1') for name in commands}
   for labels in LABELS:
     top1[f'knn_{labels}'] = results[f'probe_{labels}'].get('top1')

@@ -9,7 +9,7 @@ The public entry points, importable from here (loaded on first use, so that `imp
                           or of the paper's reference code (simclr_tf.weights)
   export_saved_model      a model -> a SavedModel with TF-Hub style outputs (simclr_tf.export)
   Task, fit               a training task and the distributed loop that trains it (simclr_tf.training)
-  make_strategy           the tf.distribute strategy a config names (simclr_tf.distribute)
+  make_strategy           the tf.distribute strategy a config names (simclr_tf.runtime.distribute)
   UserError               what every mistake a user can fix raises (simclr_tf.errors)
 """
 
@@ -25,7 +25,7 @@ _PUBLIC = {
     'export_saved_model': 'simclr_tf.export',
     'Task': 'simclr_tf.training',
     'fit': 'simclr_tf.training',
-    'make_strategy': 'simclr_tf.distribute',
+    'make_strategy': 'simclr_tf.runtime.distribute',
     'UserError': 'simclr_tf.errors',
 }
 

@@ -2,6 +2,10 @@
 
 Every hyperparameter is a field of `Config` with its default and help text. run.py declares one absl flag per
 field from this table; Python users and tests build a `Config(...)` directly (or `Config().replace(...)`).
+Config is flat, one field per flag, but its fields are declared by their owners (simclr_tf.settings): those common
+to every run here (CommonSettings), each encoder family's and each method's in the settings module beside it
+(simclr_tf/models/resnet_settings.py, simclr_tf/methods/byol_settings.py, ...), with their checks and whether a
+resumed run may change them (RESUMABLE_CHANGES is read from the fields).
 `Config.check_fields()` rejects bad values and combinations with a `UserError` that names the flag; the rules of
 each mode live with the mode (simclr_tf.modes.<mode>.validate, run by simclr_tf.modes.validate).
 
@@ -20,11 +24,11 @@ from simclr_tf.errors import UserError  # noqa: F401  (importable from here too,
 
 from simclr_tf.methods import METHODS
 from simclr_tf.models.registry import ENCODER_FIELDS, ENCODERS
+from simclr_tf.settings import setting as _field
 
 STRATEGIES = ('auto', 'default', 'mirrored', 'multi_worker', 'tpu')
 OPTIMIZERS = ('lars', 'momentum', 'adam')
 LR_SCALINGS = ('linear', 'sqrt')
-RESNET_DEPTHS = (18, 34, 50, 101, 152, 200)
 PRECISIONS = ('float32', 'mixed_bfloat16', 'mixed_float16')
 
 # What a model is, defined once (simclr_tf.record carries these with every model; readers adopt them): the encoder
@@ -45,25 +49,24 @@ def architecture_flags(encoder: str = 'resnet') -> str:
   return ', '.join(f'--{name}' for name in ENCODER_FIELDS[encoder] + HEAD_FIELDS + INPUT_FIELDS)
 
 
-def _field(default, help_text, choices=None):
-  return dataclasses.field(default=default, metadata={'help': help_text, 'choices': choices})
-
-
 @dataclasses.dataclass(frozen=True)
-class Config:
-  """All settings of a run. Field names are the flag names (those of the paper's reference code where it has one)."""
+class CommonSettings:
+  """The settings of every run, and what a Config does (Config adds the encoder families' and methods' fields).
+  Field names are the flag names (those of the paper's reference code where it has one)."""
   # What to do and where.
   mode: str = _field('pretrain', 'What to run: one of simclr_tf.modes.MODES.')
-  model_dir: str = _field('', 'Directory for checkpoints, summaries, logs and results. Required for training.')
+  model_dir: str = _field('', 'Directory for checkpoints, summaries, logs and results. Required for training.',
+                          resumable=True)
   seed: int = _field(0, 'Seed of data order, augmentation and initialisation.')
 
   # Data.
   dataset: str = _field('cifar10', 'A tfds dataset name (e.g. cifar10, imagenet2012), `image_folder` '
                         '(--data_dir=ROOT with ROOT/<split>/<class>/*.jpg|png, or ROOT/<split>/*.jpg|png unlabeled) '
                         'or `shapes` (a small dataset of drawn shapes that is generated into --data_dir on first use).')
-  data_dir: str = _field('', 'tfds data directory (empty = tfds default), or the root of an image folder.')
+  data_dir: str = _field('', 'tfds data directory (empty = tfds default), or the root of an image folder.',
+                         resumable=True)
   train_split: str = _field('train', 'Split to train on.')
-  eval_split: str = _field('', 'Split to evaluate on at the end of training (empty = no evaluation).')
+  eval_split: str = _field('', 'Split to evaluate on at the end of training (empty = no evaluation).', resumable=True)
   image_size: int = _field(224, 'Input resolution. 32 or less selects the CIFAR stem (3x3 conv, no max-pool).')
   color_jitter_strength: float = _field(1.0, 'Strength s of the colour jitter (0.5 for CIFAR-10).')
   crop_min_area: float = _field(0.08, 'Smallest area (fraction of the image) of the random crops of pretraining '
@@ -76,26 +79,26 @@ class Config:
   augment_on: str = _field('host', 'Where the augmentation after the crops (flip, colour jitter, greyscale, blur, '
                            'conversion to float) runs: in the input pipeline, per example (host), or inside the '
                            'training step, over the batch (device; the pipeline then ships uint8 crops). The views '
-                           'are the same, bit for bit.', ('host', 'device'))
-  cache_dataset: bool = _field(False, 'Cache the decoded dataset in memory.')
+                           'are the same, bit for bit.', ('host', 'device'), resumable=True)
+  cache_dataset: bool = _field(False, 'Cache the decoded dataset in memory.', resumable=True)
   shuffle_buffer: int = _field(10000, 'Shuffle block size (examples) of tfds training input; image folders are '
                                'shuffled whole.')
   strict_data: bool = _field(False, 'Stop at the first unreadable image instead of skipping it (skips are counted '
-                             'in the log).')
+                             'in the log).', resumable=True)
 
   # Schedule.
   train_batch_size: int = _field(512, 'Global batch size (all replicas together).')
-  eval_batch_size: int = _field(256, 'Global batch size of evaluation.')
-  eval_steps: int = _field(0, 'Evaluate this many batches of --eval_split (0 = all of it).')
+  eval_batch_size: int = _field(256, 'Global batch size of evaluation.', resumable=True)
+  eval_steps: int = _field(0, 'Evaluate this many batches of --eval_split (0 = all of it).', resumable=True)
   eval_name: str = _field('', 'Name of an evaluation\'s result file and TensorBoard folder in model_dir '
-                          '(eval_<name>.json, eval_<name>/; default: the split).')
+                          '(eval_<name>.json, eval_<name>/; default: the split).', resumable=True)
   eval_wait_secs: int = _field(0, '--mode=eval of a run\'s model_dir: after evaluating its checkpoints, keep '
                                'evaluating new ones as they appear (another process training), until the run\'s '
                                'final step is evaluated or none came for this many seconds (0 = evaluate what is '
-                               'there and stop).')
-  eval_poll_secs: int = _field(15, 'How often --eval_wait_secs looks for a new checkpoint, in seconds.')
-  train_epochs: int = _field(100, 'Number of epochs to train for (ignored when --train_steps > 0).')
-  train_steps: int = _field(0, 'Number of steps to train for (overrides --train_epochs when > 0).')
+                               'there and stop).', resumable=True)
+  eval_poll_secs: int = _field(15, 'How often --eval_wait_secs looks for a new checkpoint, in seconds.', resumable=True)
+  train_epochs: int = _field(100, 'Number of epochs to train for (ignored when --train_steps > 0).', resumable=True)
+  train_steps: int = _field(0, 'Number of steps to train for (overrides --train_epochs when > 0).', resumable=True)
   warmup_epochs: float = _field(10.0, 'Epochs of linear learning-rate warmup.')
   learning_rate: float = _field(0.3, 'Base learning rate, scaled by --learning_rate_scaling.')
   learning_rate_scaling: str = _field('linear', 'lr = base * B/256 (linear) or base * sqrt(B) (sqrt).', LR_SCALINGS)
@@ -108,23 +111,10 @@ class Config:
   method: str = _field('simclr', 'What --mode=pretrain trains (simclr_tf.methods): simclr (NT-Xent of two views '
                        'against the other images of the batch, SimCLR v1/v2) or byol (the online network predicts a '
                        'momentum network\'s projection of the other view, Grill et al. 2020).', tuple(METHODS))
-  byol_base_momentum: float = _field(0.996, 'BYOL: momentum of the target network at the first step; it rises to 1 '
-                                     'along a cosine over the run (the paper: 0.996; 0.99 for short runs).')
-  predictor_hidden_dim: int = _field(0, 'BYOL: hidden width of the predictor (Dense, batch norm, ReLU, Dense to '
-                                     '--proj_out_dim); 0 = the encoder\'s output width, as the projection head\'s '
-                                     'hidden layers.')
-  temperature: float = _field(0.1, 'NT-Xent temperature (0.1 ImageNet, 0.5 CIFAR-10).')
-  hidden_norm: bool = _field(True, 'L2-normalise the projections before the contrastive loss.')
-  memory_size: int = _field(0, 'Pretraining: size K of the memory of negatives, a queue of a momentum network\'s '
-                            'projections of past batches used as extra negatives (SimCLRv2 after MoCo; 65536 in the '
-                            'paper, 0 = no memory). Each step enqueues both views of the global batch, so K must be '
-                            'at least 2 x --train_batch_size.')
-  memory_momentum: float = _field(0.999, 'Momentum m of the memory\'s network: after every step its weights become '
-                                  'm * its weights + (1 - m) * the trained network\'s.')
   export_momentum_network: bool = _field(False, 'Export the momentum network (the memory\'s, or BYOL\'s target) '
                                          'instead of the trained (online) one: at the end of pretraining with '
                                          '--memory_size or --method=byol, or with --mode=export from such a '
-                                         'checkpoint.')
+                                         'checkpoint.', resumable=True)
   proj_out_dim: int = _field(128, 'Output dimension of the projection head.')
   num_proj_layers: int = _field(3, 'Number of layers of the projection head (3 in SimCLRv2, 1 = linear, 0 = none: '
                                 'the contrastive loss on the encoder\'s output).')
@@ -140,13 +130,14 @@ class Config:
 
   # Fine-tuning and evaluation.
   checkpoint: str = _field('', 'Weights to start from (finetune, distill student) or to evaluate/export: a '
-                           'model_dir (its latest checkpoint), a checkpoint prefix, or a SavedModel directory.')
+                           'model_dir (its latest checkpoint), a checkpoint prefix, or a SavedModel directory.',
+                           resumable=True)
   zero_init_logits_layer: bool = _field(False, 'Start the new supervised head at zero (finetune, distill).')
   partial_checkpoint: bool = _field(False, 'Start from a --checkpoint that holds encoder or projection-head '
                                     'variables this model has no place for (e.g. the extra blocks of a deeper '
                                     'ResNet): they are left out, and listed in the log. Without it such a '
                                     'checkpoint is refused (it usually means a wrong --resnet_depth, '
-                                    '--width_multiplier or --sk_ratio).')
+                                    '--width_multiplier or --sk_ratio).', resumable=True)
   fine_tune_after_block: int = _field(-1, 'Freeze the stem (0) and block groups 1..k, weights and BN statistics '
                                       '(-1 = train everything, 4 = linear evaluation).')
   label_fraction: float = _field(1.0, 'Train on a class-balanced, seeded subset of this fraction of the labelled '
@@ -154,28 +145,31 @@ class Config:
 
   # Export.
   export_dir: str = _field('', 'Where --mode=export (and every training mode at its end) writes the SavedModel '
-                           '(default: model_dir/saved_model).')
-  export_at_end: bool = _field(True, 'Training modes export a SavedModel when they finish.')
+                           '(default: model_dir/saved_model).', resumable=True)
+  export_at_end: bool = _field(True, 'Training modes export a SavedModel when they finish.', resumable=True)
   keep_export_versions: int = _field(0, '0: the SavedModel at the export path is replaced whole by each export. '
                                      'N > 0: the export path is a base folder of versions, <path>/<step>/, the '
                                      'layout TF Serving polls (the reference\'s, --keep_hub_module_max=N): each '
                                      'export is a new version beside the others, never changed after; the oldest '
-                                     'are removed beyond N.')
+                                     'are removed beyond N.', resumable=True)
 
   # Embeddings and kNN.
-  embed_split: str = _field('train', 'Split that --mode=embed writes the vectors of (to model_dir/embeddings.npz).')
+  embed_split: str = _field('train', 'Split that --mode=embed writes the vectors of (to model_dir/embeddings.npz).',
+                            resumable=True)
   embed_output: str = _field('final_avg_pool', 'Output of the model that --mode=embed writes: final_avg_pool, '
                              'proj_head_input, proj_head_output, logits_sup, initial_conv, block_group1..4 (spatial '
-                             'outputs are averaged over height and width).')
-  knn_k: int = _field(200, 'Neighbours of the weighted kNN classifier (--mode=knn and --knn_every_epochs).')
-  knn_temperature: float = _field(0.1, 'Temperature T of the kNN votes exp(cosine similarity / T).')
+                             'outputs are averaged over height and width).', resumable=True)
+  knn_k: int = _field(200, 'Neighbours of the weighted kNN classifier (--mode=knn and --knn_every_epochs).',
+                      resumable=True)
+  knn_temperature: float = _field(0.1, 'Temperature T of the kNN votes exp(cosine similarity / T).', resumable=True)
   knn_every_epochs: int = _field(0, 'While pretraining, measure kNN top-1/top-5 of --eval_split against the '
                                  '(labelled) --train_split every this many epochs, in inference mode; logged with '
-                                 'the other metrics (0 = off). Training is unchanged by it.')
+                                 'the other metrics (0 = off). Training is unchanged by it.', resumable=True)
 
   # Distillation.
   teacher: str = _field('', 'The fine-tuned teacher for --mode=distill: a model_dir of this project (its latest '
-                        'checkpoint and config.json), a checkpoint prefix beside a config.json, or a SavedModel.')
+                        'checkpoint and config.json), a checkpoint prefix beside a config.json, or a SavedModel.',
+                        resumable=True)
   distill_temperature: float = _field(1.0, 'Distillation temperature T (0.1 for self-distillation, 1.0 big->small).')
   distill_label_weight: float = _field(0.0, 'Weight alpha of the supervised loss on labelled examples added to the '
                                        'distillation loss (0 = labels unused).')
@@ -184,48 +178,38 @@ class Config:
   encoder: str = _field('resnet', 'The encoder\'s family (simclr_tf.models.ENCODERS): resnet (--resnet_depth, '
                         '--width_multiplier, --sk_ratio, --se_ratio) or vit (a Vision Transformer: --vit_depth, '
                         '--vit_width, --vit_heads, --vit_patch_size, ...).', tuple(ENCODERS))
-  resnet_depth: int = _field(50, 'ResNet depth: 18, 34, 50, 101, 152 or 200.')
-  width_multiplier: float = _field(1.0, 'Width multiplier of the ResNet (1, 2, 3 as published; fractions allowed).')
-  sk_ratio: float = _field(0.0, 'Selective-kernel ratio (0.0625 in SimCLRv2; 0 = no SK). Implies ResNet-D.')
-  se_ratio: float = _field(0.0, 'Squeeze-and-excitation ratio (0 = no SE).')
-  vit_depth: int = _field(6, 'ViT: transformer blocks.')
-  vit_width: int = _field(192, 'ViT: token width (the representation\'s size).')
-  vit_heads: int = _field(3, 'ViT: attention heads (a divisor of --vit_width).')
-  vit_patch_size: int = _field(4, 'ViT: patch side in pixels (a divisor of --image_size; 4 for 32 px, 16 for '
-                               '224 px).')
-  vit_mlp_ratio: float = _field(4.0, 'ViT: width of each block\'s MLP, as a multiple of --vit_width.')
-  vit_pooling: str = _field('cls', 'ViT: the representation (final_avg_pool) is the class token (cls) or the mean '
-                            'of the patch tokens (mean).', ('cls', 'mean'))
-  vit_frozen_patch_embedding: bool = _field(False, 'ViT: keep the patch projection at its random initialisation '
-                                            '(MoCo v3\'s trick against instability).')
   global_bn: bool = _field(True, 'Synchronise batch-norm statistics across replicas.')
   batch_norm_decay: float = _field(0.9, 'Batch-norm moving-average momentum.')
 
   # Checkpoints, logging.
-  checkpoint_steps: int = _field(0, 'Save a checkpoint every this many steps (0 = use --checkpoint_epochs).')
-  checkpoint_epochs: int = _field(1, 'Save a checkpoint every this many epochs (used when --checkpoint_steps=0).')
-  keep_checkpoint_max: int = _field(5, 'Number of checkpoints to keep.')
-  log_every_steps: int = _field(10, 'Print a progress line and write summaries every this many steps.')
+  checkpoint_steps: int = _field(0, 'Save a checkpoint every this many steps (0 = use --checkpoint_epochs).',
+                                 resumable=True)
+  checkpoint_epochs: int = _field(1, 'Save a checkpoint every this many epochs (used when --checkpoint_steps=0).',
+                                  resumable=True)
+  keep_checkpoint_max: int = _field(5, 'Number of checkpoints to keep.', resumable=True)
+  log_every_steps: int = _field(10, 'Print a progress line and write summaries every this many steps.', resumable=True)
   steps_per_loop: int = _field(10, 'Training steps per call into the graph (a loop on the device, metrics '
                                'accumulated there): saves the host dispatch between steps that starves TPUs. Loops '
-                               'also end at logging and checkpoint steps, where the host looks at the run.')
+                               'also end at logging and checkpoint steps, where the host looks at the run.',
+                               resumable=True)
 
   # Distribution and hardware.
   strategy: str = _field('auto', 'Distribution strategy. auto: tpu if --tpu, mirrored with several GPUs or '
-                         '--cpu_replicas > 1, else default.', STRATEGIES)
-  tpu: str = _field('', 'TPU name or address for --strategy=tpu (or auto).')
-  tpu_zone: str = _field('', 'GCE zone of --tpu (default: found from the metadata server on Cloud).')
-  gcp_project: str = _field('', 'GCP project of --tpu (default: found from the metadata server on Cloud).')
+                         '--cpu_replicas > 1, else default.', STRATEGIES, resumable=True)
+  tpu: str = _field('', 'TPU name or address for --strategy=tpu (or auto).', resumable=True)
+  tpu_zone: str = _field('', 'GCE zone of --tpu (default: found from the metadata server on Cloud).', resumable=True)
+  gcp_project: str = _field('', 'GCP project of --tpu (default: found from the metadata server on Cloud).',
+                            resumable=True)
   cpu_replicas: int = _field(1, 'Split the CPU into this many logical devices and mirror over them (to exercise '
-                             'multi-replica code without accelerators).')
-  num_threads: int = _field(0, 'TF intra- and inter-op threads (0 = TF default).')
+                             'multi-replica code without accelerators).', resumable=True)
+  num_threads: int = _field(0, 'TF intra- and inter-op threads (0 = TF default).', resumable=True)
   worker_timeout: int = _field(600, 'Seconds a multi-worker collective may wait for the other workers (a dead or '
                                'stuck worker), or a TPU connection for an answer, before the run stops with an '
-                               'error; 0 = wait forever.')
+                               'error; 0 = wait forever.', resumable=True)
   precision: str = _field('float32', 'Compute precision. mixed_bfloat16 (TPU, recent CPUs/GPUs) and mixed_float16 '
                           '(GPU, with dynamic loss scaling) compute in 16 bits and keep float32 weights; losses, '
                           'softmax and batch-norm statistics stay in float32.', PRECISIONS)
-  jit_compile: bool = _field(False, 'Compile the training step with XLA (always on for TPUs).')
+  jit_compile: bool = _field(False, 'Compile the training step with XLA (always on for TPUs).', resumable=True)
 
   def replace(self, **changes) -> 'Config':
     return dataclasses.replace(self, **changes)
@@ -272,7 +256,7 @@ class Config:
       if isinstance(value, float) and not math.isfinite(value):
         raise UserError(f'--{f.name}={value} is {"not a number" if math.isnan(value) else "infinite"}; give a '
                         f'finite value.')
-    checks = self._encoder_checks() + [
+    checks = self._owner_checks() + [
         (self.train_batch_size > 0, f'--train_batch_size must be positive, got {self.train_batch_size}.'),
         (self.eval_batch_size > 0, f'--eval_batch_size must be positive, got {self.eval_batch_size}.'),
         (self.train_epochs > 0 or self.train_steps > 0, '--train_epochs or --train_steps must be positive.'),
@@ -282,13 +266,6 @@ class Config:
                                  f'{" (at 0 nothing would train)" if self.learning_rate == 0 else ""}.'),
         (self.weight_decay >= 0, f'--weight_decay must not be negative, got {self.weight_decay}.'),
         (0 <= self.momentum < 1, f'--momentum must be in [0, 1), got {self.momentum}.'),
-        (self.temperature > 0, f'--temperature must be positive, got {self.temperature}.'),
-        (self.memory_size >= 0, f'--memory_size must not be negative, got {self.memory_size}.'),
-        (0 <= self.memory_momentum < 1, f'--memory_momentum must be in [0, 1), got {self.memory_momentum}.'),
-        (0 <= self.byol_base_momentum <= 1,
-         f'--byol_base_momentum must be in [0, 1], got {self.byol_base_momentum}.'),
-        (self.predictor_hidden_dim >= 0,
-         f'--predictor_hidden_dim must not be negative, got {self.predictor_hidden_dim}.'),
         (self.num_proj_layers >= 0, f'--num_proj_layers must not be negative, got {self.num_proj_layers}.'),
         (self.eval_steps >= 0, f'--eval_steps must not be negative, got {self.eval_steps}.'),
         (self.eval_wait_secs >= 0, f'--eval_wait_secs must not be negative, got {self.eval_wait_secs}.'),
@@ -330,34 +307,36 @@ class Config:
         raise UserError(message)
     return self
 
-  def _encoder_checks(self):
-    """(ok, message) of the encoder family's fields, and of --fine_tune_after_block, whose range is the family's
-    number of stages."""
-    if self.encoder == 'vit':
-      stages, what = self.vit_depth, 'the patch embedding (0) and blocks 1..--vit_depth'
-      checks = [
-          (self.vit_depth >= 1, f'--vit_depth must be at least 1, got {self.vit_depth}.'),
-          (self.vit_width >= 1 and self.vit_heads >= 1 and self.vit_width % self.vit_heads == 0,
-           f'--vit_width={self.vit_width} must be a positive multiple of --vit_heads={self.vit_heads}.'),
-          (self.vit_patch_size >= 1 and self.image_size % self.vit_patch_size == 0,
-           f'--vit_patch_size={self.vit_patch_size} must divide --image_size={self.image_size}.'),
-          (self.vit_mlp_ratio > 0, f'--vit_mlp_ratio must be positive, got {self.vit_mlp_ratio}.'),
-      ]
-    else:
-      stages, what = 4, 'the stem (0) and block groups 1..4'
-      checks = [
-          (self.resnet_depth in RESNET_DEPTHS, f'--resnet_depth={self.resnet_depth} is not supported; use one of '
-                                               f'{", ".join(map(str, RESNET_DEPTHS))}.'),
-          (self.width_multiplier > 0 and int(64 * self.width_multiplier) >= 1,
-           f'--width_multiplier={self.width_multiplier} gives layers without channels; use at least 1/64.'),
-          (self.sk_ratio >= 0, f'--sk_ratio must not be negative, got {self.sk_ratio}.'),
-          (self.se_ratio >= 0, f'--se_ratio must not be negative, got {self.se_ratio}.'),
-          (self.image_size >= 8, f'--image_size={self.image_size} is too small; the ResNet needs at least 8 '
-                                 f'pixels.'),
-      ]
-    return checks + [(-1 <= self.fine_tune_after_block <= stages,
-                      f'--fine_tune_after_block must be between -1 and {stages} ({what}), got '
-                      f'{self.fine_tune_after_block}.')]
+  def _owner_checks(self):
+    """(ok, message) of the selected encoder family's and method's fields (their settings modules' checks), and of
+    --fine_tune_after_block, whose range is the family's number of stages."""
+    family = ENCODERS.settings(self.encoder)
+    stages, what = family.stages(self)
+    return family.checks(self) + METHODS.settings(self.method).checks(self) + [
+        (-1 <= self.fine_tune_after_block <= stages,
+         f'--fine_tune_after_block must be between -1 and {stages} ({what}), got {self.fine_tune_after_block}.')]
+
+
+def _compose_config():
+  """Config: CommonSettings and the fields of every registered encoder family's and method's Settings."""
+  owners = ([(f'encoder {name}', ENCODERS.settings(name).Settings) for name in ENCODERS] +
+            [(f'method {name}', METHODS.settings(name).Settings) for name in METHODS])
+  declared = {f.name: 'config.py' for f in dataclasses.fields(CommonSettings)}
+  fields = []
+  for owner, settings in owners:
+    for f in dataclasses.fields(settings):
+      if f.name in declared:
+        raise TypeError(f'the setting {f.name} of {owner} is declared by {declared[f.name]} too')
+      declared[f.name] = owner
+      fields.append((f.name, f.type, dataclasses.field(default=f.default, metadata=f.metadata)))
+  config = dataclasses.make_dataclass('Config', fields, bases=(CommonSettings,), frozen=True)
+  config.__module__ = __name__
+  config.__doc__ = ('All settings of a run, one field per flag: CommonSettings and those each encoder family and '
+                    'method declares (simclr_tf.settings).')
+  return config
+
+
+Config = _compose_config()
 
 
 def _section(name: str, names, doc: str):
@@ -406,17 +385,10 @@ def from_dict(values: dict) -> Config:
   return Config(**{k: v for k, v in values.items() if k in known})
 
 
-# Fields that may change when a run in an existing model_dir is resumed: they do not change what is being trained
-# (paths, logging, evaluation, hardware) or only extend it (the length of the run).
-RESUMABLE_CHANGES = frozenset({
-    'eval_split', 'eval_batch_size', 'log_every_steps', 'steps_per_loop', 'checkpoint_steps', 'checkpoint_epochs',
-    'keep_checkpoint_max', 'num_threads', 'cache_dataset', 'strategy', 'tpu', 'cpu_replicas', 'data_dir',
-    'train_steps', 'train_epochs', 'checkpoint', 'teacher', 'strict_data', 'model_dir', 'export_dir', 'eval_steps',
-    'eval_name', 'eval_wait_secs', 'eval_poll_secs', 'tpu_zone', 'gcp_project', 'export_at_end',
-    'keep_export_versions', 'worker_timeout', 'jit_compile',
-    'embed_split', 'embed_output', 'knn_k', 'knn_temperature',
-    'knn_every_epochs', 'augment_on', 'export_momentum_network', 'partial_checkpoint',
-})
+# Fields that may change when a run in an existing model_dir is resumed, as their owners declare them
+# (resumable=True): they do not change what is being trained (paths, logging, evaluation, hardware) or only extend
+# it (the length of the run).
+RESUMABLE_CHANGES = frozenset(f.name for f in dataclasses.fields(Config) if f.metadata.get('resumable'))
 # Precisions whose checkpoints are interchangeable (same weights, same optimizer state); float16 adds a loss scale.
 INTERCHANGEABLE_PRECISIONS = frozenset({'float32', 'mixed_bfloat16'})
 

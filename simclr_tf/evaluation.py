@@ -9,11 +9,12 @@ from typing import Dict, Optional
 import numpy as np
 import tensorflow as tf
 
-from simclr_tf import files, metrics, monitor
+from simclr_tf import metrics
 from simclr_tf.config import Config
 from simclr_tf.data import inputs
-from simclr_tf.distribute import check_batch_divides
 from simclr_tf.errors import UserError
+from simclr_tf.runtime import files, monitor
+from simclr_tf.runtime.distribute import check_batch_divides
 
 log = logging.getLogger('simclr_tf')
 

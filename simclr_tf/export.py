@@ -15,7 +15,7 @@ What a SavedModel of ours holds (ExportModule), and who reads what:
 The functions and the tree hold the Keras variables' underlying tf.Variables, once each: tracking the Keras model
 itself would save every variable twice (a Keras 3 variable exports a copy of itself beside the tf.Variable the
 functions capture), and a session-based loader would find the captured ones uninitialised. (Batch norm on one
-replica computes its statistics without all-reduces, see models.resnet.BatchNormalization: a SavedModel holds no
+replica computes its statistics without all-reduces, see models.layers.BatchNormalization: a SavedModel holds no
 custom gradients it cannot save.)
 """
 
@@ -30,12 +30,12 @@ from typing import Optional
 import keras
 import tensorflow as tf
 
-from simclr_tf import files, preemption, runlock
 from simclr_tf.data import augment
 from simclr_tf.errors import Interrupted, UserError
 from simclr_tf.models.resnet import OUTPUT_KEYS
 from simclr_tf.models.simclr import HEAD_OUTPUTS
 from simclr_tf.optim.lars import excluded_from_decay
+from simclr_tf.runtime import files, preemption, runlock
 from simclr_tf.weights.ours import variable_paths
 
 log = logging.getLogger('simclr_tf')

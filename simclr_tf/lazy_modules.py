@@ -1,9 +1,11 @@
-"""A name -> module mapping whose modules are imported when first looked up (the mode and encoder registries:
-their names are known without importing TensorFlow)."""
+"""A name -> module mapping whose modules are imported when first looked up (the mode, encoder and method
+registries: their names, and the settings of the encoders and methods, are known without importing TensorFlow)."""
 
 import importlib
 from types import ModuleType
 from typing import Iterator, Mapping
+
+from simclr_tf.settings import settings_module
 
 
 class LazyModules(Mapping):
@@ -20,3 +22,7 @@ class LazyModules(Mapping):
 
   def __len__(self) -> int:
     return len(self._modules)
+
+  def settings(self, name: str) -> ModuleType:
+    """The TF-free settings module of `name` (simclr_tf.settings): its Settings, checks, ..."""
+    return settings_module(self._modules[name])

@@ -22,9 +22,9 @@ from typing import Optional, Tuple
 
 import tensorflow as tf
 
-from simclr_tf import files
 from simclr_tf.config import ARCHITECTURE_FIELDS, Config
 from simclr_tf.errors import UserError
+from simclr_tf.runtime import files
 
 log = logging.getLogger('simclr_tf')
 
@@ -103,7 +103,7 @@ def read(path: str, advice: str = DEFAULT_ADVICE) -> Optional[dict]:
 def of_checkpoint(prefix: str) -> Optional[dict]:
   """The record inside the checkpoint at `prefix`, or None for a checkpoint written before records were kept
   there (or not by us)."""
-  from simclr_tf import checkpoints
+  from simclr_tf.runtime import checkpoints
   try:
     reader = checkpoints.read_checkpoint(prefix)
     if not reader.has_tensor(CHECKPOINT_KEY):

@@ -162,7 +162,7 @@ def run_interrupted_then_resumed(config, monkeypatch, stop_after_step: int = 3):
   """Runs `config` through run.run until the step after `stop_after_step` is reported (KeyboardInterrupt), then
   runs it again in the same model_dir, which resumes from the last checkpoint."""
   import run as run_py
-  from simclr_tf import monitor
+  from simclr_tf.runtime import monitor
   original = monitor.Monitor.report
 
   def stop(self, step, metrics):

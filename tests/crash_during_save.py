@@ -6,7 +6,7 @@ import runpy
 import signal
 import sys
 
-from simclr_tf import checkpoints
+from simclr_tf.runtime import checkpoints
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -12,7 +12,7 @@ import runpy
 import signal
 import sys
 
-from simclr_tf import files
+from simclr_tf.runtime import files
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

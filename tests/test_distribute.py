@@ -7,7 +7,7 @@ import tensorflow as tf
 from tensorflow.python.ops import op_selector  # pylint: disable=g-direct-tensorflow-import
 
 from conftest import tiny_config
-from simclr_tf import distribute
+from simclr_tf.runtime import distribute
 
 
 def a_graph():

@@ -1,7 +1,6 @@
 """The CIFAR-10 semi-supervised chain (experiments/cifar10_semisup.py) end to end on a few real images, and its
 choice of settings on the validation split."""
 
-import importlib.util
 import json
 import os
 import shutil
@@ -12,23 +11,17 @@ import time
 
 import pytest
 
+from experiments import cifar10_pretraining_curve, cifar10_semisup, stages
+
 from conftest import ROOT, SHARED, needs_shared
 
 CIFAR = os.path.join(SHARED, 'data', 'cifar10')
 
 
-def driver():
-  spec = importlib.util.spec_from_file_location('cifar10_semisup', os.path.join(ROOT, 'experiments',
-                                                                                'cifar10_semisup.py'))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
 @needs_shared('data/cifar10/train', 'The CIFAR-10 chain\'s fast preset (real data)')
 def test_fast_chain_runs_every_stage(tmp_path, tmp_path_factory):
   ledger = tmp_path_factory.mktemp('ledger')
-  base = [sys.executable, os.path.join(ROOT, 'experiments', 'cifar10_semisup.py'), '--preset=fast',
+  base = [sys.executable, '-m', 'experiments.cifar10_semisup', '--preset=fast',
           f'--data_dir={CIFAR}']
   command = base + [f'--out={tmp_path}', f'--ledger={ledger}']
   proc = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=1500)
@@ -103,7 +96,7 @@ class FakeChain:
 
 
 def test_the_grid_takes_the_best_pair_then_trains_longer_while_validation_improves():
-  grid = driver().grid_search
+  grid = stages.grid_search
   scores = {(lr, crop, 10): 0.1 for lr in (0.1, 0.4) for crop in (0.08, 0.35)}
   scores.update({(0.4, 0.35, 10): 0.5, (0.4, 0.35, 30): 0.6, (0.4, 0.35, 90): 0.55, (0.4, 0.35, 270): 0.9})
   scores.update({(1.6, 0.35, 10): 0.45, (0.4, 1.0, 10): 0.5})  # past the edges: worse, then a tie
@@ -127,7 +120,7 @@ def test_the_grid_takes_the_best_pair_then_trains_longer_while_validation_improv
 
 
 def test_the_grid_grows_past_its_edge_while_that_improves():
-  grid = driver().grid_search
+  grid = stages.grid_search
   scores = {(lr, crop, 20): 0.2 for lr in (0.2, 0.8) for crop in (0.35, 0.7)}
   scores.update({(0.8, 0.7, 20): 0.6, (3.2, 0.7, 20): 0.65, (12.8, 0.7, 20): 0.7, (12.8, 1.0, 20): 0.72,
                  (12.8, 1.0, 60): 0.71})
@@ -147,8 +140,7 @@ def test_the_grid_grows_past_its_edge_while_that_improves():
 
 
 def test_a_run_that_may_fail_is_recorded_as_failed_and_not_run_again(tmp_path):
-  module = driver()
-  chain = module.Chain(str(tmp_path), 'test')
+  chain = stages.Chain(str(tmp_path), 'test')
   bad = ['--image_size=4', '--train_steps=1']  # a one-line error of run.py (exit code 2)
   with pytest.raises(subprocess.CalledProcessError):
     chain.run('strict', bad)
@@ -159,14 +151,13 @@ def test_a_run_that_may_fail_is_recorded_as_failed_and_not_run_again(tmp_path):
 
 
 def test_the_report_shows_every_grid_point():
-  module = driver()
   pairs = [(0.05, 0.35), (0.05, 0.7), (0.2, 0.35), (0.2, 0.7), (0.8, 0.7)]
-  scores = {module.tag_of(lr, crop, 20): 0.1 * i for i, (lr, crop) in enumerate(pairs, start=1)}  # 0.1 to 0.5
-  scores[module.tag_of(0.2, 1.0, 20)] = 0.0  # diverged: grid_search scores a failed run 0
-  scores.update({module.tag_of(0.8, 0.7, 60): 0.55, module.tag_of(0.8, 0.7, 180): 0.5})
+  scores = {stages.tag_of(lr, crop, 20): 0.1 * i for i, (lr, crop) in enumerate(pairs, start=1)}  # 0.1 to 0.5
+  scores[stages.tag_of(0.2, 1.0, 20)] = 0.0  # diverged: grid_search scores a failed run 0
+  scores.update({stages.tag_of(0.8, 0.7, 60): 0.55, stages.tag_of(0.8, 0.7, 180): 0.5})
   tuning = {'supervised_10pct': {'scores': scores, 'learning_rate': 0.8, 'crop_min_area': 0.7, 'epochs': 60,
                                  'val_top1': 0.55}}
-  lines = module.grid_tables(tuning, lambda v: f'{100 * v:.1f}')
+  lines = stages.grid_tables(tuning, lambda v: f'{100 * v:.1f}')
   assert lines[1:] == [
       '| supervised_10pct, 20 epochs: learning rate | crop 0.35 | crop 0.7 | crop 1 |',
       '| ---: | ---: | ---: | ---: |',
@@ -181,15 +172,14 @@ def test_the_report_shows_every_grid_point():
 def test_the_report_says_each_result_against_what_it_is_measured_by(tmp_path):
   """Fine-tuning is measured against the supervised baseline at the same label fraction, the distilled student
   against its teacher (the fine-tuned 10% model of its arm)."""
-  module = driver()
   results = {'supervised_1pct': {'top1': 0.422}, 'supervised_10pct': {'top1': 0.74, 'num_examples': 10000},
              'finetune_m0_1pct': {'top1': 0.515}, 'finetune_m0_10pct': {'top1': 0.707},
              'distill_m0_10pct': {'top1': 0.716}, 'linear_m0': {'top1': 0.511}, 'knn_m0': {'top1': 0.5213}}
-  tuning = {'supervised_1pct': {'scores': {module.tag_of(0.8, 0.7, 900): 0.42}, 'learning_rate': 0.8,
+  tuning = {'supervised_1pct': {'scores': {stages.tag_of(0.8, 0.7, 900): 0.42}, 'learning_rate': 0.8,
                                 'crop_min_area': 0.7, 'epochs': 900, 'val_top1': 0.42}}
-  preset = dict(module.PRESETS['full'], memory_sizes=(0,))
+  preset = dict(cifar10_semisup.PRESETS['full'], memory_sizes=(0,))
   options = type('Options', (), {'preset': 'full', 'data_dir': 'data'})
-  module.write_report(str(tmp_path), options, preset, {'results': results, 'tuning': tuning}, {'x': 60}, 'abc')
+  cifar10_semisup.write_report(str(tmp_path), options, preset, {'results': results, 'tuning': tuning}, {'x': 60}, 'abc')
   lines = (tmp_path / 'results.md').read_text().splitlines()
   assert lines[2:5] == ['| Supervised only (tuned) | 42.2 | 74.0 |',
                         '| SimCLRv2, no memory: pretrain → fine-tune | 51.5 (+9.3) | 70.7 (-3.3) |',
@@ -201,14 +191,13 @@ def test_the_report_says_each_result_against_what_it_is_measured_by(tmp_path):
 def test_a_stage_recorded_with_other_settings_runs_again(tmp_path, capsys):
   """A stage is known by its name; when the driver now asks it with other settings (say, more epochs), the record
   does not stand and the stage runs again. Paths may differ: a chain moved to a new --out keeps its stages."""
-  module = driver()
   ledger = tmp_path / 'ledger'
-  chain = module.Chain(str(tmp_path / 'out'), 'test', str(ledger))
+  chain = stages.Chain(str(tmp_path / 'out'), 'test', str(ledger))
   bad = ['--image_size=4', '--train_steps=1', f'--data_dir={tmp_path}/a']  # exits with a one-line error (2)
   ran = lambda: capsys.readouterr().out.count('\n$ ')
   assert chain.run('stage', bad, may_fail=True) == {'failed': 2} and ran() == 1
   assert chain.run('stage', bad, may_fail=True) == {'failed': 2} and ran() == 0
-  moved = module.Chain(str(tmp_path / 'elsewhere'), 'test', str(ledger))
+  moved = stages.Chain(str(tmp_path / 'elsewhere'), 'test', str(ledger))
   assert moved.run('stage', bad[:2] + [f'--data_dir={tmp_path}/elsewhere/a'], may_fail=True) == {'failed': 2}
   assert ran() == 0  # restored from the ledger
   other = ['--image_size=4', '--train_steps=2', f'--data_dir={tmp_path}/a']
@@ -224,13 +213,13 @@ def test_a_stage_recorded_with_other_settings_runs_again(tmp_path, capsys):
   assert not (tmp_path / 'out' / 'cut' / 'ckpt-5.index').exists()
 
 
-def curve_driver():
-  sys.path.insert(0, os.path.join(ROOT, 'experiments'))
-  spec = importlib.util.spec_from_file_location('cifar10_pretraining_curve',
-                                                os.path.join(ROOT, 'experiments', 'cifar10_pretraining_curve.py'))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+@pytest.mark.parametrize('name', ['cifar10_semisup', 'cifar10_pretraining_curve', 'cifar10_width_study',
+                                  'quickstart_steps'])
+def test_a_driver_run_as_a_file_says_how_to_run_it(name):
+  done = subprocess.run([sys.executable, os.path.join(ROOT, 'experiments', f'{name}.py'), '--help'],
+                        capture_output=True, text=True, timeout=60)
+  assert done.returncode == 1 and done.stderr.splitlines() == [
+      f'error: run it from the repository root as a module: python -m experiments.{name} ...']
 
 
 CHAIN_LEDGER = os.path.join(ROOT, 'experiments', 'results', 'cifar10_semisup_full', 'ledger')
@@ -248,7 +237,7 @@ def tiny_image_folder(root):
 def full_curve_stages(tmp_path, also_from, pretraining_ledger, run_flags=()):
   """The full preset's Stages over a tiny image folder, with --out and the ledger under tmp_path, taking runs from
   the `also_from` ledger and the pretraining's record from `pretraining_ledger`."""
-  curve = curve_driver()
+  curve = cifar10_pretraining_curve
   p = curve.PRESETS['full']
   chain = curve.chain_lib.Chain(str(tmp_path / 'out'), 'test', str(tmp_path / 'ledger'), also_from=[also_from],
                                 run_flags=run_flags)
@@ -300,9 +289,9 @@ def test_the_students_part_waits_for_its_teacher(tmp_path):
   """--part=students (the distillations, the other seeds) needs the 10% fine-tuning of the longest pretraining:
   without it, one line saying so, and nothing started (no pretraining from a second process)."""
   data = tiny_image_folder(tmp_path / 'data')
-  command = [sys.executable, os.path.join(ROOT, 'experiments', 'cifar10_pretraining_curve.py'), f'--data_dir={data}',
+  command = [sys.executable, '-m', 'experiments.cifar10_pretraining_curve', f'--data_dir={data}',
              f'--out={tmp_path / "out"}', f'--ledger={tmp_path / "ledger"}', '--part=students']
-  done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+  done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=300)
   assert done.returncode == 1 and done.stderr.splitlines() == [
       'error: --part=students needs finetune_e100_10pct (the distillations\' teacher) done: run --part=pretrained '
       'until it is (or --part=all).']
@@ -312,10 +301,10 @@ def test_the_students_part_waits_for_its_teacher(tmp_path):
   (tmp_path / 'ledger' / 'finetune_e100_10pct' / 'stage.json').write_text(json.dumps({'seconds': 1.0}))
   os.makedirs(tmp_path / 'ledger' / 'pretrain')
   (tmp_path / 'ledger' / 'pretrain' / 'stage.json').write_text(json.dumps({'args': ['--other']}))
-  done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+  done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=300)
   assert done.returncode == 1 and 'records the long pretraining with other settings' in done.stderr
   # Each part runs its own stages only; all of them, in order, make the report's input.
-  curve, ran = curve_driver(), []
+  curve, ran = cifar10_pretraining_curve, []
   stub = type('Stages', (), {'tuned': {'t': 1}, 'results': {'r': 2}, 'evaluations': lambda s: ran.append('e'),
                              'students': lambda s: ran.append('s'), 'baseline': lambda s: ran.append('b') or {}})()
   assert curve.Stages.all(stub, curve.PARTS['students']) == {'tuning': {'t': 1}, 'results': {'r': 2}}
@@ -326,7 +315,7 @@ def test_the_students_part_waits_for_its_teacher(tmp_path):
 
 
 def test_the_baselines_epochs_grow_threefold_within_the_clock():
-  curve = curve_driver()
+  curve = cifar10_pretraining_curve
   listed = (20, 60, 180, 540)
   assert curve.extended_epochs(listed, 5.0, 30_000) == (20, 60, 180, 540, 1620, 6000)
   # A cut run barely longer than the extension before it: that extension goes to the clock instead.
@@ -362,23 +351,22 @@ def test_a_resumable_stage_goes_on_from_the_ledger_on_a_new_machine(tmp_path, mo
   """A stage longer than a session keeps its newest checkpoint in LEDGER/in_progress/NAME; cut short, it resumes
   from there on a new machine (a new --out), and once finished it is recorded and its in-progress copy removed.
   (run.py's own resume is proven in tests/modes; here a stand-in run.py saves two steps per session.)"""
-  module = driver()
   fake_root = tmp_path / 'root'
   fake_root.mkdir()
   (fake_root / 'run.py').write_text(FAKE_RUN)
-  monkeypatch.setattr(module, 'ROOT', str(fake_root))
-  monkeypatch.setattr(module.Chain, 'POLL_SECONDS', 0.1)
+  monkeypatch.setattr(stages, 'ROOT', str(fake_root))
+  monkeypatch.setattr(stages.Chain, 'POLL_SECONDS', 0.1)
   ledger = tmp_path / 'ledger'
   args = ['--train_steps=5', '--checkpoint_epochs=1']
   for session in range(2):
-    chain = module.Chain(str(tmp_path / f'machine{session}'), 'test', str(ledger))
+    chain = stages.Chain(str(tmp_path / f'machine{session}'), 'test', str(ledger))
     with pytest.raises(SystemExit) as stopped:
       chain.run('long', args, 'eval_val.json', resumable=True)
     assert stopped.value.code == 143  # the run's own: stopped by SIGTERM, the driver too
-    assert module.listed_checkpoints(ledger / 'in_progress' / 'long') == [2 * (session + 1)]
+    assert stages.listed_checkpoints(ledger / 'in_progress' / 'long') == [2 * (session + 1)]
   # The checkpoint cadence is not part of the settings: a different one still continues the run; nor is how a
   # machine runs it (its threads).
-  chain = module.Chain(str(tmp_path / 'machine2'), 'test', str(ledger), run_flags=['--num_threads=1'])
+  chain = stages.Chain(str(tmp_path / 'machine2'), 'test', str(ledger), run_flags=['--num_threads=1'])
   assert chain.run('long', args[:1] + ['--checkpoint_epochs=5'], 'eval_val.json', resumable=True)['step'] == 5
   assert [(tmp_path / f'machine{m}' / 'long' / 'started_at').read_text().split() for m in range(3)] == [
       ['0:-'], ['2:-'], ['4:1']]
@@ -387,9 +375,9 @@ def test_a_resumable_stage_goes_on_from_the_ledger_on_a_new_machine(tmp_path, mo
   assert not any('num_threads' in a for a in json.load(open(ledger / 'long' / 'stage.json'))['args'])
   # Other settings: the kept checkpoint is not resumed.
   with pytest.raises(SystemExit):
-    module.Chain(str(tmp_path / 'machine3'), 'test', str(ledger)).run('other', args, resumable=True)
+    stages.Chain(str(tmp_path / 'machine3'), 'test', str(ledger)).run('other', args, resumable=True)
   with pytest.raises(SystemExit):
-    module.Chain(str(tmp_path / 'machine4'), 'test', str(ledger)).run('other', ['--train_steps=9'], resumable=True)
+    stages.Chain(str(tmp_path / 'machine4'), 'test', str(ledger)).run('other', ['--train_steps=9'], resumable=True)
   assert (tmp_path / 'machine4' / 'other' / 'started_at').read_text().split() == ['0:-']
 
 
@@ -412,12 +400,10 @@ save(2)  # as run.py does when told to stop: a checkpoint of the step reached, e
 sys.exit(128 + stops[0] if stops and args['train_steps'] != '2' else 0)  # or it had just reached its last step
 '''
 
-DRIVER = '''import importlib.util, sys
-spec = importlib.util.spec_from_file_location('chain', sys.argv[1])
-chain = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(chain)
-chain.ROOT, chain.Chain.POLL_SECONDS = sys.argv[2], 0.1
-chain.Chain(sys.argv[3], 'test', sys.argv[4]).run('long', sys.argv[5:], 'eval_val.json', resumable=True)
+DRIVER = '''import sys
+from experiments import stages as chain
+chain.ROOT, chain.Chain.POLL_SECONDS = sys.argv[1], 0.1
+chain.Chain(sys.argv[2], 'test', sys.argv[3]).run('long', sys.argv[4:], 'eval_val.json', resumable=True)
 print('went on')
 '''
 
@@ -432,10 +418,9 @@ def test_stopping_the_driver_stops_its_run_at_a_checkpoint_kept_in_the_ledger(tm
   fake_root.mkdir()
   (fake_root / 'run.py').write_text(WAITING_RUN)
   (tmp_path / 'driver.py').write_text(DRIVER)
-  process = subprocess.Popen([sys.executable, str(tmp_path / 'driver.py'),
-                              os.path.join(ROOT, 'experiments', 'cifar10_semisup.py'), str(fake_root), str(out),
-                              str(ledger), f'--train_steps={steps}'], stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
+  process = subprocess.Popen([sys.executable, str(tmp_path / 'driver.py'), str(fake_root), str(out), str(ledger),
+                              f'--train_steps={steps}'], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env=dict(os.environ, PYTHONPATH=ROOT))
   pid = out / 'long' / 'pid'
   for _ in range(600):
     if pid.exists() or process.poll() is not None:
@@ -451,7 +436,7 @@ def test_stopping_the_driver_stops_its_run_at_a_checkpoint_kept_in_the_ledger(tm
   if steps == 9:
     assert stderr.strip().splitlines()[-1] == ('long: stopped by SIGTERM after its run saved a checkpoint; the same '
                                                'command continues it.')
-    assert driver().listed_checkpoints(ledger / 'in_progress' / 'long') == [2]
+    assert stages.listed_checkpoints(ledger / 'in_progress' / 'long') == [2]
     assert not (ledger / 'long').exists()
   else:
     assert stderr.strip().splitlines()[-1] == ('long: finished and recorded as SIGTERM came; the same command goes '
@@ -460,7 +445,7 @@ def test_stopping_the_driver_stops_its_run_at_a_checkpoint_kept_in_the_ledger(tm
 
 
 def test_the_curves_report_has_the_curve_the_seeds_and_the_students(tmp_path):
-  curve = curve_driver()
+  curve = cifar10_pretraining_curve
   p = curve.PRESETS['full']
   results = {'supervised_1pct': {'top1': 0.42}, 'supervised_1pct_seed1': {'top1': 0.40},
              'supervised_1pct_seed2': {'top1': 0.44}, 'supervised_10pct': {'top1': 0.76},

@@ -1,7 +1,7 @@
 import numpy as np
 import tensorflow as tf
 
-from simclr_tf import losses
+from simclr_tf.methods import losses
 
 
 def direct_nt_xent(z1, z2, tau):

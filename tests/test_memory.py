@@ -9,9 +9,11 @@ import tensorflow as tf
 
 import run as run_py
 from conftest import ROOT, checkpoint_values, run_cli, run_interrupted_then_resumed, tiny_config
-from simclr_tf import losses, memory, monitor, weights
+from simclr_tf import weights
+from simclr_tf.methods import losses, memory
 from simclr_tf.methods import momentum
 from simclr_tf.modes import pretrain
+from simclr_tf.runtime import monitor
 from simclr_tf.training import loop
 
 

@@ -26,7 +26,6 @@ import tensorflow as tf
 
 from simclr_tf.config import Config
 from simclr_tf.data import views
-from simclr_tf.errors import UserError
 from simclr_tf.methods.momentum import MomentumNetwork
 from simclr_tf.methods.shared import exported_model  # noqa: F401  (the method's: online, or the target)
 from simclr_tf.methods.shared import linear_head_loss, online_network, stacked_views
@@ -35,15 +34,6 @@ from simclr_tf.models.simclr import build_model
 from simclr_tf.optim.build import total_steps, weight_decay_loss
 from simclr_tf.precision import policy_scope
 from simclr_tf.training.loop import Task
-
-
-def validate(config: Config) -> None:
-  if config.memory_size:
-    raise UserError(f'--memory_size={config.memory_size}: BYOL has no negatives; use --memory_size=0 with '
-                    f'--method=byol.')
-  if config.num_proj_layers < 1:
-    raise UserError('--method=byol needs a projection head (--num_proj_layers >= 1): the predictor and the target '
-                    'meet on its output.')
 
 
 def target_momentum(base: float, step, total: int):

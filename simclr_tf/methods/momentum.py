@@ -1,6 +1,6 @@
 """A momentum network: a slowly moving copy of a network's encoder and projection head, w_ema = m·w_ema + (1 − m)·w
-after each step. The memory of negatives (simclr_tf.memory) draws its keys from one; BYOL (simclr_tf.methods.byol)
-regresses onto one's projections.
+after each step. The memory of negatives (simclr_tf.methods.memory) draws its keys from one; BYOL
+(simclr_tf.methods.byol) regresses onto one's projections.
 
 Both networks are SimCLR models of the same architecture; only the encoder's and projection head's weights are
 tied (a supervised head, or a predictor beside the online network, is not). Build it inside the strategy's scope; call

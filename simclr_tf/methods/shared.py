@@ -3,8 +3,9 @@ on a stop-gradient of the features (linear evaluation while pretraining), and wh
 
 import tensorflow as tf
 
-from simclr_tf import losses, metrics
+from simclr_tf import metrics
 from simclr_tf.config import Config
+from simclr_tf.methods import losses
 from simclr_tf.models.simclr import build_model
 from simclr_tf.optim.build import learning_rate_schedule, make_optimizer
 

@@ -1,14 +1,13 @@
 """SimCLR (Chen et al. 2020; v2): NT-Xent of two views' projections with negatives from all replicas, optionally a
-memory of negatives from a momentum network (simclr_tf.memory), and the linear head on a stop-gradient."""
+memory of negatives from a momentum network (simclr_tf.methods.memory), and the linear head on a stop-gradient."""
 
 from typing import Optional
 
 import tensorflow as tf
 
-from simclr_tf import losses, memory
 from simclr_tf.config import Config
 from simclr_tf.data import views
-from simclr_tf.errors import UserError
+from simclr_tf.methods import losses, memory
 from simclr_tf.methods.shared import exported_model  # noqa: F401  (the method's: the online network)
 from simclr_tf.methods.shared import linear_head_loss, online_network, stacked_views
 from simclr_tf.models.simclr import build_model
@@ -16,20 +15,11 @@ from simclr_tf.optim.build import weight_decay_loss
 from simclr_tf.training.loop import Task
 
 
-def validate(config: Config) -> None:
-  if config.memory_size and config.memory_size < 2 * config.train_batch_size:
-    raise UserError(f'--memory_size={config.memory_size} cannot hold the {2 * config.train_batch_size} keys a step '
-                    f'enqueues (both views of --train_batch_size={config.train_batch_size}); use at least that, or 0 '
-                    f'for no memory.')
-  if config.export_momentum_network and not config.memory_size:
-    raise UserError('--export_momentum_network needs a memory of negatives (--memory_size > 0).')
-
-
 def contrastive_replica_step(model, config: Config, num_classes: int,
                              negatives: Optional[memory.NegativesMemory] = None):
   """The per-replica step of pretraining: NT-Xent of the two views (stacked along channels in batch['image']) +
   weight decay, plus the linear head's cross-entropy on a stop-gradient when num_classes > 0. With a memory of
-  negatives, the views are compared with the momentum network's keys and the queue's (simclr_tf.memory), and the
+  negatives, the views are compared with the momentum network's keys and the queue's (simclr_tf.methods.memory), and the
   step hands its keys on (carry) to be enqueued after the update."""
 
   def replica_step(batch):

@@ -2,7 +2,7 @@
 
 import keras
 
-from simclr_tf.models.resnet import BatchNormRelu, Composite
+from simclr_tf.models.layers import BatchNormRelu, Composite
 
 
 def dense_initializer():

@@ -12,7 +12,7 @@ tf.train.Checkpoint). No batch norm: the only synchronised statistics of a ViT m
 import keras
 import tensorflow as tf
 
-from simclr_tf.models.resnet import Composite, set_trainable
+from simclr_tf.models.layers import Composite, set_trainable
 
 ATTRIBUTE = 'vit'
 LAYER_NORM_EPSILON = 1e-6

@@ -65,7 +65,7 @@ def check_places(config) -> None:
 def run(config, strategy=None, places_checked: bool = False, given=None, prepared: bool = False) -> dict:
   """Prepares `config` (unless `prepared`; `given` as in prepare), checks the places it writes (unless
   `places_checked`) and runs its mode on `strategy` (default: the one --strategy names, made here)."""
-  from simclr_tf import distribute
+  from simclr_tf.runtime import distribute
   if not prepared:
     config = prepare(config, given)
   if not places_checked:

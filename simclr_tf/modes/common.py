@@ -9,7 +9,7 @@ from typing import Callable, Dict, Optional
 
 import tensorflow as tf
 
-from simclr_tf import checkpoints, distribute, export, files, record, runlock, weights
+from simclr_tf import export, record, weights
 from simclr_tf.config import Config
 from simclr_tf.data import inputs
 from simclr_tf.errors import UserError
@@ -17,6 +17,7 @@ from simclr_tf.evaluation import evaluate, write_result
 from simclr_tf.models.registry import ENCODERS
 from simclr_tf.models.simclr import HEAD_OUTPUTS, build_model
 from simclr_tf.optim.build import learning_rate_schedule, make_optimizer
+from simclr_tf.runtime import checkpoints, distribute, files, runlock
 from simclr_tf.training.loop import Task, fit
 
 log = logging.getLogger('simclr_tf')

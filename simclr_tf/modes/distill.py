@@ -7,10 +7,11 @@ from typing import Dict
 
 import tensorflow as tf
 
-from simclr_tf import losses, metrics, weights
+from simclr_tf import metrics, weights
 from simclr_tf.config import Config
 from simclr_tf.data import inputs, views
 from simclr_tf.errors import UserError
+from simclr_tf.methods import losses
 from simclr_tf.models.registry import ENCODERS
 from simclr_tf.modes import common
 from simclr_tf.optim.build import weight_decay_loss

@@ -13,12 +13,12 @@ from typing import Dict
 import numpy as np
 import tensorflow as tf
 
-from simclr_tf import distribute, files
 from simclr_tf.config import Config
 from simclr_tf.data import inputs
 from simclr_tf.errors import UserError
 from simclr_tf.evaluation import embed
 from simclr_tf.modes import common
+from simclr_tf.runtime import distribute, files
 
 log = logging.getLogger('simclr_tf')
 

@@ -18,11 +18,12 @@ from typing import Dict, List, Optional, Tuple
 
 import tensorflow as tf
 
-from simclr_tf import checkpoints, files, record, weights
+from simclr_tf import record, weights
 from simclr_tf.config import Config
 from simclr_tf.errors import UserError
 from simclr_tf.evaluation import read_result, result_paths
 from simclr_tf.modes import common
+from simclr_tf.runtime import checkpoints, files
 from simclr_tf.weights.file import is_saved_model, saved_model_in
 
 log = logging.getLogger('simclr_tf')

@@ -7,9 +7,10 @@ from typing import Dict
 
 import tensorflow as tf
 
-from simclr_tf import checkpoints, export, record, weights
+from simclr_tf import export, record, weights
 from simclr_tf.config import Config
 from simclr_tf.modes import common
+from simclr_tf.runtime import checkpoints
 
 log = logging.getLogger('simclr_tf')
 

@@ -6,9 +6,10 @@ from typing import Dict
 
 import tensorflow as tf
 
-from simclr_tf import losses, metrics
+from simclr_tf import metrics
 from simclr_tf.config import Config
 from simclr_tf.data import views
+from simclr_tf.methods import losses
 from simclr_tf.modes import common
 from simclr_tf.optim.build import weight_decay_loss
 from simclr_tf.training.loop import Task

@@ -9,11 +9,11 @@ from typing import Dict
 
 import tensorflow as tf
 
-from simclr_tf import checkpoints, distribute
 from simclr_tf.config import Config
 from simclr_tf.data import inputs
 from simclr_tf.evaluation import knn_evaluate, write_result
 from simclr_tf.modes import common
+from simclr_tf.runtime import checkpoints, distribute
 
 log = logging.getLogger('simclr_tf')
 

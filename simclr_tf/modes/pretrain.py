@@ -24,7 +24,7 @@ def validate(config: Config) -> None:
   common.require(not config.knn_every_epochs or config.eval_split,
                  f'--knn_every_epochs={config.knn_every_epochs} needs --eval_split (the split whose kNN accuracy '
                  f'is measured against --train_split).')
-  METHODS[config.method].validate(config)
+  METHODS.settings(config.method).validate(config)
 
 
 def knn_monitor(config: Config, model, source: inputs.Source) -> Optional[Measurement]:

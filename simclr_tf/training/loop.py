@@ -24,12 +24,13 @@ from typing import Callable, Dict, List, Optional
 import keras
 import tensorflow as tf
 
-from simclr_tf import checkpoints, distribute, files, monitor, precision, preemption, record, runlock
+from simclr_tf import precision, record
 from simclr_tf.config import Config, resume_conflicts
 from simclr_tf.data import inputs
 from simclr_tf.data.views import Views
 from simclr_tf.errors import Interrupted, UserError, tf_error_summary
 from simclr_tf.optim.build import Period, epoch_period, total_steps
+from simclr_tf.runtime import checkpoints, distribute, files, monitor, preemption, runlock
 
 log = logging.getLogger('simclr_tf')
 

@@ -1,4 +1,4 @@
-"""Reading weights, apart from writing them (simclr_tf.export writes SavedModels, simclr_tf.checkpoints keeps a
+"""Reading weights, apart from writing them (simclr_tf.export writes SavedModels, simclr_tf.runtime.checkpoints keeps a
 run's training checkpoints): any checkpoint or SavedModel users bring, of this project or of the paper's reference
 code, restored into our model.
 

@@ -20,10 +20,11 @@ from typing import Optional, Tuple
 
 import tensorflow as tf
 
-from simclr_tf import checkpoints, record
-from simclr_tf.config import INPUT_FIELDS, NORMALIZATION_FIELDS, PROJECTION_FIELDS, Config
+from simclr_tf import record
+from simclr_tf.config import HEAD_FIELDS, INPUT_FIELDS, NORMALIZATION_FIELDS, PROJECTION_FIELDS, Config
 from simclr_tf.errors import UserError
 from simclr_tf.models.registry import ENCODER_FIELDS
+from simclr_tf.runtime import checkpoints
 from simclr_tf.weights.file import WeightFile, is_saved_model, saved_model_in
 from simclr_tf.weights.reference import reference_architecture
 
@@ -77,8 +78,8 @@ def reader_fields(recorded: dict, uses: bool) -> Tuple[str, ...]:
   family = recorded.get('encoder', 'resnet')
   if family not in ENCODER_FIELDS:
     raise UserError(f'the recorded encoder {family!r} is not one of this version\'s ({", ".join(ENCODER_FIELDS)}).')
-  return (('encoder',) + ENCODER_FIELDS[family] + PROJECTION_FIELDS + (('ft_proj_selector',) if uses else ()) +
-          INPUT_FIELDS + (NORMALIZATION_FIELDS if uses else ()))
+  return (('encoder',) + ENCODER_FIELDS[family] + (HEAD_FIELDS if uses else PROJECTION_FIELDS) + INPUT_FIELDS +
+          (NORMALIZATION_FIELDS if uses else ()))
 
 
 def given_in_python(config: Config) -> frozenset:

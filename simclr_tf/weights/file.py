@@ -12,8 +12,8 @@ from typing import Dict, List, Optional
 
 import tensorflow as tf
 
-from simclr_tf import checkpoints
 from simclr_tf.errors import UserError, first_line
+from simclr_tf.runtime import checkpoints
 
 OURS, OURS_SAVEDMODEL, REFERENCE_CHECKPOINT, REFERENCE_SAVEDMODEL = (
     'simclr-tf checkpoint', 'simclr-tf SavedModel', 'reference checkpoint', 'reference SavedModel')

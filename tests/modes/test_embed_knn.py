@@ -7,8 +7,9 @@ import pytest
 
 import run as run_py
 from conftest import run_cli, tiny_config, tiny_flags
-from simclr_tf import monitor, weights
+from simclr_tf import weights
 from simclr_tf.data import inputs
+from simclr_tf.runtime import monitor
 
 
 @pytest.fixture(scope='module')

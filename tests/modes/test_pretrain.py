@@ -10,7 +10,8 @@ import tensorflow as tf
 
 import run as run_py
 from conftest import ROOT, checkpoint_values, run_interrupted_then_resumed, tensorboard_events, tiny_config
-from simclr_tf import monitor, weights
+from simclr_tf import weights
+from simclr_tf.runtime import monitor
 
 
 def test_pretrain_cli_on_mock_cifar10(tmp_path):

@@ -5,7 +5,7 @@ import json
 import os
 
 from conftest import run_cli
-from simclr_tf import monitor
+from simclr_tf.runtime import monitor
 
 
 def test_quickstart_recipe_reduced(tmp_path):

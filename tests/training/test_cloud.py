@@ -16,9 +16,10 @@ import tensorflow as tf
 
 import run as run_py
 from conftest import SUBPROCESS_ENV, run_py_command, tiny_config, tiny_flags
-from simclr_tf import preemption, runlock, weights
+from simclr_tf import weights
 from simclr_tf.config import Config
 from simclr_tf.errors import UserError
+from simclr_tf.runtime import preemption, runlock
 
 TINY = tiny_flags(dataset='image_folder', eval_batch_size=8, checkpoint_epochs=0)
 

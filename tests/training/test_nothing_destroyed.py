@@ -496,7 +496,8 @@ def test_a_signal_that_lands_in_tfs_bare_except_still_stops_the_export(tmp_path,
 def test_a_second_signal_does_not_cut_the_exports_cleanup_short(tmp_path, monkeypatch):
   """Ctrl-C twice, or a SIGTERM then Ctrl-C: the first stops the export, the second comes while its partial
   SavedModel is being removed; the removal finishes, and the run ends as the first signal said."""
-  from simclr_tf import export, files
+  from simclr_tf import export
+  from simclr_tf.runtime import files
   from simclr_tf.errors import Interrupted
   model, config, target, before = a_tiny_export(tmp_path)
 

@@ -7,9 +7,10 @@ import pytest
 import tensorflow as tf
 
 from conftest import tiny_config
-from simclr_tf import distribute, modes, training
+from simclr_tf import modes, training
 from simclr_tf.data import inputs
 from simclr_tf.modes import pretrain
+from simclr_tf.runtime import distribute
 
 
 def counting_task(config, strategy):
@@ -51,7 +52,7 @@ def test_after_update_hook_and_extra_state_resume_exactly(tmp_path, shapes_dir, 
   assert run.run() == 5 and float(seen.numpy()) == 5 * 8
 
   # The step's own names are the metrics: 'images' was logged without being declared anywhere else.
-  from simclr_tf import monitor
+  from simclr_tf.runtime import monitor
   records = monitor.read_metrics(str(tmp_path))
   assert records[-1]['step'] == 5 and records[-1]['images'] == pytest.approx(8 / replicas)
   assert {'loss', 'contrast_loss', 'contrast_acc', 'contrast_entropy', 'learning_rate'} <= set(records[-1])

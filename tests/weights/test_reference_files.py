@@ -22,11 +22,12 @@ import tensorflow as tf
 
 import run as run_py
 from conftest import SHARED, needs_shared, run_cli
-from simclr_tf import checkpoints, training, weights
+from simclr_tf import training, weights
 from simclr_tf.config import Config
 from simclr_tf.models.simclr import build_model
 from simclr_tf.modes import distill, pretrain
 from simclr_tf.optim.build import weight_decay_loss
+from simclr_tf.runtime import checkpoints
 
 GOLDEN = os.path.join(SHARED, 'reference', 'golden')
 MODELS = ('r18_cifar_w0.125', 'r50_w0.125', 'r50_sk_w0.125')

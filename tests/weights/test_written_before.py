@@ -12,9 +12,10 @@ import tensorflow as tf
 
 import run as run_py
 from conftest import ROOT
-from simclr_tf import files, record, weights
+from simclr_tf import record, weights
 from simclr_tf.config import from_dict
 from simclr_tf.errors import UserError
+from simclr_tf.runtime import files
 
 BEFORE = os.path.join(ROOT, 'tests', 'resources', 'written_before_layout_change')
 

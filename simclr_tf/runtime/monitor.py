@@ -12,7 +12,7 @@ from typing import Dict, List, Optional, Tuple
 
 import tensorflow as tf
 
-from simclr_tf import files
+from simclr_tf.runtime import files
 
 log = logging.getLogger('simclr_tf')
 

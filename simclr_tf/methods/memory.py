@@ -28,8 +28,8 @@ The variant implemented, and why:
 
 import tensorflow as tf
 
-from simclr_tf import losses
 from simclr_tf.config import Config
+from simclr_tf.methods import losses
 from simclr_tf.methods.momentum import MomentumNetwork, assign_everywhere
 
 

@@ -18,8 +18,8 @@ from typing import Optional
 
 import tensorflow as tf
 
-from simclr_tf import files
 from simclr_tf.errors import UserError
+from simclr_tf.runtime import files
 
 log = logging.getLogger('simclr_tf')
 LOCK_NAME = 'run.lock'

@@ -11,10 +11,10 @@ from typing import List, Optional, Tuple
 
 import tensorflow as tf
 
-from simclr_tf import files
 from simclr_tf import record as record_lib
 from simclr_tf.errors import UserError
-from simclr_tf.files import describe_error
+from simclr_tf.runtime import files
+from simclr_tf.runtime.files import describe_error
 
 CHECKPOINT_NAME = 'ckpt'
 log = logging.getLogger('simclr_tf')
