@@ -16,20 +16,13 @@ from simclr_tf.errors import Interrupted  # noqa: F401  (raised by the modes; re
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
-class StopRequests:
-  """Catches SIGTERM and SIGINT while active (in the main thread; elsewhere it catches nothing) and remembers the
-  first: `requested` is its number or None. Restores the previous handlers on exit."""
+class _SignalHandling:
+  """While active (in the main thread; elsewhere nothing is caught), SIGNALS go to self._handle(signum, frame);
+  the previous handlers come back on exit."""
+  _previous: dict
 
-  def __init__(self):
-    self.requested: Optional[int] = None
+  def __enter__(self):
     self._previous = {}
-
-  def _handle(self, signum, frame):
-    del frame
-    if self.requested is None:
-      self.requested = signum
-
-  def __enter__(self) -> 'StopRequests':
     if threading.current_thread() is threading.main_thread():
       for sig in SIGNALS:
         self._previous[sig] = signal.signal(sig, self._handle)
@@ -40,12 +33,28 @@ class StopRequests:
       signal.signal(sig, handler)
     return False
 
+  def _handle(self, signum, frame):
+    raise NotImplementedError
+
+
+class StopRequests(_SignalHandling):
+  """Catches SIGTERM and SIGINT while active (in the main thread; elsewhere it catches nothing) and remembers the
+  first: `requested` is its number or None. Restores the previous handlers on exit."""
+
+  def __init__(self):
+    self.requested: Optional[int] = None
+
+  def _handle(self, signum, frame):
+    del frame
+    if self.requested is None:
+      self.requested = signum
+
   @property
   def name(self) -> str:
     return signal.Signals(self.requested).name if self.requested else ''
 
 
-class AbortOnSignals:
+class AbortOnSignals(_SignalHandling):
   """While active (in the main thread), SIGTERM and SIGINT raise Interrupted(describe(signal name)) at once, so
   that a short piece of work (an export) stops and cleans up after itself. Inside deferred() (a step that must
   not be cut in half) a signal is only remembered. Either way `received` is the first signal's number: the raise
@@ -55,7 +64,6 @@ class AbortOnSignals:
 
   def __init__(self, describe: Callable[[str], str]):
     self.describe = describe
-    self._previous = {}
     self._deferring = False
     self.received: Optional[int] = None
 
@@ -68,17 +76,6 @@ class AbortOnSignals:
   def interrupted(self) -> Interrupted:
     """The error that ends the work for the first signal received."""
     return Interrupted(self.describe(signal.Signals(self.received).name), self.received)
-
-  def __enter__(self) -> 'AbortOnSignals':
-    if threading.current_thread() is threading.main_thread():
-      for sig in SIGNALS:
-        self._previous[sig] = signal.signal(sig, self._handle)
-    return self
-
-  def __exit__(self, *exc):
-    for sig, handler in self._previous.items():
-      signal.signal(sig, handler)
-    return False
 
   @contextlib.contextmanager
   def deferred(self):
