@@ -187,8 +187,7 @@ def test_no_module_imports_from_a_layer_above_its_own():
 
 
 def test_the_declarations_import_no_tensorflow():
-  settings = [ENCODERS._modules[n] + '_settings' for n in ENCODERS] + [  # pylint: disable=protected-access
-      METHODS._modules[n] + '_settings' for n in METHODS]  # pylint: disable=protected-access
+  settings = [registry.settings(name).__name__ for registry in (ENCODERS, METHODS) for name in registry]
   result = _run_python(f'''
       import importlib, sys
       import run
