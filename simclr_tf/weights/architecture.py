@@ -18,8 +18,6 @@ import logging
 import os
 from typing import Optional, Tuple
 
-import tensorflow as tf
-
 from simclr_tf import record
 from simclr_tf.config import HEAD_FIELDS, INPUT_FIELDS, NORMALIZATION_FIELDS, PROJECTION_FIELDS, Config
 from simclr_tf.errors import UserError

@@ -3,16 +3,13 @@ mode through run.py at tiny size (a ViT student of a ResNet teacher included), e
 in mixed precision, under XLA and on two replicas; LARS leaves its norms and embeddings alone."""
 
 import json
-import os
-import subprocess
-import sys
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import ROOT, run_cli, tiny_config, tiny_flags
+from conftest import run_cli, tiny_config, tiny_flags
 from simclr_tf import models
 from simclr_tf.models.simclr import build_model
 from simclr_tf.optim.build import make_optimizer

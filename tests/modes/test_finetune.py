@@ -40,7 +40,7 @@ def test_finetune_other_classes_frozen_then_eval(tmp_path, shapes_dir, pretraine
   assert np.abs(after['supervised_head/dense/_kernel']).sum() > 0
 
   written = json.loads((model_dir / 'eval_test.json').read_text())
-  proc = run_cli('--mode=eval', f'--checkpoint={model_dir}', f'--dataset=image_folder', f'--data_dir={shapes_dir}',
+  proc = run_cli('--mode=eval', f'--checkpoint={model_dir}', '--dataset=image_folder', f'--data_dir={shapes_dir}',
                  '--image_size=32', '--resnet_depth=18', '--width_multiplier=0.125', '--proj_out_dim=16',
                  '--ft_proj_selector=1', '--eval_split=test', '--eval_batch_size=8', timeout=120)
   assert proc.returncode == 0, proc.stderr

@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 
 import run as run_py
-from conftest import ROOT, SHARED, needs_shared, run_cli, tiny_config
+from conftest import SHARED, needs_shared, run_cli, tiny_config
 from simclr_tf import export, weights
 from simclr_tf.config import Config
 from simclr_tf.models.simclr import build_model
@@ -142,7 +142,7 @@ def build_reference_checkpoint(listing, directory):
                                   if not k.startswith('_') and k != 'save_counter'}).write(
       os.path.join(directory, 'ckpt-1'))
   with open(os.path.join(directory, 'checkpoint'), 'w') as f:
-    f.write(f'model_checkpoint_path: "ckpt-1"\n')
+    f.write('model_checkpoint_path: "ckpt-1"\n')
   keys = {k for k, _ in tf.train.list_variables(prefix)}
   assert {k for k, _ in listing} <= keys | {'save_counter/.ATTRIBUTES/VARIABLE_VALUE'}
   return values
