@@ -3,9 +3,13 @@ share one process), a tiny generated image folder, the tiny network every test t
 and helpers to run run.py. simclr_tf and run.py are imported as installed (`pip install -r requirements.txt`
 installs the project in editable mode)."""
 
+import json
 import os
+import signal
 import subprocess
 import sys
+import threading
+import time
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
@@ -87,10 +91,167 @@ def run_py_command(*args) -> list:
   return [sys.executable, os.path.join(ROOT, 'run.py'), *args]
 
 
-def run_cli(*args, timeout=300, env=None):
-  """Runs `python run.py ARGS` and returns the CompletedProcess (text output)."""
-  return subprocess.run(run_py_command(*args), capture_output=True, text=True, timeout=timeout, cwd=ROOT,
-                        env=dict(SUBPROCESS_ENV, **(env or {})))
+def run_cli(*args, timeout=300, env=None, cwd=ROOT):
+  """Runs `python run.py ARGS` and returns the CompletedProcess (text output), as subprocess.run would."""
+  proc = start_run_py(*args, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+  try:
+    out, err = proc.communicate(timeout=timeout)
+  except subprocess.TimeoutExpired:
+    proc.kill()
+    proc.communicate()
+    raise
+  return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+# Environment variables a test may give a command that is forked from tests/run_py_server.py: read at run time
+# (a new process's tempfile reads TMPDIR on first use; the server's children too). Any other makes the command
+# start from scratch: TensorFlow may read it at import.
+READ_AT_RUN_TIME = ('TF_CONFIG', 'TMPDIR')
+
+
+def start_run_py(*args, cwd=ROOT, env=None, stdout=None, stderr=None, text=True):
+  """`python run.py ARGS` started as subprocess.Popen starts it (SUBPROCESS_ENV with `env` added; stdout and stderr
+  None, PIPE, DEVNULL or, for stderr, STDOUT): a new process, forked from one that has imported TensorFlow already
+  (tests/run_py_server.py), unless `env` sets a variable TensorFlow may read at import or SIMCLR_TF_TESTS_FORK=0.
+  Returns an object with Popen's pid, stdout, stderr, returncode, poll, wait, communicate, send_signal, kill."""
+  env = dict(SUBPROCESS_ENV, **(env or {}))
+  if os.environ.get('SIMCLR_TF_TESTS_FORK') == '0' or any(
+      env.get(k) != SUBPROCESS_ENV.get(k) for k in set(env) | set(SUBPROCESS_ENV) if k not in READ_AT_RUN_TIME):
+    return subprocess.Popen(run_py_command(*args), cwd=str(cwd), env=env, stdout=stdout, stderr=stderr, text=text)
+  return RUN_PY_SERVER.start(list(args), str(cwd), env, stdout, stderr, text)
+
+
+class ForkedRunPy:
+  """A run.py process the server forked, with the part of subprocess.Popen's interface the tests use."""
+
+  def __init__(self, server, request_id, args, stdout, stderr):
+    self.server, self.id, self.args = server, request_id, run_py_command(*args)
+    self.stdout, self.stderr = stdout, stderr
+    self.pid = server.wait_for(request_id, 'pid')
+    self.returncode = None
+    self._output = None
+
+  def poll(self):
+    if self.returncode is None:
+      self.returncode = self.server.answer(self.id, 'returncode')
+    return self.returncode
+
+  def wait(self, timeout=None):
+    if self.returncode is None:
+      self.returncode = self.server.wait_for(self.id, 'returncode', timeout, self.args)
+    return self.returncode
+
+  def send_signal(self, sig):
+    if self.poll() is None:
+      os.kill(self.pid, sig)
+
+  def terminate(self):
+    self.send_signal(signal.SIGTERM)
+
+  def kill(self):
+    self.send_signal(signal.SIGKILL)
+
+  def communicate(self, timeout=None):
+    """(stdout, stderr) read to their end (None where not a pipe), then the exit code waited for."""
+    if self._output is None:  # one reader per pipe, as Popen.communicate reads both at once
+      self._output = []
+      for stream in (self.stdout, self.stderr):
+        chunks = []
+        reader = stream and threading.Thread(target=lambda s=stream, c=chunks: c.append(s.read()), daemon=True)
+        if reader:
+          reader.start()
+        self._output.append((stream, chunks, reader))
+    deadline = None if timeout is None else time.monotonic() + timeout
+    for _, _, reader in self._output:
+      if reader:
+        reader.join(None if deadline is None else max(0, deadline - time.monotonic()))
+        if reader.is_alive():
+          raise subprocess.TimeoutExpired(self.args, timeout)
+    self.wait(None if deadline is None else max(0, deadline - time.monotonic()))
+    found = []
+    for stream, chunks, _ in self._output:
+      found.append(chunks[0] if stream else None)
+      if stream:
+        stream.close()
+    return tuple(found)
+
+
+class RunPyServer:
+  """The client of tests/run_py_server.py: one server per test process, started on first use."""
+
+  def __init__(self):
+    self.process = None
+    self.lock = threading.Condition()
+    self.answers = {}
+    self.next_id = 0
+
+  def _start_server(self):
+    import socket
+    import tempfile
+    self.channel, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    self.log = tempfile.NamedTemporaryFile('w+', prefix='simclr-tf-run-py-server-', suffix='.log')
+    self.process = subprocess.Popen([sys.executable, os.path.join(ROOT, 'tests', 'run_py_server.py'),
+                                     str(theirs.fileno())], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                    stderr=self.log, cwd=ROOT, env=SUBPROCESS_ENV, pass_fds=[theirs.fileno()])
+    theirs.close()
+    threading.Thread(target=self._read_answers, daemon=True).start()
+
+  def _read_answers(self):
+    while True:
+      message = self.channel.recv(1 << 16)
+      with self.lock:
+        if not message:
+          self.answers[None] = 'tests/run_py_server.py ended: ' + open(self.log.name).read()[-3000:]
+          self.lock.notify_all()
+          return
+        answer = json.loads(message)
+        self.answers.setdefault(answer.pop('id'), {}).update(answer)
+        self.lock.notify_all()
+
+  def answer(self, request_id, key):
+    with self.lock:
+      if None in self.answers:
+        raise RuntimeError(self.answers[None])
+      return self.answers.get(request_id, {}).get(key)
+
+  def wait_for(self, request_id, key, timeout=None, args=None):
+    with self.lock:
+      found = self.lock.wait_for(lambda: None in self.answers or key in self.answers.get(request_id, {}), timeout)
+      if None in self.answers:
+        raise RuntimeError(self.answers[None])
+      if not found:
+        raise subprocess.TimeoutExpired(args, timeout)
+      return self.answers[request_id][key]
+
+  def start(self, args, cwd, env, stdout, stderr, text):
+    import socket
+    with self.lock:
+      if self.process is None or self.process.poll() is not None:
+        self._start_server()
+      self.next_id += 1
+      request_id = self.next_id
+    null = os.open(os.devnull, os.O_RDWR)
+    ours, theirs = {}, {}
+    for name, how in (('stdout', stdout), ('stderr', stderr)):
+      if how == subprocess.PIPE:
+        read, write = os.pipe()
+        ours[name], theirs[name] = open(read, 'r' if text else 'rb'), write
+      elif how == subprocess.DEVNULL:
+        theirs[name] = null
+      elif how == subprocess.STDOUT and name == 'stderr':
+        theirs[name] = theirs['stdout']
+      elif how is None:
+        theirs[name] = 1 + (name == 'stderr')
+      else:
+        raise ValueError(f'{name}={how!r} is not supported by start_run_py')
+    request = json.dumps(dict(id=request_id, argv=args, env=env, cwd=cwd)).encode()
+    socket.send_fds(self.channel, [request], [null, theirs['stdout'], theirs['stderr']])
+    for fd in {null, *theirs.values()} - {1, 2}:
+      os.close(fd)
+    return ForkedRunPy(self, request_id, args, ours.get('stdout'), ours.get('stderr'))
+
+
+RUN_PY_SERVER = RunPyServer()
 
 
 def run_here(*args):

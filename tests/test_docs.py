@@ -8,13 +8,12 @@ import json
 import os
 import re
 import shlex
-import subprocess
 
 import pytest
 from absl import flags
 
 import run as run_py
-from conftest import ROOT, run_py_command
+from conftest import ROOT, run_cli
 
 DOCUMENTS = [os.path.join(ROOT, 'README.md')] + sorted(glob.glob(os.path.join(ROOT, 'docs', '*.md')))
 PROGRAMS = (('python', 'run.py'), ('simclr-tf',))
@@ -80,8 +79,7 @@ def quickstart_folder(tmp_path_factory):
   readme = [args for path, _, args in ALL if path == 'README.md']
   quickstart = [args for args in readme if args == ['--flagfile=flags/quickstart.cfg']]
   assert quickstart, 'the README has no quick-start command'
-  proc = subprocess.run(run_py_command(*quickstart[0], '--train_epochs=1', '--knn_every_epochs=1'), capture_output=True,
-                        text=True, cwd=folder, timeout=900)
+  proc = run_cli(*quickstart[0], '--train_epochs=1', '--knn_every_epochs=1', cwd=folder, timeout=900)
   assert proc.returncode == 0, proc.stderr[-3000:]
   return folder
 
@@ -110,8 +108,7 @@ def test_the_commands_on_the_quick_starts_output_run_as_written(quickstart_folde
       model_dir = flag_value(args, 'model_dir')
       read = any(f'{model_dir}/saved_model' in w for _, _, a in ON_QUICKSTART for w in a)
       shorter = ['--train_steps=2'] + ([] if read else ['--export_at_end=false'])
-    proc = subprocess.run(run_py_command(*args, *shorter), capture_output=True, text=True, cwd=quickstart_folder,
-                          timeout=900)
+    proc = run_cli(*args, *shorter, cwd=quickstart_folder, timeout=900)
     assert proc.returncode == 0, f'{path}:{line}: {" ".join(args)}\n{proc.stderr[-3000:]}'
     if mode in TRAINING and flag_value(args, 'eval_split'):
       model_dir = flag_value(args, 'model_dir')

@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import ROOT, run_py_command, tensorboard_events, tiny_config, tiny_flags
+from conftest import run_cli, start_run_py, tensorboard_events, tiny_config, tiny_flags
 from simclr_tf.modes import evaluate
 
 FINETUNE = ['--mode=finetune', '--dataset=image_folder', '--train_steps=6', '--checkpoint_steps=1',
@@ -17,8 +17,7 @@ FINETUNE = ['--mode=finetune', '--dataset=image_folder', '--train_steps=6', '--c
 
 
 def start(*args):
-  return subprocess.Popen(run_py_command(*args), stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True, cwd=ROOT, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
+  return start_run_py(*args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
 def test_evaluator_beside_a_training_run(tmp_path, shapes_dir, monkeypatch, simclr_log):
@@ -54,8 +53,7 @@ def test_evaluator_beside_a_training_run(tmp_path, shapes_dir, monkeypatch, simc
 
   # Nothing new: a second evaluator says so and changes nothing.
   before = sorted(os.listdir(run / 'eval_test'))
-  proc = subprocess.run(run_py_command('--mode=eval', f'--checkpoint={run}', '--dataset=image_folder', *data),
-                        capture_output=True, text=True, cwd=ROOT, timeout=300)
+  proc = run_cli('--mode=eval', f'--checkpoint={run}', '--dataset=image_folder', *data)
   assert proc.returncode == 0 and 'is evaluated on test already' in proc.stdout, proc.stderr[-2000:]
   assert sorted(os.listdir(run / 'eval_test')) == before
 

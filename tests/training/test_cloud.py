@@ -15,7 +15,7 @@ import pytest
 import tensorflow as tf
 
 import run as run_py
-from conftest import SUBPROCESS_ENV, run_py_command, tiny_config, tiny_flags
+from conftest import start_run_py, tiny_config, tiny_flags
 from simclr_tf import weights
 from simclr_tf.config import Config
 from simclr_tf.errors import UserError
@@ -25,8 +25,7 @@ TINY = tiny_flags(dataset='image_folder', eval_batch_size=8, checkpoint_epochs=0
 
 
 def start(args, cwd, tiny=True, **popen):
-  return subprocess.Popen(run_py_command(*(TINY if tiny else []), *args), cwd=str(cwd), env=SUBPROCESS_ENV,
-                          text=True, **popen)
+  return start_run_py(*(TINY if tiny else []), *args, cwd=cwd, **popen)
 
 
 def cli(args, cwd, timeout=300, tiny=True):

@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import ROOT, SUBPROCESS_ENV, checkpoint_values, run_cli, run_py_command, tiny_config, tiny_flags
+from conftest import (ROOT, SUBPROCESS_ENV, checkpoint_values, run_cli, run_py_command, start_run_py, tiny_config,
+                      tiny_flags)
 from simclr_tf import weights
 
 TINY = tiny_flags(dataset='image_folder', log_every_steps=1)
@@ -176,11 +177,9 @@ def test_one_export_per_target_at_a_time(tmp_path, trained, simclr_log):
   assert not os.path.exists(export.lock_path(str(target))) and export.is_our_saved_model(str(target))
   # Two exports started at once: each either finished (its SavedModel whole, with its record) or was refused in
   # one line; never both "exported" over each other.
-  cmd = run_py_command(*export_args)
-  procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
-                            env=SUBPROCESS_ENV)
-           for _ in range(2)]
-  outcomes = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
+  procs = [start_run_py(*export_args, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
+  stderrs = [p.communicate(timeout=300)[1] for p in procs]
+  outcomes = [(p.returncode, stderr) for p, stderr in zip(procs, stderrs)]
   for code, stderr in outcomes:
     assert code == 0 or (code == 2 and 'is in use by another export' in stderr and
                          len(stderr.strip().splitlines()) == 1), stderr[-2000:]
@@ -430,10 +429,8 @@ def test_a_signal_during_the_export_leaves_the_old_saved_model_and_no_lock(tmp_p
   shutil.copytree(trained, run)
   before = snapshot(run / 'saved_model')
   # Rerunning the finished training exports again; the signal comes while the new SavedModel is being written.
-  cmd = command(f'--data_dir={shapes_dir}', f'--model_dir={run}', '--train_steps=2', '--checkpoint_steps=1',
-                '--export_at_end=true')
-  proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT,
-                          env=SUBPROCESS_ENV)
+  proc = start_run_py(*TINY, f'--data_dir={shapes_dir}', f'--model_dir={run}', '--train_steps=2',
+                      '--checkpoint_steps=1', '--export_at_end=true', stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
   partial = run / 'saved_model.simclr-tf-partial'
   while not (partial / 'config.json').exists():
     assert proc.poll() is None, proc.stderr.read()[-2000:]
@@ -642,7 +639,7 @@ def test_sigkill_at_seeded_moments_then_rerun(tmp_path, shapes_dir, uninterrupte
                             stderr=subprocess.PIPE, cwd=ROOT,
                             env=dict(SUBPROCESS_ENV, KILL_AT_WRITE=str(event[1]), KILL_HOW=event[2]))
   else:
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT, env=SUBPROCESS_ENV)
+    proc = start_run_py(*cmd[2:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=False)
     while not happened(event, run, export):
       assert proc.poll() is None, f'{event} never happened: ' + proc.stderr.read().decode()[-2000:]
       time.sleep(0.0005)
@@ -653,7 +650,7 @@ def test_sigkill_at_seeded_moments_then_rerun(tmp_path, shapes_dir, uninterrupte
       proc.stderr.read().decode()[-2000:]
   assert_nothing_or_a_saved_model_that_loads(export)
 
-  rerun = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=SUBPROCESS_ENV, timeout=600)
+  rerun = run_cli(*cmd[2:], timeout=600)
   assert rerun.returncode == 0, f'{event}: ' + rerun.stderr[-2000:]
   resumed = [line for line in rerun.stdout.splitlines() if 'resuming from' in line]
   if resumed:  # from a complete checkpoint: it is listed in the state file and readable

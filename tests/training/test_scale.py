@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import ROOT, run_cli, run_py_command, tiny_config, tiny_flags
+from conftest import run_cli, start_run_py, tiny_config, tiny_flags
 from simclr_tf import precision
 from simclr_tf.config import Config, resume_conflicts
 from simclr_tf.models.simclr import build_model
@@ -42,12 +42,10 @@ def start_cluster(tmp_path, data_dir, *extra, workers=2):
   for i in range(workers):
     scratch = tmp_path / f'tmp{i}'
     scratch.mkdir(exist_ok=True)
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', PYTHONUNBUFFERED='1', TMPDIR=str(scratch),
-               TF_CONFIG=json.dumps({'cluster': cluster, 'task': {'type': 'worker', 'index': i}}))
-    cmd = run_py_command(*TINY, f'--data_dir={data_dir}', f'--model_dir={tmp_path / "model"}',
-                         '--strategy=multi_worker', '--num_threads=1', *extra)
-    procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
-                                  env=env))
+    env = dict(TMPDIR=str(scratch), TF_CONFIG=json.dumps({'cluster': cluster, 'task': {'type': 'worker', 'index': i}}))
+    procs.append(start_run_py(*TINY, f'--data_dir={data_dir}', f'--model_dir={tmp_path / "model"}',
+                              '--strategy=multi_worker', '--num_threads=1', *extra, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
   return procs
 
 
