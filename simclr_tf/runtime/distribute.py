@@ -182,9 +182,15 @@ def multi_worker_strategy(config: Config) -> tf.distribute.MultiWorkerMirroredSt
       cluster = json.loads(raw)
       workers = len(cluster['cluster'].get('worker', [])) + len(cluster['cluster'].get('chief', []))
       task = cluster['task']['type'], int(cluster['task']['index'])
-    except (ValueError, KeyError, TypeError) as e:
+      members = cluster['cluster'].get(task[0])
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
       raise UserError(f'TF_CONFIG is not a cluster description ({e!r}); it needs {{"cluster": {{"worker": '
                       f'["host:port", ...]}}, "task": {{"type": "worker", "index": i}}}}.') from None
+    if not isinstance(members, list) or not 0 <= task[1] < len(members):
+      where = (f'its cluster lists {len(members)} {task[0]}(s), indexed from 0' if isinstance(members, list) else
+               f'its cluster has no {task[0]!r} list (it has {", ".join(map(repr, cluster["cluster"])) or "none"})')
+      raise UserError(f'TF_CONFIG names this process {task[0]} {task[1]}, but {where}; give each process the '
+                      'cluster and its own task type and index.')
     log.info('multi-worker: %s %d of a cluster of %d worker(s)', task[0], task[1], workers)
   else:
     log.info('multi-worker: no TF_CONFIG, so this process is a cluster of one')

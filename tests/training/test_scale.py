@@ -131,11 +131,17 @@ def test_a_dead_or_stuck_worker_stops_the_others_with_a_clear_message(tmp_path, 
   assert 'Traceback' not in output
 
 
-def test_tf_config_that_is_not_a_cluster_is_one_line(tmp_path, shapes_dir):
+@pytest.mark.parametrize('tf_config,expected', [
+    ('{"cluster": ', 'error: TF_CONFIG is not a cluster description'),
+    ('{"cluster": {"worker": ["127.0.0.1:1"]}, "task": {"type": "worker", "index": 3}}',
+     'error: TF_CONFIG names this process worker 3, but its cluster lists 1 worker(s), indexed from 0'),
+    ('{"cluster": {"worker": ["127.0.0.1:1"]}, "task": {"type": "chief", "index": 0}}',
+     "error: TF_CONFIG names this process chief 0, but its cluster has no 'chief' list (it has 'worker')")])
+def test_tf_config_that_is_not_a_cluster_is_one_line(tmp_path, shapes_dir, tf_config, expected):
   done = run_cli(*TINY, f'--data_dir={shapes_dir}', f'--model_dir={tmp_path}', '--strategy=multi_worker',
-                 '--train_steps=1', env={'TF_CONFIG': '{"cluster": '})
+                 '--train_steps=1', env={'TF_CONFIG': tf_config})
   assert done.returncode == 2
-  assert done.stderr.strip().startswith('error: TF_CONFIG is not a cluster description')
+  assert done.stderr.strip().startswith(expected), done.stderr[-2000:]
   assert len(done.stderr.strip().splitlines()) == 1
 
 
