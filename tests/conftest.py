@@ -112,13 +112,17 @@ READ_AT_RUN_TIME = ('TF_CONFIG', 'TMPDIR')
 def start_run_py(*args, cwd=ROOT, env=None, stdout=None, stderr=None, text=True):
   """`python run.py ARGS` started as subprocess.Popen starts it (SUBPROCESS_ENV with `env` added; stdout and stderr
   None, PIPE, DEVNULL or, for stderr, STDOUT): a new process, forked from one that has imported TensorFlow already
-  (tests/run_py_server.py), unless `env` sets a variable TensorFlow may read at import or SIMCLR_TF_TESTS_FORK=0.
-  Returns an object with Popen's pid, stdout, stderr, returncode, poll, wait, communicate, send_signal, kill."""
+  (tests/run_py_server.py), on Linux, unless `env` sets a variable TensorFlow may read at import or
+  SIMCLR_TF_TESTS_FORK=0. Returns an object with Popen's pid, stdout, stderr, returncode, poll, wait, communicate,
+  send_signal, kill. (macOS does not promise that a process which loaded its system frameworks survives a fork.)"""
   env = dict(SUBPROCESS_ENV, **(env or {}))
-  if os.environ.get('SIMCLR_TF_TESTS_FORK') == '0' or any(
+  if not FORK or any(
       env.get(k) != SUBPROCESS_ENV.get(k) for k in set(env) | set(SUBPROCESS_ENV) if k not in READ_AT_RUN_TIME):
     return subprocess.Popen(run_py_command(*args), cwd=str(cwd), env=env, stdout=stdout, stderr=stderr, text=text)
   return RUN_PY_SERVER.start(list(args), str(cwd), env, stdout, stderr, text)
+
+
+FORK = sys.platform.startswith('linux') and os.environ.get('SIMCLR_TF_TESTS_FORK') != '0'
 
 
 class ForkedRunPy:
