@@ -107,6 +107,7 @@ def run_cli(*args, timeout=300, env=None, cwd=ROOT):
 # (a new process's tempfile reads TMPDIR on first use; the server's children too). Any other makes the command
 # start from scratch: TensorFlow may read it at import.
 READ_AT_RUN_TIME = ('TF_CONFIG', 'TMPDIR')
+FORK = sys.platform.startswith('linux') and os.environ.get('SIMCLR_TF_TESTS_FORK') != '0'
 
 
 def start_run_py(*args, cwd=ROOT, env=None, stdout=None, stderr=None, text=True):
@@ -120,9 +121,6 @@ def start_run_py(*args, cwd=ROOT, env=None, stdout=None, stderr=None, text=True)
       env.get(k) != SUBPROCESS_ENV.get(k) for k in set(env) | set(SUBPROCESS_ENV) if k not in READ_AT_RUN_TIME):
     return subprocess.Popen(run_py_command(*args), cwd=str(cwd), env=env, stdout=stdout, stderr=stderr, text=text)
   return RUN_PY_SERVER.start(list(args), str(cwd), env, stdout, stderr, text)
-
-
-FORK = sys.platform.startswith('linux') and os.environ.get('SIMCLR_TF_TESTS_FORK') != '0'
 
 
 class ForkedRunPy:

@@ -5,8 +5,8 @@ child is a new process that runs run.py as `python run.py` runs it: as __main__,
 working directory, its stdin, stdout and stderr on the file descriptors the test sent; it ends with run.py's exit
 code, or by a signal, as a process of its own would. The test signals and waits for it by its pid.
 
-Protocol (conftest.RunPyServer is the client), over a SOCK_SEQPACKET socket whose fd is argv[1]: a request is one message,
-JSON {"id", "argv", "env", "cwd"} with three file descriptors (the child's 0, 1, 2); answered by {"id", "pid"}
+Protocol (conftest.RunPyServer is the client), over a SOCK_SEQPACKET socket whose fd is argv[1]: a request is one
+message, JSON {"id", "argv", "env", "cwd"} with three file descriptors (the child's 0, 1, 2); answered by {"id", "pid"}
 when the child starts and {"id", "returncode"} when it ends (-S if a signal S ended it). Requests may come while
 children run. Environment variables that TensorFlow reads at import are the ones this process started with; the
 client sends only commands whose environment differs from that in variables read at run time."""

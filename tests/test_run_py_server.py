@@ -4,6 +4,7 @@ and must agree: what they print, what they write, their exit codes; and the fork
 given an environment as a started one is."""
 
 import os
+import re
 import signal
 import subprocess
 
@@ -36,7 +37,6 @@ def both_ways(tmp_path, *args, env=None):
 
 def without_clock(text, tmp_path):
   """Output lines without their times, speeds and folders (which differ between two runs of one command)."""
-  import re
   text = text.replace(str(tmp_path / 'forked'), 'RUN').replace(str(tmp_path / 'started'), 'RUN')
   return [re.sub(r'^\d\d:\d\d:\d\d |\|.*$', '', line) for line in text.splitlines()]
 
@@ -52,7 +52,7 @@ def test_a_forked_run_prints_writes_and_ends_as_a_started_one(tmp_path, shapes_d
   assert sorted(values) == sorted(expected)
   for name in expected:
     np.testing.assert_array_equal(values[name], expected[name], err_msg=name)
-  # A mistake: the same one line and exit code, and TMPDIR (read at run time) is the child's own.
+  # A mistake: the same one line and exit code; a variable read at run time (TMPDIR) still lets it be forked.
   forked, started = both_ways(tmp_path, *TINY, f'--data_dir={shapes_dir}', '--model_dir={}',
                               '--checkpoint=/nonexistent/run', '--mode=finetune', env=dict(TMPDIR=str(tmp_path)))
   assert forked.returncode == started.returncode == 2

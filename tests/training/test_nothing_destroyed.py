@@ -18,15 +18,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import (ROOT, SUBPROCESS_ENV, checkpoint_values, run_cli, run_py_command, start_run_py, tiny_config,
+from conftest import (ROOT, SUBPROCESS_ENV, checkpoint_values, run_cli, start_run_py, tiny_config,
                       tiny_flags)
 from simclr_tf import weights
 
 TINY = tiny_flags(dataset='image_folder', log_every_steps=1)
-
-
-def command(*args):
-  return run_py_command(*TINY, *args)
 
 
 def one_error_line(proc, *expected):

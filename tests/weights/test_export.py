@@ -24,7 +24,8 @@ needs_reference = needs_shared('reference', 'Exporting the paper\'s own checkpoi
 
 @pytest.fixture(scope='module')
 def exported(tmp_path_factory):
-  model = build_model(tiny_config(mode='finetune', ft_proj_selector=1, sk_ratio=0.0625), pretraining=False, num_classes=4)
+  model = build_model(tiny_config(mode='finetune', ft_proj_selector=1, sk_ratio=0.0625), pretraining=False,
+                      num_classes=4)
   path = str(tmp_path_factory.mktemp('export') / 'saved_model')
   export.export_saved_model(model, path, tiny_config(sk_ratio=0.0625).to_json())
   return model, path
