@@ -6,6 +6,8 @@ the tuned supervised baseline; then the widest network's fine-tuned models disti
   LEDGER=experiments/results/cifar10_width_study/ledger
   # the long pretraining of one width (hours; resumable across machines from the ledger):
   python -m experiments.cifar10_width_study --ledger=$LEDGER --part=pretrain --width=0.5 --num_threads=1
+  # then, from its 50-epoch checkpoint: kNN, fine-tuning at 1% and 10%, linear evaluation, the tuned baseline
+  python -m experiments.cifar10_width_study --ledger=$LEDGER --part=evaluate --width=0.5 --epochs=50
 
 Each width is a chain of its own (experiments/stages.py's Chain) under OUT/w<width> and LEDGER/w<width>,
 with the stage names of the pretraining curve (experiments/cifar10_pretraining_curve.py): pretrain, knn_e50,
@@ -37,12 +39,16 @@ ROOT = chain_lib.ROOT
 
 PRESETS = {
     # Relative to width 0.25 (7.3 hours for 100 epochs here), width 0.125 trains 2.2x faster, width 0.5 2.6x slower.
+    # `stages`: the curve's preset whose grids, lengths and seeds the evaluation part uses (at every width).
     'full': dict(widths=(0.125, 0.25, 0.5), pretrain_epochs=100, kept_epochs=(50, 100), pretrain_batch=128,
-                 warmup_epochs=5),
+                 warmup_epochs=5, stages='full'),
     'fast': dict(widths=(0.0625, 0.125), pretrain_epochs=2, kept_epochs=(1, 2), pretrain_batch=32, warmup_epochs=1,
-                 per_class=(40, 10)),
+                 per_class=(40, 10), stages='fast'),
 }
-PARTS = ('pretrain',)
+# pretrain: the long pretraining of --width; evaluate: from its checkpoint of --epochs, the curve's evaluations
+# (kNN, fine-tuning at 1% and 10% tuned on the validation split, linear evaluation) and its tuned supervised
+# baseline at that width, then OUT/w<width>/results_e<epochs>.json.
+PARTS = ('pretrain', 'evaluate')
 
 
 def machine_precision() -> str:
@@ -91,7 +97,9 @@ def main():
   parser.add_argument('--out', default=None, help='default: runs/cifar10_width_study_<preset>')
   parser.add_argument('--ledger', default=None, help='as in experiments/cifar10_semisup.py')
   parser.add_argument('--part', default='pretrain', choices=PARTS)
-  parser.add_argument('--width', type=float, required=True, help='the width multiplier to pretrain')
+  parser.add_argument('--width', type=float, required=True, help='the width multiplier to pretrain or evaluate')
+  parser.add_argument('--epochs', type=int, default=None,
+                      help='--part=evaluate: the kept checkpoint to evaluate from (default: the first kept epoch)')
   parser.add_argument('--num_threads', type=int, default=0, help=chain_lib.NUM_THREADS_HELP)
   parser.add_argument('--precision', default='auto', choices=('auto', 'float32', 'mixed_bfloat16'),
                       help='run.py --precision of every stage (auto: machine_precision())')
@@ -111,8 +119,33 @@ def main():
                           run_flags=chain_lib.threads(options) + [f'--precision={precision}'])
   os.makedirs(chain.out, exist_ok=True)
   long_run = pretraining(chain, p, data, options.width)
-  with session_logged(long_run, chain):
-    long_run.run()
+  if options.part == 'pretrain':
+    with session_logged(long_run, chain):
+      long_run.run()
+    return
+  epochs = options.epochs or p['kept_epochs'][0]
+  if epochs not in p['kept_epochs']:
+    sys.exit(f'error: --epochs={epochs} is not a kept epoch of the pretraining {p["kept_epochs"]}.')
+  long_run.bring_back(latest=False)
+  if not os.path.isdir(long_run.kept(epochs)):
+    sys.exit(f'error: the width-{options.width:g} pretraining has not reached epoch {epochs} yet (no '
+             f'{long_run.kept(epochs)}, nor in the ledger); run --part=pretrain --width={options.width:g} first.')
+  report = evaluation(chain, p, data, options.width, long_run, epochs).all(('pretrained', 'baseline'))
+  if report is not None:
+    path = os.path.join(chain.out, f'results_e{epochs}.json')
+    with open(path + '.partial', 'w') as f:
+      json.dump(dict(report, width=options.width, epochs=epochs, commit=chain.commit,
+                     run_flags=chain.run_flags), f, indent=1, sort_keys=True)
+    os.replace(path + '.partial', path)
+    print(f'\nwrote {path}', flush=True)
+
+
+def evaluation(chain, p, data, width, long_run, epochs):
+  """The curve's stages (experiments/cifar10_pretraining_curve.py's Stages) at `width`, from the pretraining's
+  checkpoint of `epochs`: its grids are run at this width, on the validation split, as at width 0.25."""
+  preset = dict(curve_lib.PRESETS[p['stages']], width=width, precision='')
+  common = [a for a in curve_lib.common_args(preset) if not a.startswith('--precision=')]  # a run flag here
+  return curve_lib.Stages(chain, preset, data, common, {epochs: long_run.kept(epochs)}, long_run)
 
 
 class session_logged:

@@ -222,6 +222,33 @@ def test_a_driver_run_as_a_file_says_how_to_run_it(name):
       f'error: run it from the repository root as a module: python -m experiments.{name} ...']
 
 
+@needs_shared('data/cifar10/train', 'The width study\'s fast preset (real data)')
+def test_the_width_study_evaluates_a_width_from_its_kept_checkpoint(tmp_path):
+  """--part=evaluate refuses a width whose pretraining has not reached the epoch, then runs the curve's
+  evaluations and tuned baseline at that width from the kept checkpoint, into results_e<epochs>.json."""
+  base = [sys.executable, '-m', 'experiments.cifar10_width_study', '--preset=fast', f'--data_dir={CIFAR}',
+          f'--out={tmp_path / "out"}', f'--ledger={tmp_path / "ledger"}', '--width=0.0625']
+  early = subprocess.run(base + ['--part=evaluate'], capture_output=True, text=True, cwd=ROOT, timeout=300)
+  assert early.returncode == 1 and early.stderr.strip().splitlines()[-1].startswith(
+      'error: the width-0.0625 pretraining has not reached epoch 1 yet'), early.stderr[-2000:]
+  for part in ('pretrain', 'evaluate'):
+    done = subprocess.run(base + [f'--part={part}'], capture_output=True, text=True, cwd=ROOT, timeout=1200)
+    assert done.returncode == 0, done.stderr[-3000:]
+  report = json.load(open(tmp_path / 'out' / 'w0.0625' / 'results_e1.json'))
+  assert report['width'] == 0.0625 and report['epochs'] == 1
+  assert {'knn_e1', 'finetune_e1_1pct', 'finetune_e1_10pct', 'linear_e1', 'supervised_1pct',
+          'supervised_10pct'} <= set(report['results'])
+  for stage, result in report['results'].items():
+    assert result['num_examples'] == 100 and 0 <= result.get('top1', result.get('knn_top1', 0)) <= 1, stage
+  assert {'finetune_1pct', 'finetune_10pct', 'linear', 'supervised_1pct', 'supervised_10pct'} <= set(report['tuning'])
+  # Every run is the width's own network, from the width's own checkpoint.
+  for stage in ('finetune_e1_10pct', 'linear_e1', 'supervised_10pct'):
+    config = json.load(open(tmp_path / 'out' / 'w0.0625' / stage / 'config.json'))
+    assert config['width_multiplier'] == 0.0625, stage
+  finetuned = json.load(open(tmp_path / 'out' / 'w0.0625' / 'finetune_e1_10pct' / 'config.json'))
+  assert finetuned['checkpoint'] == str(tmp_path / 'out' / 'w0.0625' / 'pretrain_kept' / 'epoch_1')
+
+
 CHAIN_LEDGER = os.path.join(ROOT, 'experiments', 'results', 'cifar10_semisup_full', 'ledger')
 CURVE_LEDGER = os.path.join(ROOT, 'experiments', 'results', 'cifar10_pretraining_curve', 'ledger')
 
