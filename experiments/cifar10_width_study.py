@@ -77,9 +77,8 @@ def width_tag(width):
 def pretraining(chain, p, data, width):
   """The long pretraining of `width`, as the curve's (LongPretraining), keeping the checkpoints of p's
   kept_epochs."""
-  preset = dict(p, width=width, precision='')
   end_of = lambda epochs: epochs * curve_lib.count_images(data) // p['pretrain_batch']
-  common = [a for a in curve_lib.common_args(preset) if not a.startswith('--precision=')]  # a run flag here
+  common = common_args(p, width)
   args = common + [
       f'--data_dir={data}', '--mode=pretrain', f'--train_batch_size={p["pretrain_batch"]}',
       f'--train_epochs={p["pretrain_epochs"]}', '--optimizer=lars', '--learning_rate=1.0',
@@ -143,9 +142,15 @@ def main():
 def evaluation(chain, p, data, width, long_run, epochs):
   """The curve's stages (experiments/cifar10_pretraining_curve.py's Stages) at `width`, from the pretraining's
   checkpoint of `epochs`: its grids are run at this width, on the validation split, as at width 0.25."""
-  preset = dict(curve_lib.PRESETS[p['stages']], width=width, precision='')
-  common = [a for a in curve_lib.common_args(preset) if not a.startswith('--precision=')]  # a run flag here
-  return curve_lib.Stages(chain, preset, data, common, {epochs: long_run.kept(epochs)}, long_run)
+  preset = dict(curve_lib.PRESETS[p['stages']], width=width)
+  return curve_lib.Stages(chain, preset, data, common_args(preset, width), {epochs: long_run.kept(epochs)},
+                          long_run)
+
+
+def common_args(preset, width):
+  """The curve's flags of every stage at `width`, without --precision: a run flag here (machine_precision)."""
+  args = curve_lib.common_args(dict(preset, width=width, precision=''))
+  return [a for a in args if not a.startswith('--precision=')]
 
 
 class session_logged:
