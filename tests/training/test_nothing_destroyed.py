@@ -572,14 +572,19 @@ def kill_points(count, writes, seed=0):
   return [(event, 0 if event[0] == 'write' else rng.uniform(0, 0.02)) for event in events[:count]]
 
 
-def fault_command(base, data_dir, entry=None):
-  return [sys.executable, entry or os.path.join(ROOT, 'run.py'), *TINY, f'--data_dir={data_dir}',
-          f'--model_dir={base / "run"}', f'--export_dir={base / "export"}', f'--train_steps={STEPS}',
-          '--checkpoint_steps=1', '--keep_checkpoint_max=2', '--steps_per_loop=1', '--export_at_end=true',
-          '--eval_split=test']
+def fault_args(base, data_dir):
+  """The run.py flags of the run the fault injection kills: base/run, exported to base/export."""
+  return [*TINY, f'--data_dir={data_dir}', f'--model_dir={base / "run"}', f'--export_dir={base / "export"}',
+          f'--train_steps={STEPS}', '--checkpoint_steps=1', '--keep_checkpoint_max=2', '--steps_per_loop=1',
+          '--export_at_end=true', '--eval_split=test']
 
 
 WRITE_HARNESS = os.path.join(ROOT, 'tests', 'crash_during_write.py')
+
+
+def under_write_harness(args):
+  """`python tests/crash_during_write.py ARGS`: run.py with its small-file writes counted or killed."""
+  return [sys.executable, WRITE_HARNESS, *args]
 
 
 @pytest.fixture(scope='module')
@@ -587,7 +592,7 @@ def uninterrupted(tmp_path_factory, shapes_dir):
   """The weights of an uninterrupted run, and the number of small-file writes it made."""
   base = tmp_path_factory.mktemp('uninterrupted')
   writes = base / 'writes.log'
-  proc = subprocess.run(fault_command(base, shapes_dir, WRITE_HARNESS), capture_output=True, text=True, cwd=ROOT,
+  proc = subprocess.run(under_write_harness(fault_args(base, shapes_dir)), capture_output=True, text=True, cwd=ROOT,
                         env=dict(SUBPROCESS_ENV, WRITES_LOG=str(writes)), timeout=600)
   assert proc.returncode == 0, proc.stderr[-2000:]
   names = writes.read_text().split()
@@ -628,14 +633,14 @@ def test_sigkill_at_seeded_moments_then_rerun(tmp_path, shapes_dir, uninterrupte
   base.mkdir()
   (base / 'unrelated.txt').write_text('a file of the user beside the run')
   before = snapshot(base)
-  cmd = fault_command(base, shapes_dir)
+  args = fault_args(base, shapes_dir)
   run, export = base / 'run', base / 'export'
   if event[0] == 'write':
-    proc = subprocess.Popen(fault_command(base, shapes_dir, WRITE_HARNESS), stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(under_write_harness(args), stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, cwd=ROOT,
                             env=dict(SUBPROCESS_ENV, KILL_AT_WRITE=str(event[1]), KILL_HOW=event[2]))
   else:
-    proc = start_run_py(*cmd[2:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=False)
+    proc = start_run_py(*args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=False)
     while not happened(event, run, export):
       assert proc.poll() is None, f'{event} never happened: ' + proc.stderr.read().decode()[-2000:]
       time.sleep(0.0005)
@@ -646,7 +651,7 @@ def test_sigkill_at_seeded_moments_then_rerun(tmp_path, shapes_dir, uninterrupte
       proc.stderr.read().decode()[-2000:]
   assert_nothing_or_a_saved_model_that_loads(export)
 
-  rerun = run_cli(*cmd[2:], timeout=600)
+  rerun = run_cli(*args, timeout=600)
   assert rerun.returncode == 0, f'{event}: ' + rerun.stderr[-2000:]
   resumed = [line for line in rerun.stdout.splitlines() if 'resuming from' in line]
   if resumed:  # from a complete checkpoint: it is listed in the state file and readable

@@ -11,14 +11,15 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import ROOT, run_cli, run_py_command, start_run_py, tiny_flags
+from conftest import ROOT, run_cli, start_run_py, tiny_flags
 from simclr_tf import record
 
 TINY = tiny_flags(dataset='image_folder', log_every_steps=1)
 
 
-def command(model_dir, data_dir, *extra):
-  return run_py_command(*TINY, f'--data_dir={data_dir}', f'--model_dir={model_dir}', *extra)
+def run_args(model_dir, data_dir, *extra):
+  """The run.py flags of a tiny run in model_dir."""
+  return [*TINY, f'--data_dir={data_dir}', f'--model_dir={model_dir}', *extra]
 
 
 def assert_checkpoints_intact(model_dir, final_step):
@@ -36,15 +37,15 @@ def assert_checkpoints_intact(model_dir, final_step):
 @pytest.mark.parametrize('seed', [0])
 def test_kill_9_at_a_random_step_then_resume(tmp_path, shapes_dir, seed):
   kill_after = random.Random(seed).randint(2, 9)
-  cmd = command(tmp_path, shapes_dir, '--train_steps=12', '--checkpoint_steps=3')
-  proc = start_run_py(*cmd[2:], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+  args = run_args(tmp_path, shapes_dir, '--train_steps=12', '--checkpoint_steps=3')
+  proc = start_run_py(*args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
   for line in proc.stdout:
     if f'step {kill_after}/12' in line:
       proc.send_signal(signal.SIGKILL)
       break
   proc.wait(timeout=120)
   assert proc.returncode == -signal.SIGKILL
-  done = run_cli(*cmd[2:])
+  done = run_cli(*args)
   assert done.returncode == 0, done.stderr[-2000:]
   resumed_from = (kill_after // 3) * 3
   if resumed_from:
@@ -55,13 +56,13 @@ def test_kill_9_at_a_random_step_then_resume(tmp_path, shapes_dir, seed):
 
 
 def test_kill_while_writing_a_checkpoint(tmp_path, shapes_dir):
-  cmd = command(tmp_path, shapes_dir, '--train_steps=6', '--checkpoint_steps=2')
+  args = run_args(tmp_path, shapes_dir, '--train_steps=6', '--checkpoint_steps=2')
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', CRASH_AT_SAVE='2')
-  crashed = subprocess.run([sys.executable, os.path.join(ROOT, 'tests', 'crash_during_save.py'), *cmd[2:]],
+  crashed = subprocess.run([sys.executable, os.path.join(ROOT, 'tests', 'crash_during_save.py'), *args],
                            capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
   assert crashed.returncode == -signal.SIGKILL
   assert tf.train.latest_checkpoint(str(tmp_path)).endswith('ckpt-2')  # ckpt-4 was written but never completed
-  done = run_cli(*cmd[2:])  # (CRASH_AT_SAVE is read by crash_during_save.py only)
+  done = run_cli(*args)  # (CRASH_AT_SAVE is read by crash_during_save.py only)
   assert done.returncode == 0, done.stderr[-2000:]
   assert 'at step 2' in done.stdout
   assert_checkpoints_intact(tmp_path, 6)
@@ -111,8 +112,7 @@ def test_strict_data_fails_clearly_on_a_corrupt_image(tmp_path, folder_with_corr
 
 
 def test_resume_refuses_another_architecture_and_allows_harmless_changes(tmp_path, shapes_dir):
-  cmd = command(tmp_path, shapes_dir, '--train_steps=2')
-  assert run_cli(*cmd[2:]).returncode == 0
+  assert run_cli(*run_args(tmp_path, shapes_dir, '--train_steps=2')).returncode == 0
   proc = run_cli(*TINY, f'--data_dir={shapes_dir}', f'--model_dir={tmp_path}', '--train_steps=3',
                  '--resnet_depth=34', '--temperature=0.2', timeout=120)
   assert proc.returncode == 2
